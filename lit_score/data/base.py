@@ -1,0 +1,117 @@
+"""Shared base of the datamodules: batching, a held-out validation split and real samples for metrics.
+
+Every datamodule yields plain tensors of shape (B, *sample_shape) (labels are dropped) and knows its
+``sample_shape`` right after ``__init__``, because the CLI links it to the model before ``setup`` runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+class TensorData(Dataset):
+    """In-memory samples (N, *shape) served one at a time, optionally flipped left-right at random."""
+
+    def __init__(self, data: Tensor, flip: bool = False) -> None:
+        self.data = data
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, index: int) -> Tensor:
+        x = self.data[index]
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x
+
+
+def num_held_out(size: int | float, n: int) -> int:
+    """Number of items to hold out of ``n``: ``size`` items if an int, ``round(size * n)`` if a float.
+
+    At least one item is held out and one kept whenever ``n >= 2``.
+    """
+    count = size if isinstance(size, int) else round(size * n)
+    if n < 2:
+        return 0
+    return min(max(count, 1), n - 1)
+
+
+class GenerativeDataModule(pl.LightningDataModule):
+    """Base datamodule: train/val loaders over plain tensors, ``sample_shape``, ``data_range`` and reference draws.
+
+    Subclasses implement ``sample_shape`` and ``setup`` (which sets ``train_dataset``, ``val_dataset`` and
+    ``reference_dataset``, the last being the training data without augmentation). ``val_size`` is a count
+    (int) or a fraction (float) whose exact meaning each subclass documents.
+    """
+
+    def __init__(
+        self, batch_size: int = 128, num_workers: int = 0, val_size: int | float = 0.1, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_size = val_size
+        self.seed = seed
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.reference_dataset: Dataset | None = None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. (2,) for toy data or (C, H, W) for images."""
+        raise NotImplementedError
+
+    @property
+    def is_image(self) -> bool:
+        """Whether samples are images (C, H, W)."""
+        return len(self.sample_shape) == 3
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """(lo, hi) bounds of the data: (-1, 1) for images, unbounded (-inf, inf) otherwise."""
+        return (-1.0, 1.0) if self.is_image else (-math.inf, math.inf)
+
+    def _generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + offset)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _ensure_setup(self) -> None:
+        if self.train_dataset is None:
+            self.setup("fit")
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled batches (B, *sample_shape) of the training split."""
+        self._ensure_setup()
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Batches (B, *sample_shape) of the held-out split."""
+        self._ensure_setup()
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def reference_samples(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` real training samples (n, *sample_shape) without augmentation, drawn with ``generator``.
+
+        Drawn without replacement when ``n`` does not exceed the training set, with replacement otherwise.
+        """
+        self._ensure_setup()
+        size = len(self.reference_dataset)
+        if n <= size:
+            index = torch.randperm(size, generator=generator)[:n]
+        else:
+            index = torch.randint(size, (n,), generator=generator)
+        return torch.stack([self.reference_dataset[i] for i in index.tolist()])

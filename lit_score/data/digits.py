@@ -1,0 +1,57 @@
+"""scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), scaled to [-1, 1]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from lit_score.data.base import GenerativeDataModule, TensorData, num_held_out
+
+
+def load_digit_images(image_size: int = 8) -> Tensor:
+    """All 1,797 digits as (N, 1, image_size, image_size) float32 in [-1, 1], bilinearly resized if needed."""
+    from sklearn.datasets import load_digits
+
+    images = torch.from_numpy(load_digits().images).float()  # (N, 8, 8), values 0..16
+    x = rearrange(images / 16 * 2 - 1, "n h w -> n 1 h w")
+    if image_size != x.shape[-1]:
+        antialias = image_size < x.shape[-1]  # only downsampling needs a low-pass filter
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=antialias)
+    return x.clamp(-1, 1)
+
+
+class Digits(GenerativeDataModule):
+    """The sklearn 8x8 digits as (1, image_size, image_size) images in [-1, 1] with a random held-out split."""
+
+    def __init__(
+        self,
+        image_size: int = 8,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        flip: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=float(val_fraction), seed=seed)
+        self.save_hyperparameters()
+        self.image_size = image_size
+        self.flip = flip
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(1, image_size, image_size)."""
+        return (1, self.image_size, self.image_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the digits and split off ``val_fraction`` of them at random (fixed by ``seed``)."""
+        if self.train_dataset is not None:
+            return
+        x = load_digit_images(self.image_size)
+        order = torch.randperm(x.shape[0], generator=self._generator())
+        n_val = num_held_out(self.val_size, x.shape[0])
+        train, val = x[order[n_val:]], x[order[:n_val]]
+        self.train_dataset = TensorData(train, flip=self.flip)
+        self.val_dataset = TensorData(val)
+        self.reference_dataset = TensorData(train)

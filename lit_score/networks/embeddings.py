@@ -1,0 +1,82 @@
+"""Time embeddings: (B,) float times -> (B, dim) features.
+
+Networks receive the noise conditioning ``process.c_noise(t)`` chosen by the score boundary
+(999·t for VP, DDPM's step index, log σ for VE, ¼ ln σ for EDM); each embedding documents the range it suits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer positional embedding of a real time (Vaswani et al. 2017; as used by Ho et al. 2020).
+
+    ``[sin(s·t·ω_k), cos(s·t·ω_k)]`` with ω_k = max_period^(-k / (dim/2)), k = 0 … dim/2 − 1, and s = ``time_scale``.
+    The networks receive the process's noise conditioning ``c_noise(t)`` (999·t for VP, DDPM's integer
+    step for the discrete chain, log σ for VE), which is already on the scale the frequencies were chosen
+    for, so the default s is 1.
+
+    Args:
+        dim: output width (even).
+        max_period: longest period of the geometric frequency ladder.
+        time_scale: factor s applied to ``t`` before embedding.
+    """
+
+    freqs: Tensor
+
+    def __init__(self, dim: int, max_period: float = 10000.0, time_scale: float = 1.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"SinusoidalEmbedding needs an even dim, got {dim}")
+        self.dim = dim
+        self.max_period = max_period
+        self.time_scale = time_scale
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """Embed times ``t`` of shape (B,) into (B, dim)."""
+        args = torch.outer(t.to(self.freqs.dtype) * self.time_scale, self.freqs)
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class FourierEmbedding(nn.Module):
+    """Random Gaussian Fourier features ``[sin(2π W t), cos(2π W t)]``, W ~ N(0, scale²) (Song et al. 2021, NCSN++).
+
+    W is drawn once at construction and kept as a (persistent, non-trainable) buffer so that checkpoints
+    restore it; following Tancik et al. 2020 / NCSN++, it suits inputs of order one (t ∈ [0, 1] or log σ).
+
+    Args:
+        dim: output width (even); dim/2 random frequencies.
+        scale: standard deviation of the frequencies W.
+    """
+
+    W: Tensor
+
+    def __init__(self, dim: int, scale: float = 16.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"FourierEmbedding needs an even dim, got {dim}")
+        self.dim = dim
+        self.scale = scale
+        self.register_buffer("W", torch.randn(dim // 2) * scale)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """Embed times ``t`` of shape (B,) into (B, dim)."""
+        args = 2 * math.pi * torch.outer(t.to(self.W.dtype), self.W)
+        return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+def timestep_embedding(kind: Literal["positional", "fourier"], dim: int) -> nn.Module:
+    """Build the time embedding named by ``kind`` with each class's paper defaults."""
+    if kind == "positional":
+        return SinusoidalEmbedding(dim)
+    if kind == "fourier":
+        return FourierEmbedding(dim)
+    raise ValueError(f"unknown time embedding {kind!r}; expected 'positional' or 'fourier'")

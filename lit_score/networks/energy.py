@@ -1,0 +1,78 @@
+"""Energy networks E(x) -> (B,) for EBMs, with p(x) ∝ exp(−E(x)).
+
+The score −∇ₓE is used inside training losses, so E is differentiated twice: every activation is smooth
+(SiLU / Swish, as in Du & Mordatch 2019 and Nijkamp et al. 2019), never ReLU.
+"""
+
+from __future__ import annotations
+
+from einops import rearrange
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+
+def _maybe_sn(layer: nn.Module, enabled: bool) -> nn.Module:
+    """Wrap a Linear / Conv2d in spectral normalisation (Miyato et al. 2018) when ``enabled``."""
+    return _spectral_norm(layer) if enabled else layer
+
+
+class EnergyCNN(nn.Module):
+    """Convolutional energy: 3×3 convs (stride 2 after the first) with SiLU, then a linear layer to a scalar.
+
+    forward(x (B, C, H, W), t=None) -> (B,); ``t`` is accepted for the common network signature and ignored.
+
+    Args:
+        in_channels: image channels C.
+        channels: widths of the conv layers; every layer after the first halves the spatial size (ceil).
+        resolution: input size H = W, which fixes the width of the final linear layer.
+        spectral_norm: spectrally normalise every conv and linear layer (Miyato et al. 2018).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: tuple[int, ...] = (32, 64, 64),
+        resolution: int = 16,
+        spectral_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cur, res = in_channels, resolution
+        for i, width in enumerate(channels):
+            stride = 1 if i == 0 else 2
+            layers += [_maybe_sn(nn.Conv2d(cur, width, 3, stride=stride, padding=1), spectral_norm), nn.SiLU()]
+            cur, res = width, (res + stride - 1) // stride
+        self.features = nn.Sequential(*layers)
+        self.head = _maybe_sn(nn.Linear(cur * res * res, 1), spectral_norm)
+
+    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W) -> energies (B,)."""
+        h = rearrange(self.features(x), "b c h w -> b (c h w)")
+        return rearrange(self.head(h), "b 1 -> b")
+
+
+class EnergyMLP(nn.Module):
+    """Fully connected energy for flat data: ``depth`` SiLU hidden layers, then a linear layer to a scalar.
+
+    forward(x (B, D), t=None) -> (B,); ``t`` is accepted for the common network signature and ignored.
+
+    Args:
+        data_dim: D, the width of the data.
+        hidden: width of the hidden layers.
+        depth: number of hidden layers.
+        spectral_norm: spectrally normalise every linear layer (Miyato et al. 2018).
+    """
+
+    def __init__(self, data_dim: int, hidden: int = 128, depth: int = 3, spectral_norm: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cur = data_dim
+        for _ in range(depth):
+            layers += [_maybe_sn(nn.Linear(cur, hidden), spectral_norm), nn.SiLU()]
+            cur = hidden
+        layers.append(_maybe_sn(nn.Linear(cur, 1), spectral_norm))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """x: (B, D) -> energies (B,)."""
+        return rearrange(self.net(x), "b 1 -> b")

@@ -1,0 +1,85 @@
+"""Time-conditioned residual MLP for flat data (B, D): toy 2-D, tabular and analytic mixtures."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lit_score.networks.embeddings import timestep_embedding
+
+Activation = Literal["silu", "gelu", "relu"]
+
+
+def make_activation(kind: Activation) -> nn.Module:
+    """The activation module named by ``kind`` (SiLU / GELU are smooth; ReLU is not twice differentiable)."""
+    if kind == "silu":
+        return nn.SiLU()
+    if kind == "gelu":
+        return nn.GELU()
+    if kind == "relu":
+        return nn.ReLU()
+    raise ValueError(f"unknown activation {kind!r}; expected 'silu', 'gelu' or 'relu'")
+
+
+class ResidualBlock(nn.Module):
+    """Pre-norm residual block ``x + W₂ act(W₁ act(LN x) + W_t temb)``; the time embedding enters every block."""
+
+    def __init__(self, hidden: int, activation: Activation) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.time_proj = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.act = make_activation(activation)
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        """x: (B, hidden), temb: (B, hidden) -> (B, hidden)."""
+        h = self.fc1(self.act(self.norm(x))) + self.time_proj(self.act(temb))
+        return x + self.fc2(self.act(h))
+
+
+class MLP(nn.Module):
+    """Time-conditioned residual MLP: forward(x (B, D), t (B,)) -> (B, out_dim or D).
+
+    Args:
+        data_dim: D, the width of the data.
+        hidden: width of the residual stream.
+        depth: number of residual blocks.
+        time_embed_dim: width of the raw time embedding, before its two-layer MLP.
+        embedding: ``positional`` (sinusoidal, DDPM) or ``fourier`` (Gaussian Fourier features, NCSN++).
+        activation: non-linearity used throughout.
+        out_dim: output width; ``None`` means ``data_dim`` (ε, score or velocity outputs).
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        hidden: int = 256,
+        depth: int = 4,
+        time_embed_dim: int = 128,
+        embedding: Literal["positional", "fourier"] = "positional",
+        activation: Activation = "silu",
+        out_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.data_dim = data_dim
+        self.out_dim = data_dim if out_dim is None else out_dim
+        self.time_embed = nn.Sequential(
+            timestep_embedding(embedding, time_embed_dim),
+            nn.Linear(time_embed_dim, hidden),
+            make_activation(activation),
+            nn.Linear(hidden, hidden),
+        )
+        self.inp = nn.Linear(data_dim, hidden)
+        self.blocks = nn.ModuleList([ResidualBlock(hidden, activation) for _ in range(depth)])
+        self.out = nn.Sequential(nn.LayerNorm(hidden), make_activation(activation), nn.Linear(hidden, self.out_dim))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """x: (B, D), t: (B,) or a scalar -> (B, out_dim)."""
+        temb = self.time_embed(torch.broadcast_to(t, x.shape[:1]))
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, temb)
+        return self.out(h)

@@ -1,0 +1,20 @@
+"""Noise processes: the forward corruption every family shares (no Lightning here)."""
+
+from lit_score.processes.base import NoiseProcess, Spacing
+from lit_score.processes.edm import EDM
+from lit_score.processes.interpolant import Interpolant
+from lit_score.processes.ve import VE, DiscreteVE
+from lit_score.processes.vp import VP, DiscreteVP, SubVP, ddpm_betas
+
+__all__ = [
+    "NoiseProcess",
+    "Spacing",
+    "VP",
+    "SubVP",
+    "DiscreteVP",
+    "VE",
+    "DiscreteVE",
+    "EDM",
+    "Interpolant",
+    "ddpm_betas",
+]

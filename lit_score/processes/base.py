@@ -1,0 +1,164 @@
+r"""The noise-process interface.
+
+A process is the forward corruption x_t = α(t)·x₀ + σ(t)·ε for t ∈ [t_min, t_max], equivalently the
+linear SDE dx = f(t)·x dt + g(t) dw with
+
+    f(t) = d log α / dt,        g(t)² = dσ²/dt − 2 f(t) σ(t)²          (Kingma et al. 2021, eq. 17).
+
+Subclasses give α(t), σ(t) and the inverse of the log-SNR λ(t) = log(α/σ); closed forms of f and g²
+are optional (the base differentiates log α and σ² with forward-mode autograd). Everything a sampler
+needs is derived here once: the reverse-time drift (Song et al. 2021, eq. 6 and the probability-flow
+ODE, eq. 13), α'(t), σ'(t), time grids and the prior.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lit_score.processes.grids import karras_log_snr, quadratic_grid, uniform_grid, uniform_log_snr
+from lit_score.utils import append_dims, batch_sum
+
+Spacing = Literal["uniform", "quadratic", "karras", "logsnr"]
+
+
+class NoiseProcess(nn.Module, ABC):
+    """Forward noising process x_t = α(t)·x₀ + σ(t)·ε; an nn.Module holding only buffers."""
+
+    #: spacing used by :meth:`time_grid` when none is given
+    default_spacing: Spacing = "uniform"
+
+    def __init__(self, t_min: float, t_max: float) -> None:
+        super().__init__()
+        if not 0 <= t_min < t_max:
+            raise ValueError(f"need 0 <= t_min < t_max, got t_min={t_min}, t_max={t_max}")
+        self.t_min = float(t_min)
+        self.t_max = float(t_max)
+        self.register_buffer("_device_probe", torch.empty(0), persistent=False)
+
+    # --- primitive marginals ------------------------------------------------------------------
+    @abstractmethod
+    def alpha(self, t: Tensor) -> Tensor:
+        """Signal scale α(t), shape (B,)."""
+
+    @abstractmethod
+    def sigma(self, t: Tensor) -> Tensor:
+        """Noise scale σ(t), shape (B,)."""
+
+    @abstractmethod
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        """Inverse of :meth:`log_snr`."""
+
+    def log_alpha(self, t: Tensor) -> Tensor:
+        """log α(t)."""
+        return self.alpha(t).log()
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """λ(t) = log(α(t)/σ(t)), decreasing in t."""
+        return self.log_alpha(t) - self.sigma(t).log()
+
+    # --- SDE coefficients ------------------------------------------------------------------------
+    def f(self, t: Tensor) -> Tensor:
+        """Drift coefficient f(t) = d log α / dt, shape (B,)."""
+        return torch.func.jvp(self.log_alpha, (t,), (torch.ones_like(t),))[1]
+
+    def g2(self, t: Tensor) -> Tensor:
+        """Squared diffusion g(t)² = dσ²/dt − 2 f σ², shape (B,)."""
+        sigma2, dsigma2 = torch.func.jvp(lambda s: self.sigma(s) ** 2, (t,), (torch.ones_like(t),))
+        return dsigma2 - 2 * self.f(t) * sigma2
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """Forward SDE drift f(t)·x."""
+        return append_dims(self.f(t), x) * x
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        """Forward SDE diffusion g(t), shape (B,)."""
+        return self.g2(t).clamp_min(0).sqrt()
+
+    def alpha_dot(self, t: Tensor) -> Tensor:
+        """dα/dt = α·f."""
+        return self.alpha(t) * self.f(t)
+
+    def sigma_dot(self, t: Tensor) -> Tensor:
+        """dσ/dt = (g² + 2 f σ²) / (2σ)."""
+        sigma = self.sigma(t)
+        return (self.g2(t) + 2 * self.f(t) * sigma**2) / (2 * sigma)
+
+    def reverse_drift(self, x: Tensor, t: Tensor, score: Tensor, probability_flow: bool = False) -> Tensor:
+        """Drift of the reverse SDE f·x − g²·s, or of the probability-flow ODE f·x − ½g²·s (Song et al. 2021)."""
+        weight = 0.5 if probability_flow else 1.0
+        return self.drift(x, t) - append_dims(weight * self.g2(t), x) * score
+
+    # --- marginals, prior -------------------------------------------------------------------------
+    def perturb(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Sample of the marginal: x_t = α(t)·x₀ + σ(t)·ε."""
+        return append_dims(self.alpha(t), x0) * x0 + append_dims(self.sigma(t), x0) * noise
+
+    @property
+    def prior_std(self) -> float:
+        """Standard deviation of the Gaussian prior N(0, σ(t_max)² I)."""
+        return float(self.sigma(torch.tensor([self.t_max], dtype=torch.float64, device=self.device)).item())
+
+    def prior_sample(
+        self, shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> Tensor:
+        """Draw from the prior N(0, σ(t_max)² I)."""
+        device = device if device is not None else self.device
+        return self.prior_std * torch.randn(shape, generator=generator, device=device)
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        """Log-density of the prior, shape (B,)."""
+        std = self.prior_std
+        dim = z[0].numel()
+        return -0.5 * dim * math.log(2 * math.pi * std**2) - batch_sum(z**2) / (2 * std**2)
+
+    # --- times ------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Device of the process' buffers."""
+        return self._device_probe.device
+
+    def sample_time(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        """Training-time distribution: uniform on [t_min, t_max]."""
+        device = device if device is not None else self.device
+        u = torch.rand(batch, generator=generator, device=device)
+        return self.t_min + (self.t_max - self.t_min) * u
+
+    def discretize(self, t: Tensor) -> Tensor:
+        """Snap times onto the grid the model was trained on (identity for continuous processes)."""
+        return t
+
+    def c_noise(self, t: Tensor) -> Tensor:
+        """The conditioning value handed to the network for time t (default 999·t, as score_sde for VP)."""
+        return 999.0 * t
+
+    def time_grid(
+        self, n_steps: int, spacing: Spacing | None = None, rho: float = 7.0, device: torch.device | None = None
+    ) -> Tensor:
+        """``n_steps + 1`` decreasing times from t_max to t_min (fewer if a discrete process merges steps)."""
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        spacing = spacing or self.default_spacing
+        if spacing == "uniform":
+            t = uniform_grid(self.t_max, self.t_min, n_steps)
+        elif spacing == "quadratic":
+            t = quadratic_grid(self.t_max, self.t_min, n_steps)
+        elif spacing in ("karras", "logsnr"):
+            ends = torch.tensor([self.t_max, self.t_min], dtype=torch.float64, device=self.device)
+            lam_min, lam_max = self.log_snr(ends).tolist()
+            lam = karras_log_snr(lam_min, lam_max, n_steps, rho) if spacing == "karras" else uniform_log_snr(
+                lam_min, lam_max, n_steps
+            )
+            t = self.t_from_log_snr(lam.to(self.device)).cpu()
+            t[0], t[-1] = self.t_max, self.t_min
+        else:
+            raise ValueError(f"unknown time spacing {spacing!r}: use uniform, quadratic, karras or logsnr")
+        t = torch.unique_consecutive(self.discretize(t.to(self.device)))
+        return t.to(device=device if device is not None else self.device, dtype=torch.get_default_dtype())
+
+    def extra_repr(self) -> str:
+        return f"t_min={self.t_min:g}, t_max={self.t_max:g}"

@@ -1,0 +1,125 @@
+r"""DDPM ancestral sampling and DDIM(η), for any process, over any grid.
+
+For a step t → s < t, with α_{t|s} = α_t/α_s and σ²_{t|s} = σ_t² − α_{t|s}² σ_s² (Kingma et al. 2021, eq. 33):
+
+| symbol | meaning |
+|---|---|
+| μ̃ = (α_{t|s} σ_s²/σ_t²)·x_t + (α_s σ²_{t|s}/σ_t²)·x̂₀ | posterior mean of q(x_s | x_t, x₀) (Ho et al. 2020, eq. 7) |
+| β̃ = σ²_{t|s} σ_s²/σ_t² | posterior variance; the alternative "β" choice is σ²_{t|s} |
+| DDIM: x_s = α_s x̂₀ + √(σ_s² − c²)·ε̂ + c·z, c = η·√β̃ | Song et al. 2021a, eq. 12 |
+
+On DDPM's grid (t = n/N, s = (n−1)/N) these are exactly DDPM's β_n and β̃_n; on a VE process they
+are SMLD's ancestral sampler (Song et al. 2021b, eq. 47).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+from lit_score.processes import NoiseProcess, Spacing
+from lit_score.samplers.base import (
+    Sampler,
+    ScoreFn,
+    StepCallback,
+    clip_x0,
+    full_like_t,
+    predict_x0_eps,
+    require_process,
+)
+from lit_score.utils import append_dims, randn_like
+
+
+def transition_variances(process: NoiseProcess, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(α_{t|s}, σ²_{t|s}, β̃) for the step t → s."""
+    alpha_t, alpha_s = process.alpha(t), process.alpha(s)
+    sigma_t2, sigma_s2 = process.sigma(t) ** 2, process.sigma(s) ** 2
+    alpha_ts = alpha_t / alpha_s
+    sigma_ts2 = sigma_t2 - alpha_ts**2 * sigma_s2
+    return alpha_ts, sigma_ts2, sigma_ts2 * sigma_s2 / sigma_t2
+
+
+def posterior_mean(process: NoiseProcess, x: Tensor, x0: Tensor, t: Tensor, s: Tensor) -> Tensor:
+    """μ̃(x_t, x̂₀) of q(x_s | x_t, x₀)."""
+    alpha_ts, sigma_ts2, _ = transition_variances(process, t, s)
+    sigma_t2, sigma_s2 = process.sigma(t) ** 2, process.sigma(s) ** 2
+    coef_x = append_dims(alpha_ts * sigma_s2 / sigma_t2, x)
+    coef_x0 = append_dims(process.alpha(s) * sigma_ts2 / sigma_t2, x)
+    return coef_x * x + coef_x0 * x0
+
+
+class Ancestral(Sampler):
+    """Ancestral sampling from the DDPM posterior (Ho et al. 2020, Algorithm 2), on any grid.
+
+    Args:
+        variance: ``beta_tilde`` (posterior β̃, the DDPM paper's lower bound) or ``beta`` (σ²_{t|s}, the upper).
+        clip_denoised: clamp x̂₀ to [−c, c] before each step (DDPM clips to the image range 1.0).
+    """
+
+    def __init__(
+        self,
+        num_steps: int = 1000,
+        spacing: Spacing | None = None,
+        denoise: bool = True,
+        variance: Literal["beta_tilde", "beta"] = "beta_tilde",
+        clip_denoised: float | None = None,
+    ) -> None:
+        super().__init__(num_steps, spacing, denoise)
+        if variance not in ("beta_tilde", "beta"):
+            raise ValueError(f"unknown variance {variance!r}: use beta_tilde or beta")
+        self.variance, self.clip_denoised = variance, clip_denoised
+
+    def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
+        process = require_process(process, self)
+        grid = self.grid(process, x.device)
+        for i in self.steps(len(grid) - 1, progress, "ancestral"):
+            t, s = full_like_t(x, grid[i]), full_like_t(x, grid[i + 1])
+            x0 = clip_x0(predict_x0_eps(score_fn, process, x, t)[0], self.clip_denoised)
+            _, sigma_ts2, beta_tilde = transition_variances(process, t, s)
+            var = beta_tilde if self.variance == "beta_tilde" else sigma_ts2
+            x = posterior_mean(process, x, x0, t, s) + append_dims(var.sqrt(), x) * randn_like(x, generator)
+            _report(callback, i, t, x, x0)
+        return self.finish(score_fn, process, x, grid[-1], self.clip_denoised)
+
+
+class DDIM(Sampler):
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) with stochasticity η ∈ [0, 1]; η = 0 is deterministic."""
+
+    def __init__(
+        self,
+        num_steps: int = 50,
+        spacing: Spacing | None = None,
+        denoise: bool = True,
+        eta: float = 0.0,
+        clip_denoised: float | None = None,
+    ) -> None:
+        super().__init__(num_steps, spacing, denoise)
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.eta, self.clip_denoised = eta, clip_denoised
+
+    def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
+        process = require_process(process, self)
+        grid = self.grid(process, x.device)
+        for i in self.steps(len(grid) - 1, progress, "ddim"):
+            t, s = full_like_t(x, grid[i]), full_like_t(x, grid[i + 1])
+            x0, eps = predict_x0_eps(score_fn, process, x, t)
+            if self.clip_denoised is not None:
+                x0 = clip_x0(x0, self.clip_denoised)
+                eps = (x - append_dims(process.alpha(t), x) * x0) / append_dims(process.sigma(t), x)
+            c2 = self.eta**2 * transition_variances(process, t, s)[2]
+            direction = append_dims((process.sigma(s) ** 2 - c2).clamp_min(0).sqrt(), x)
+            x = append_dims(process.alpha(s), x) * x0 + direction * eps
+            if self.eta > 0:
+                x = x + append_dims(c2.sqrt(), x) * randn_like(x, generator)
+            _report(callback, i, t, x, x0)
+        return self.finish(score_fn, process, x, grid[-1], self.clip_denoised)
+
+
+def _report(callback: StepCallback | None, i: int, t: Tensor, x: Tensor, x0: Tensor) -> None:
+    if callback is not None:
+        callback({"step": i, "t": t, "x": x, "denoised": x0})
+
+
+__all__ = ["Ancestral", "DDIM", "posterior_mean", "transition_variances"]

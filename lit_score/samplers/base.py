@@ -1,0 +1,148 @@
+"""The sampler interface and the step maths that more than one sampler needs.
+
+A sampler is configured by its typed ``__init__`` and called as
+``sampler(score_fn, x, process, *, generator=None, callback=None, progress=False) -> x``, where
+``score_fn(x, t)`` returns ∇ₓ log p_t(x) and ``x`` is the starting point (usually a prior sample).
+A score function may also offer ``predict(x, t) -> (x̂₀, ε̂)`` and ``velocity(x, t)``
+(:class:`~lit_score.scores.NetworkScore` does); samplers use them when present, else derive them from
+the score. ``sampler.nfe`` holds the number of score evaluations of the last call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lit_score.processes import NoiseProcess, Spacing
+from lit_score.utils import append_dims
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+class CountingScore:
+    """Wraps a score function and counts its evaluations (a Python int: no device synchronisation)."""
+
+    def __init__(self, score_fn: ScoreFn) -> None:
+        self.score_fn, self.calls = score_fn, 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.calls += 1
+        return self.score_fn(x, t)
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.score_fn, name)
+        if name not in ("predict", "velocity", "denoise", "eps", "energy"):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def full_like_t(x: Tensor, t: Tensor | float) -> Tensor:
+    """A (B,) tensor of time t for the batch x."""
+    return torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype) if not torch.is_tensor(t) else (
+        t.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+    )
+
+
+def predict_x0_eps(score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """(x̂₀, ε̂) at (x, t): from ``score_fn.predict`` when offered, else Tweedie from the score."""
+    predict = getattr(score_fn, "predict", None)
+    if predict is not None:
+        return predict(x, t)
+    alpha, sigma = append_dims(process.alpha(t), x), append_dims(process.sigma(t), x)
+    eps = -sigma * score_fn(x, t)
+    return (x - sigma * eps) / alpha, eps
+
+
+def probability_flow_velocity(score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor) -> Tensor:
+    """dx/dt of the probability-flow ODE: ``score_fn.velocity`` when offered, else f·x − ½g²·s."""
+    velocity = getattr(score_fn, "velocity", None)
+    if velocity is not None:
+        return velocity(x, t)
+    return process.reverse_drift(x, t, score_fn(x, t), probability_flow=True)
+
+
+def clip_x0(x0: Tensor, clip: float | None) -> Tensor:
+    """Clamp the x₀ estimate to [−clip, clip] (DDPM's ``clip_denoised``) when ``clip`` is set."""
+    return x0 if clip is None else x0.clamp(-clip, clip)
+
+
+def require_process(process: NoiseProcess | None, sampler: object) -> NoiseProcess:
+    """Fail clearly when a sampler that needs a noise process is called without one."""
+    if process is None:
+        raise ValueError(f"{type(sampler).__name__} needs a noise process: call it as sampler(score_fn, x, process)")
+    return process
+
+
+class Sampler(ABC):
+    """Base of all samplers: a typed configuration, a grid, a loop.
+
+    Args:
+        num_steps: network-evaluating steps; with ``denoise`` the last of them is the final
+            noise-free (Tweedie) step at t_min, so the grid then has ``num_steps - 1`` intervals.
+        spacing: time spacing (default: the process's own).
+        denoise: finish with x̂₀ = E[x₀ | x_{t_min}] instead of the last noisy iterate.
+    """
+
+    def __init__(self, num_steps: int = 100, spacing: Spacing | None = None, denoise: bool = True) -> None:
+        if num_steps < 1 + int(denoise):
+            raise ValueError(f"num_steps must be >= {1 + int(denoise)} (denoise={denoise}), got {num_steps}")
+        self.num_steps, self.spacing, self.denoise = num_steps, spacing, denoise
+        self.nfe = 0
+
+    def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
+        """Decreasing times t_max → t_min for this sampler's steps."""
+        return process.time_grid(self.num_steps - int(self.denoise), self.spacing, device=device)
+
+    def __call__(
+        self,
+        score_fn: ScoreFn,
+        x: Tensor,
+        process: NoiseProcess | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        counted = CountingScore(score_fn)
+        out = self.sample(counted, x, process, generator=generator, callback=callback, progress=progress)
+        self.nfe = counted.calls
+        return out
+
+    @abstractmethod
+    def sample(
+        self,
+        score_fn: ScoreFn,
+        x: Tensor,
+        process: NoiseProcess | None,
+        *,
+        generator: torch.Generator | None,
+        callback: StepCallback | None,
+        progress: bool,
+    ) -> Tensor:
+        """The sampling loop; ``score_fn`` here counts its own evaluations."""
+
+    def finish(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t_min: Tensor, clip: float | None = None):
+        """The optional final noise-free step: x̂₀ at t_min."""
+        if not self.denoise:
+            return x
+        return clip_x0(predict_x0_eps(score_fn, process, x, full_like_t(x, t_min))[0], clip)
+
+    @staticmethod
+    def steps(n: int, progress: bool, desc: str) -> Iterable[int]:
+        """range(n), with a tqdm bar when ``progress``."""
+        return tqdm(range(n), desc=desc, leave=False, dynamic_ncols=True) if progress else range(n)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "nfe")
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,36 @@
+"""Small shared helpers: widening per-sample tensors and seeded noise."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def append_dims(v: Tensor, x: Tensor) -> Tensor:
+    """Widen a per-sample tensor of shape (B,) (or a scalar) to broadcast against ``x``.
+
+    This is the one place where (B,) becomes (B, 1, ..., 1); nothing else assumes 4-D data.
+    """
+    if v.ndim == 0:
+        return v
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator`` when given."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def rand(shape: tuple[int, ...], generator: torch.Generator | None = None, device=None, dtype=None) -> Tensor:
+    """Uniform [0, 1) noise drawn from ``generator`` when given."""
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype or torch.get_default_dtype())
+
+
+def batch_mean(x: Tensor) -> Tensor:
+    """Mean over every dimension but the first: (B, ...) -> (B,)."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def batch_sum(x: Tensor) -> Tensor:
+    """Sum over every dimension but the first: (B, ...) -> (B,)."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
