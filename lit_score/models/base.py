@@ -1,0 +1,173 @@
+"""GenerativeModule: what every family shares — optimisation, the sample shape, sampling, input checks."""
+
+from __future__ import annotations
+
+import inspect
+from abc import abstractmethod
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from torch import Tensor, nn
+
+from lit_score.processes import NoiseProcess
+from lit_score.samplers import Sampler
+
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _is_plain(value: object) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss is NaN or infinite."""
+
+
+class GenerativeModule(pl.LightningModule):
+    """Base LightningModule of all families; a subclass sets ``self.score_model`` (its ScoreFn: a NetworkScore
+    or an EnergyScore) and ``self.sampler`` (``default_sampler(process)`` when none is given).
+
+    Args:
+        sampler: default sampler for :meth:`sample` (family default when None).
+        optimizer: optimizer callable (``class_path``/``init_args`` in YAML); Adam(lr=2e-4) when None.
+        lr_scheduler: optional LR scheduler callable, stepped every optimizer step.
+        warmup_steps: linear learning-rate warm-up over this many steps (DDPM uses 5000); not combined
+            with ``lr_scheduler`` (put a SequentialLR there instead).
+        sample_shape: shape of one sample, e.g. (2,) or (3, 32, 32); linked from the datamodule by the CLI.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        warmup_steps: int = 0,
+        sample_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        if warmup_steps and lr_scheduler is not None:
+            raise ValueError("warmup_steps and lr_scheduler are exclusive: put the warm-up into a SequentialLR")
+        self.sampler = sampler  # subclasses fill in default_sampler(process) once their parts exist
+        self.optimizer_fn, self.lr_scheduler_fn, self.warmup_steps = optimizer, lr_scheduler, warmup_steps
+        self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.last_nfe = 0
+
+    # --- family hooks ----------------------------------------------------------------------------
+    @abstractmethod
+    def default_sampler(self, process: NoiseProcess | None) -> Sampler:
+        """The family's default sampler for ``process``."""
+
+    @property
+    def process(self) -> NoiseProcess | None:
+        """The noise process (None for families without one)."""
+        return None
+
+    def save_config(self) -> None:
+        """save_hyperparameters: the config under LightningCLI, plain-typed arguments otherwise."""
+        frame = inspect.currentframe().f_back
+        if _given_hyperparameters.get() is not None:
+            self.save_hyperparameters(frame=frame)
+            return
+        init_args = inspect.getargvalues(frame).locals
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        self.save_hyperparameters(*[n for n in names if n in init_args and _is_plain(init_args[n])], frame=frame)
+
+    # --- scores and sampling ---------------------------------------------------------------------
+    def score(self, x: Tensor, t: Tensor) -> Tensor:
+        """∇ₓ log p_t(x) under the model."""
+        return self.score_model(x, t)
+
+    def initial_state(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Where sampling starts: a draw from the process prior."""
+        return self.process.prior_sample((n, *self.require_shape()), generator=generator, device=self.device)
+
+    def require_shape(self) -> tuple[int, ...]:
+        if self.sample_shape is None:
+            raise ValueError(
+                "the model has no sample_shape: pass model.sample_shape (the CLI links it from the data module)"
+            )
+        return self.sample_shape
+
+    def sample(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        x: Tensor | None = None,
+    ) -> Tensor:
+        """Draw ``n`` samples (n, *sample_shape) with ``sampler`` (default: the model's), in eval mode."""
+        sampler = sampler if sampler is not None else self.sampler
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                x = self.initial_state(n, generator) if x is None else x
+                out = sampler(self.score_model, x, self.process, generator=generator, progress=progress)
+        finally:
+            self.train(was_training)
+        self.last_nfe = sampler.nfe
+        return out
+
+    # --- training plumbing -----------------------------------------------------------------------
+    def data_batch(self, batch: Tensor | tuple | list | dict) -> Tensor:
+        """The data tensor of a batch, checked against ``sample_shape``."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(x, dict):
+            raise TypeError("dict batches are not supported: the data module should yield tensors (B, *sample_shape)")
+        if self.sample_shape is not None and tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"data batches have sample shape {tuple(x.shape[1:])} but the model was built for {self.sample_shape}:"
+                " set model.sample_shape (and the network's channels/size) to match the data"
+            )
+        return x
+
+    def check_finite(self, loss: Tensor) -> None:
+        """Stop with a clear message on a NaN/inf loss (nothing already saved is touched)."""
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}: lower the learning rate, set"
+                " --trainer.gradient_clip_val 1.0, use 32-bit precision, or check the data for NaNs; checkpoints"
+                " already written are intact"
+            )
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_fn(params) if self.optimizer_fn is not None else torch.optim.Adam(params, lr=2e-4)
+        if self.lr_scheduler_fn is not None:
+            scheduler = self.lr_scheduler_fn(optimizer)
+        elif self.warmup_steps > 0:
+            warmup = self.warmup_steps
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        else:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def check_network(self, network: nn.Module, t: Tensor | None) -> None:
+        """Run the network once on zeros of the sample shape and fail clearly if the output shape is wrong."""
+        if self.sample_shape is None:
+            return
+        x = torch.zeros((2, *self.sample_shape), device=self.device)
+        try:
+            with torch.no_grad():
+                out = network(x, t)
+        except RuntimeError as err:
+            raise ValueError(
+                f"the network cannot take data of sample shape {self.sample_shape}: {str(err).splitlines()[0]}"
+                " — set the network's channels / data_dim / resolution to match the data"
+            ) from err
+        expected = x.shape if out.ndim == x.ndim else (2,)
+        if tuple(out.shape) != tuple(expected):
+            raise ValueError(
+                f"the network maps data of shape {tuple(x.shape)} to {tuple(out.shape)}, expected {tuple(expected)}"
+                " — set the network's channels / data_dim to match the data"
+            )
+

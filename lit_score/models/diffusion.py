@@ -1,0 +1,79 @@
+"""DiffusionModule: the shared training step of every family that regresses a network onto noised data.
+
+DDPM, NCSN, score SDEs and flow matching differ only in their defaults (process, parameterisation,
+loss weighting, sampler) — the step below is the same for all of them.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lit_score.losses import DenoisingLoss
+from lit_score.models.base import GenerativeModule
+from lit_score.processes import NoiseProcess
+from lit_score.samplers import Sampler
+from lit_score.scores import NetworkScore, Target
+
+
+class DiffusionModule(GenerativeModule):
+    """A network + noise process + parameterisation + denoising loss, trained on x_t = α x₀ + σ ε.
+
+    Args:
+        network: ``network(x, c_noise(t))`` with output shaped like x.
+        process: the noise process (family default when None).
+        target: what the network predicts (eps, x0, v, score, velocity).
+        scale_by_sigma: divide a ``score`` output by σ(t) (Song & Ermon 2020, technique 3).
+        loss: the per-sample objective (family default when None).
+    """
+
+    default_target: Target = "eps"
+
+    def __init__(
+        self,
+        network: nn.Module,
+        process: NoiseProcess | None = None,
+        target: Target | None = None,
+        scale_by_sigma: bool = False,
+        loss: DenoisingLoss | None = None,
+        sampler: Sampler | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        warmup_steps: int = 0,
+        sample_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__(sampler, optimizer, lr_scheduler, warmup_steps, sample_shape)
+        process = process if process is not None else self.default_process()
+        self.score_model = NetworkScore(network, process, target or self.default_target, scale_by_sigma)
+        self.sampler = sampler if sampler is not None else self.default_sampler(process)
+        self.loss = loss if loss is not None else self.default_loss()
+        self.save_config()
+
+    def default_process(self) -> NoiseProcess:
+        raise NotImplementedError(f"{type(self).__name__} needs a process")
+
+    def default_loss(self) -> DenoisingLoss:
+        return DenoisingLoss()
+
+    @property
+    def process(self) -> NoiseProcess:
+        return self.score_model.process
+
+    @property
+    def network(self) -> nn.Module:
+        return self.score_model.network
+
+    def setup(self, stage: str) -> None:
+        self.check_network(self.network, torch.zeros(2, device=self.device))
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self.loss(self.score_model, self.data_batch(batch)).mean()
+        self.check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x0 = self.data_batch(batch)
+        generator = torch.Generator(x0.device).manual_seed(batch_idx)
+        self.log("val/loss", self.loss(self.score_model, x0, generator=generator).mean(), prog_bar=True, sync_dist=True)
