@@ -68,9 +68,9 @@ class GaussianMixtureDistribution:
     def random(
         cls, k: int, dim: int, generator: torch.Generator | None = None, scale: float = 2.0
     ) -> GaussianMixtureDistribution:
-        """Random means N(0, scale^2), diagonal stds in [0.2, 0.6] * scale / 2 and weights in [0.5, 1.5] (normalised)."""
+        """Random means N(0, scale^2), diagonal stds U[0.1, 0.3] * scale, weights U[0.5, 1.5] (then normalised)."""
         means = scale * torch.randn(k, dim, generator=generator)
-        stds = (0.2 + 0.4 * torch.rand(k, dim, generator=generator)) * scale / 2
+        stds = (0.1 + 0.2 * torch.rand(k, dim, generator=generator)) * scale
         weights = 0.5 + torch.rand(k, generator=generator)
         return cls(means, stds, weights)
 

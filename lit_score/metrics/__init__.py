@@ -1,0 +1,12 @@
+"""Metrics: two-sample distances for toy data (more exports are added by the metrics package's owners)."""
+
+from lit_score.metrics.distances import (
+    data_floor,
+    energy_distance,
+    median_bandwidth,
+    median_distance,
+    mmd,
+    sliced_wasserstein,
+)
+
+__all__ = ["data_floor", "energy_distance", "median_bandwidth", "median_distance", "mmd", "sliced_wasserstein"]

@@ -1,0 +1,79 @@
+"""Writing samples as a person looks at them: PNG grids for images, scatter plots for 2-D, and raw .npz."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def image_grid(x: Tensor, data_range: tuple[float, float] = (-1.0, 1.0), nrow: int | None = None) -> Tensor:
+    """A uint8 (H, W, C) grid of images x (B, C, H, W) scaled from ``data_range``."""
+    from torchvision.utils import make_grid
+
+    lo, hi = data_range
+    x = ((x.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+    grid = make_grid(x, nrow=nrow or max(1, math.ceil(math.sqrt(x.shape[0]))), padding=2, pad_value=1.0)
+    return (grid * 255).round().to(torch.uint8).permute(1, 2, 0)
+
+
+def save_image_grid(x: Tensor, path: Path, data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """Save images x (B, C, H, W) as one PNG grid."""
+    from PIL import Image
+
+    grid = image_grid(x, data_range).numpy()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    return path
+
+
+def save_scatter(x: Tensor, path: Path, reference: Tensor | None = None, title: str | None = None) -> Path:
+    """Scatter plot of the first two coordinates of x (B, D), beside ``reference`` data when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("samples", x)] + ([("data", reference)] if reference is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5), squeeze=False)
+    points = [p.detach().float().cpu().reshape(p.shape[0], -1).numpy() for _, p in panels]
+    both = np.concatenate(points)[:, :2]
+    both = both[np.isfinite(both).all(axis=1)]
+    lo, hi = (np.percentile(both, 0.5, axis=0), np.percentile(both, 99.5, axis=0)) if len(both) else (-3, 3)
+    pad = 0.1 * (np.asarray(hi) - np.asarray(lo)) + 1e-3
+    for ax, (name, _), pts in zip(axes[0], panels, points):
+        ax.scatter(pts[:, 0], pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts)), s=2, alpha=0.5)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_title(name)
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_samples(
+    x: Tensor,
+    stem: Path,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    reference: Tensor | None = None,
+    title: str | None = None,
+    metadata: dict | None = None,
+) -> dict[str, Path]:
+    """Write ``stem.png`` (grid for images, scatter otherwise) and ``stem.npz`` (raw samples + metadata)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png = stem.with_suffix(".png")
+    if x.ndim == 4:
+        save_image_grid(x[:256], png, data_range)
+    else:
+        save_scatter(x, png, reference, title)
+    npz = stem.with_suffix(".npz")
+    extras = {k: np.asarray(v) for k, v in (metadata or {}).items()}
+    np.savez_compressed(npz, samples=x.detach().float().cpu().numpy(), **extras)
+    return {"png": png, "npz": npz}
