@@ -139,7 +139,7 @@ class NoiseProcess(nn.Module, ABC):
     def time_grid(
         self, n_steps: int, spacing: Spacing | None = None, rho: float = 7.0, device: torch.device | None = None
     ) -> Tensor:
-        """``n_steps + 1`` decreasing times from t_max to t_min (fewer if a discrete process merges steps)."""
+        """``n_steps + 1`` decreasing float64 times from t_max to t_min (fewer if a discrete process merges steps)."""
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")
         spacing = spacing or self.default_spacing
@@ -158,7 +158,7 @@ class NoiseProcess(nn.Module, ABC):
         else:
             raise ValueError(f"unknown time spacing {spacing!r}: use uniform, quadratic, karras or logsnr")
         t = torch.unique_consecutive(self.discretize(t.to(self.device)))
-        return t.to(device=device if device is not None else self.device, dtype=torch.get_default_dtype())
+        return t.to(device=device if device is not None else self.device, dtype=torch.float64)
 
     def extra_repr(self) -> str:
         return f"t_min={self.t_min:g}, t_max={self.t_max:g}"

@@ -1,0 +1,99 @@
+"""Sample grids / scatter plots during training, saved as PNG and sent to the configured logger."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from lit_score.samplers import Sampler
+from lit_score.visualize import save_samples
+
+
+def generate_across_ranks(
+    trainer: pl.Trainer, pl_module, n: int, sampler: Sampler | None, seed: int, progress: bool = False
+) -> Tensor:
+    """Draw n samples split across DDP ranks (each rank ⌈n/world⌉ from seed + rank); every rank gets all n."""
+    world = trainer.world_size
+    per_rank = math.ceil(n / world)
+    generator = torch.Generator(pl_module.device).manual_seed(seed + trainer.global_rank)
+    x = pl_module.sample(per_rank, sampler=sampler, generator=generator, progress=progress)
+    if world > 1:
+        x = pl_module.all_gather(x).reshape(world * per_rank, *x.shape[1:])
+    return x[:n]
+
+
+class SampleGrid(pl.Callback):
+    """Every ``every_n_epochs`` validation epochs, sample the model and save ``samples/epoch=E.png`` (+ .npz).
+
+    A last grid, ``samples/final.png``, is drawn when fit ends. Sampling happens at the first validation batch, where weight-averaging callbacks (EMA) have their
+    averaged weights swapped in, so the grid shows the EMA model whatever the callback order. The
+    generation is split across DDP ranks; files are written and logged on rank zero.
+
+    Args:
+        every_n_epochs: how often (in validation epochs).
+        num_samples: samples per grid / scatter.
+        sampler: sampler to use (the model's own when None).
+        seed: base seed (fixed, so successive grids are comparable).
+        dirpath: where to write (default: ``<log dir>/samples``).
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        num_samples: int = 64,
+        sampler: Sampler | None = None,
+        seed: int = 0,
+        dirpath: str | None = None,
+    ) -> None:
+        self.every_n_epochs, self.num_samples, self.sampler, self.seed = every_n_epochs, num_samples, sampler, seed
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.last_paths: dict[str, Path] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if self.dirpath is None:  # trainer.log_dir broadcasts: resolve it on every rank, here
+            self.dirpath = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx != 0 or trainer.sanity_checking or dataloader_idx != 0:
+            return
+        if trainer.current_epoch % self.every_n_epochs != 0 and not trainer.fast_dev_run:
+            return
+        x = generate_across_ranks(trainer, pl_module, self.num_samples, self.sampler, self.seed)
+        self._write(trainer, pl_module, x, f"epoch={trainer.current_epoch:04d}")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+        """A last grid from the final weights (EMA weights, once EMAWeightAveraging has copied them in)."""
+        if trainer.fast_dev_run or trainer.interrupted:
+            return
+        x = generate_across_ranks(trainer, pl_module, self.num_samples, self.sampler, self.seed)
+        self._write(trainer, pl_module, x, "final")
+
+    @rank_zero_only
+    def _write(self, trainer: pl.Trainer, pl_module, x: Tensor, name: str) -> None:
+        datamodule = trainer.datamodule
+        data_range = getattr(datamodule, "data_range", (-1.0, 1.0))
+        reference = None
+        if x.ndim == 2 and hasattr(datamodule, "reference_samples"):
+            reference = datamodule.reference_samples(x.shape[0], torch.Generator().manual_seed(self.seed))
+        stem = self.dirpath / name
+        title = f"{type(pl_module).__name__} epoch {trainer.current_epoch}, NFE {pl_module.last_nfe}"
+        self.last_paths = save_samples(x, stem, data_range, reference, title, {"nfe": pl_module.last_nfe})
+        self._log_image(trainer, self.last_paths["png"])
+
+    @staticmethod
+    def _log_image(trainer: pl.Trainer, png: Path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        image = np.asarray(Image.open(png).convert("RGB"))
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples", image, trainer.global_step, dataformats="HWC")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image("samples", [image], step=trainer.global_step)

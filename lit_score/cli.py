@@ -1,0 +1,210 @@
+"""The ``lit-score`` command: LightningCLI for fit/validate/test/predict, and ``sample`` from a checkpoint.
+
+    lit-score fit --config configs/ddpm/toy.yaml
+    lit-score sample --ckpt_path runs/ddpm_toy/version_0/checkpoints/last.ckpt --num_samples 2000 \\
+        --sampler.class_path lit_score.samplers.DDIM --sampler.init_args.num_steps 50
+
+``sample`` needs no config: the checkpoint records its model class and hyper-parameters.
+Bad input ends with one line ``lit-score: error: …`` and exit status 1 (set LIT_SCORE_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from argparse import ArgumentError
+from pathlib import Path
+
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from tqdm.auto import tqdm
+
+from lit_score.data import GenerativeDataModule
+from lit_score.models import GenerativeModule, NonFiniteLossError
+from lit_score.samplers import Sampler
+from lit_score.visualize import save_samples
+
+SUBCOMMANDS_OUTSIDE_LIGHTNING = ("sample",)
+
+
+class UserError(ValueError):
+    """A problem with the user's input, reported as one line."""
+
+
+def checkpoint_class_path(ckpt_path: str | Path) -> str:
+    """The model class a lit-score checkpoint was written by (``hyper_parameters['_class_path']``)."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: pass the path of a .ckpt file written by lit-score fit")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    class_path = ckpt.get("hyper_parameters", {}).get("_class_path")
+    if class_path is None:
+        raise UserError(f"checkpoint {path} records no model class: it was not written by `lit-score fit`")
+    return class_path
+
+
+def import_class(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
+    """Load a checkpoint as the class that wrote it (not as the base class)."""
+    cls = import_class(checkpoint_class_path(ckpt_path))
+    if not (isinstance(cls, type) and issubclass(cls, GenerativeModule)):
+        raise UserError(f"checkpoint {ckpt_path} holds a {cls!r}, not a lit-score model")
+    return cls.load_from_checkpoint(ckpt_path, map_location=map_location)
+
+
+def _used_ema(ckpt_path: str | Path) -> bool:
+    callbacks = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    return any("WeightAveraging" in key for key in callbacks)
+
+
+class LitScoreSaveConfig(SaveConfigCallback):
+    """Write the resolved config into each run's own directory (with wandb too: its per-run files dir)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        wandb = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not wandb:
+            return super().setup(trainer, pl_module, stage)
+        if self.already_saved or not trainer.is_global_zero:
+            return
+        run_dir = Path(wandb[0].experiment.dir)
+        self.parser.save(self.config, run_dir / self.config_filename, skip_none=False, overwrite=True)
+        self.already_saved = True
+
+
+class LitScoreCLI(LightningCLI):
+    """LightningCLI over every lit-score family and data module, with the data → model shape link."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("model_class", GenerativeModule)
+        kwargs.setdefault("datamodule_class", GenerativeDataModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("save_config_callback", LitScoreSaveConfig)
+        no_exit = {"exit_on_error": False}
+        kwargs.setdefault("parser_kwargs", {**no_exit, **{name: dict(no_exit) for name in self.subcommands()}})
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(
+            "data", "model.init_args.sample_shape", compute_fn=lambda data: data.sample_shape, apply_on="instantiate"
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a checkpoint of another family before its hyper-parameters replace the config's model."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise UserError(f"checkpoint {ckpt_path} does not exist: pass the path of a .ckpt file")
+        if ckpt_path and Path(ckpt_path).is_file():
+            wanted = self.config[subcommand].model.class_path
+            found = checkpoint_class_path(ckpt_path)
+            if wanted != found:
+                raise UserError(
+                    f"checkpoint {ckpt_path} holds a {found.rpartition('.')[2]} model but the config builds a"
+                    f" {wanted.rpartition('.')[2]}: use the {found.rpartition('.')[2]} config or a matching checkpoint"
+                )
+        super()._parse_ckpt_path()
+
+
+def _sample_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="lit-score sample", description="Draw samples from a lit-score checkpoint.", exit_on_error=False
+    )
+    parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint written by `lit-score fit`")
+    parser.add_argument("--num_samples", type=int, default=64, help="how many samples")
+    parser.add_subclass_arguments(Sampler, "sampler", required=False, help="sampler (default: the model's own)")
+    parser.add_argument("--batch_size", type=int | None, default=None, help="samples per batch (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    parser.add_argument("--output", type=str | None, default=None, help="output stem (default: <run>/samples/…)")
+    parser.add_argument("--accelerator", type=str, default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace existing output files")
+    return parser
+
+
+def sample_main(argv: list[str]) -> dict[str, Path]:
+    """``lit-score sample``: load a checkpoint, sample, write PNG + NPZ next to the run."""
+    parser = _sample_parser()
+    cfg = parser.parse_args(argv)
+    sampler: Sampler | None = parser.instantiate_classes(cfg).sampler
+    if cfg.num_samples < 1:
+        raise UserError(f"--num_samples must be >= 1, got {cfg.num_samples}")
+    device = torch.device("cuda" if cfg.accelerator == "auto" and torch.cuda.is_available() else (
+        "cpu" if cfg.accelerator == "auto" else cfg.accelerator))
+    model = load_model(cfg.ckpt_path, map_location=device)
+    sampler = sampler if sampler is not None else model.sampler
+    ckpt = Path(cfg.ckpt_path)
+    stem = Path(cfg.output) if cfg.output else (
+        ckpt.parent.parent / "samples" / f"{ckpt.stem}_{type(sampler).__name__}_n{cfg.num_samples}_seed{cfg.seed}"
+    )
+    existing = [p for p in (stem.with_suffix(".png"), stem.with_suffix(".npz")) if p.exists()]
+    if existing and not cfg.overwrite:
+        raise UserError(f"{existing[0]} exists: pass --output elsewhere or --overwrite true")
+    batch = cfg.batch_size or cfg.num_samples
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    chunks, nfe = [], 0
+    for start in tqdm(range(0, cfg.num_samples, batch), desc="batches", disable=batch >= cfg.num_samples):
+        n = min(batch, cfg.num_samples - start)
+        chunks.append(model.sample(n, sampler=sampler, generator=generator, progress=True).cpu())
+        nfe = model.last_nfe
+    x = torch.cat(chunks)
+    metadata = {
+        "nfe": nfe,
+        "sampler": repr(sampler),
+        "model": type(model).__name__,
+        "ckpt_path": str(ckpt),
+        "seed": cfg.seed,
+        "ema": _used_ema(ckpt),
+    }
+    title = f"{type(model).__name__} · {type(sampler).__name__} · NFE {nfe}"
+    paths = save_samples(x, stem, title=title, metadata=metadata)
+    finite = torch.isfinite(x).all().item()
+    print(f"wrote {paths['png']} and {paths['npz']} ({cfg.num_samples} samples, NFE {nfe}, EMA {metadata['ema']})")
+    if not finite:
+        print("lit-score: warning: some samples are not finite (the model or sampler diverged)", file=sys.stderr)
+    return paths
+
+
+_NOISE = ("Does not validate", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
+          "Problem with given class_path", "Not a valid subclass")
+
+
+def one_line(err: BaseException) -> str:
+    """One line from an error message: the key path and the innermost cause (jsonargparse nests them)."""
+    text = str(err)
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    causes = []
+    for line in text.splitlines():
+        line = re.sub(r'^Parser key "[^"]+":', "", line.strip()).strip().lstrip("-").strip()
+        if line and not line.startswith(_NOISE):
+            causes.append(line)
+    cause = causes[-1] if causes else type(err).__name__
+    return f"{'.'.join(keys)}: {cause}" if keys else cause
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``lit-score``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv and argv[0] == "sample":
+            sample_main(argv[1:])
+            return
+        LitScoreCLI(args=args)
+    except (UserError, ValueError, OSError, NonFiniteLossError, ArgumentError) as err:
+        if os.environ.get("LIT_SCORE_DEBUG"):
+            raise
+        hint = " (see `lit-score --help`)" if isinstance(err, ArgumentError) else ""
+        print(f"lit-score: error: {one_line(err)}{hint}", file=sys.stderr)
+        raise SystemExit(1 if not isinstance(err, ArgumentError) else 2) from err
+
+
+if __name__ == "__main__":
+    main()
