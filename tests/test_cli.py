@@ -1,0 +1,163 @@
+"""The CLI driven from Python with argument lists (Lightning's test_cli.py habit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lit_score.cli import checkpoint_class_path, load_model, main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+FAMILY_CONFIGS = [p for p in CONFIGS if p.parent.name not in ("trainer", "logger")]
+PRESETS = [p for p in CONFIGS if p.parent.name in ("trainer", "logger")]
+
+
+def run(argv: list[str]) -> None:
+    main([str(a) for a in argv])
+
+
+def fails(argv: list[str], capsys, code: int = 1) -> str:
+    """Run argv, expect exit ``code`` and return the single error line."""
+    with pytest.raises(SystemExit) as info:
+        run(argv)
+    assert info.value.code == code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-score: error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def logs(tmp_path: Path) -> list[str]:
+    return ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.accelerator", "cpu"]
+
+
+@pytest.mark.parametrize("config", FAMILY_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_family_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as info:
+        run(["fit", "--config", config, "--print_config"])
+    assert info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_presets_stack_on_a_family_config(preset, capsys):
+    with pytest.raises(SystemExit):
+        run(["fit", "--config", ROOT / "configs/ddpm/toy.yaml", "--config", preset, "--print_config"])
+    out = capsys.readouterr().out
+    assert "lit_score.models.DDPM" in out
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    """A very short real DDPM toy run (not fast_dev_run, which writes no checkpoint)."""
+    tmp = tmp_path_factory.mktemp("toy")
+    run(["fit", "--config", ROOT / "configs/ddpm/toy.yaml", *logs(tmp), "--trainer.max_epochs", "1",
+         "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+         "--trainer.check_val_every_n_epoch", "1", "--model.init_args.process.init_args.num_timesteps", "50"])
+    return tmp / "ddpm_toy" / "version_0"
+
+
+def test_fit_toy_leaves_checkpoint_logs_and_samples(toy_run):
+    assert (toy_run / "checkpoints" / "last.ckpt").is_file()
+    assert (toy_run / "config.yaml").is_file()
+    assert list(toy_run.glob("events.out.tfevents.*"))
+    assert (toy_run / "samples" / "epoch=0000.png").is_file()
+    assert (toy_run / "samples" / "final.png").is_file()
+    samples = np.load(toy_run / "samples" / "final.npz")["samples"]
+    assert samples.shape == (2000, 2) and np.isfinite(samples).all()
+
+
+def test_sample_from_checkpoint_with_any_sampler(toy_run, capsys):
+    ckpt = toy_run / "checkpoints" / "last.ckpt"
+    assert checkpoint_class_path(ckpt) == "lit_score.models.DDPM"
+    out = toy_run / "samples" / "ddim"
+    run(["sample", "--ckpt_path", ckpt, "--num_samples", 100, "--batch_size", 40, "--output", out,
+         "--sampler.class_path", "lit_score.samplers.DDIM", "--sampler.init_args.num_steps", 10])
+    data = np.load(out.with_suffix(".npz"))
+    assert data["samples"].shape == (100, 2) and int(data["nfe"]) == 10
+    assert out.with_suffix(".png").is_file()
+    # the model's own sampler by default (ancestral over the 50-step chain), written next to the run
+    run(["sample", "--ckpt_path", ckpt, "--num_samples", 20])
+    default = toy_run / "samples" / "last_Ancestral_n20_seed0.npz"
+    assert int(np.load(default)["nfe"]) == 50
+    # nothing is overwritten without --overwrite
+    assert "exists" in fails(["sample", "--ckpt_path", ckpt, "--num_samples", 20], capsys)
+    run(["sample", "--ckpt_path", ckpt, "--num_samples", 20, "--overwrite", "true"])
+
+
+def test_loaded_model_is_the_checkpoint_class_with_its_settings(toy_run):
+    model = load_model(toy_run / "checkpoints" / "last.ckpt")
+    assert type(model).__name__ == "DDPM"
+    assert model.process.num_timesteps == 50 and model.sample_shape == (2,)
+
+
+def test_fast_dev_run_digits(tmp_path):
+    run(["fit", "--config", ROOT / "configs/ddpm/digits.yaml", *logs(tmp_path), "--trainer.fast_dev_run", "true"])
+
+
+def write_image_folder(root: Path, n: int = 6, size: int = 32, mode: str = "RGB") -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        channels = 3 if mode == "RGB" else 1
+        pixels = rng.integers(0, 256, size=(size, size, channels), dtype=np.uint8)
+        Image.fromarray(pixels if channels == 3 else pixels[..., 0], mode).save(root / f"img{i}.png")
+    return root
+
+
+def test_fast_dev_run_cifar10_config_on_a_tiny_image_folder(tmp_path):
+    (tmp_path / "images").mkdir()
+    folder = write_image_folder(tmp_path / "images")
+    run(["fit", "--config", ROOT / "configs/ddpm/cifar10.yaml", *logs(tmp_path), "--trainer.fast_dev_run", "true",
+         "--trainer.precision", "32-true", "--data.init_args.root", folder, "--data.init_args.dataset", "folder",
+         "--data.init_args.batch_size", 4, "--data.init_args.num_workers", 0,
+         "--model.init_args.network.init_args.base_channels", 32, "--model.init_args.network.init_args.channel_mult",
+         "[1, 2]", "--model.init_args.network.init_args.attention_resolutions", "[16]"])
+
+
+def test_bad_config_key_is_one_line(capsys):
+    line = fails(["fit", "--config", ROOT / "configs/ddpm/toy.yaml", "--model.init_args.learning_rate", "1"], capsys, 2)
+    assert "learning_rate" in line
+
+
+def test_missing_image_root_is_one_line(tmp_path, capsys):
+    line = fails(["fit", "--config", ROOT / "configs/ddpm/cifar10.yaml", *logs(tmp_path), "--trainer.fast_dev_run",
+                  "true", "--data.init_args.root", tmp_path / "nowhere"], capsys)
+    assert "nowhere" in line
+
+
+def test_data_of_the_wrong_shape_is_one_line(tmp_path, capsys):
+    line = fails(["fit", "--config", ROOT / "configs/ddpm/toy.yaml", *logs(tmp_path), "--trainer.fast_dev_run", "true",
+                  "--model.init_args.network.init_args.data_dim", 3], capsys)
+    assert "sample shape (2,)" in line
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_checkpoints(tmp_path, capsys, toy_run):
+    before = {p: p.stat().st_mtime_ns for p in toy_run.rglob("*.ckpt")}
+    line = fails(["fit", "--config", ROOT / "configs/ddpm/toy.yaml", *logs(tmp_path), "--trainer.max_steps", 20,
+                  "--model.init_args.optimizer.init_args.lr", "1e30", "--trainer.gradient_clip_val", "null"], capsys)
+    assert "non-finite training loss" in line
+    assert {p: p.stat().st_mtime_ns for p in toy_run.rglob("*.ckpt")} == before
+
+
+def test_missing_checkpoint_is_one_line(capsys):
+    assert "does not exist" in fails(["sample", "--ckpt_path", "/nonexistent.ckpt"], capsys)
+
+
+def test_checkpoint_of_another_family_is_refused(toy_run, tmp_path, capsys):
+    ncsn = ROOT / "configs/ncsn/toy.yaml"
+    line = fails(["fit", "--config", ncsn, *logs(tmp_path), "--ckpt_path", toy_run / "checkpoints/last.ckpt"], capsys)
+    assert "DDPM" in line and "NCSN" in line
+
+
+def test_resume_continues_from_the_checkpoint(toy_run, tmp_path):
+    ckpt = toy_run / "checkpoints" / "last.ckpt"
+    step = torch.load(ckpt, weights_only=True)["global_step"]
+    run(["fit", "--config", ROOT / "configs/ddpm/toy.yaml", *logs(tmp_path), "--ckpt_path", ckpt,
+         "--trainer.max_epochs", 2, "--trainer.limit_train_batches", 3, "--trainer.limit_val_batches", 1,
+         "--model.init_args.process.init_args.num_timesteps", "50"])
+    resumed = torch.load(tmp_path / "ddpm_toy" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == step + 3
