@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
 
+from lit_score.callbacks.samples import run_dir
 from lit_score.data import GenerativeDataModule
 from lit_score.models import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Sampler
@@ -66,16 +67,20 @@ def _used_ema(ckpt_path: str | Path) -> bool:
 
 
 class LitScoreSaveConfig(SaveConfigCallback):
-    """Write the resolved config into each run's own directory (with wandb too: its per-run files dir)."""
+    """Write the resolved config into each run's own directory (with wandb, beside the checkpoints and into
+    the wandb run's files, instead of the save_dir all wandb runs share)."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         wandb = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if not wandb:
             return super().setup(trainer, pl_module, stage)
-        if self.already_saved or not trainer.is_global_zero:
+        if self.already_saved:
             return
-        run_dir = Path(wandb[0].experiment.dir)
-        self.parser.save(self.config, run_dir / self.config_filename, skip_none=False, overwrite=True)
+        directory = run_dir(trainer)  # broadcasts: every rank calls it
+        if trainer.is_global_zero:
+            for target in (directory, Path(wandb[0].experiment.dir)):
+                target.mkdir(parents=True, exist_ok=True)
+                self.parser.save(self.config, target / self.config_filename, skip_none=False, overwrite=True)
         self.already_saved = True
 
 

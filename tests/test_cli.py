@@ -161,3 +161,38 @@ def test_resume_continues_from_the_checkpoint(toy_run, tmp_path):
          "--model.init_args.process.init_args.num_timesteps", "50"])
     resumed = torch.load(tmp_path / "ddpm_toy" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == step + 3
+
+
+SHORT = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+         "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
+         "--model.init_args.process.init_args.num_timesteps", "50"]
+
+
+def console(argv: list, cwd: Path, **env: str) -> None:
+    """Run ``python -m lit_score.cli`` as a separate process, as a user would."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "lit_score.cli", *map(str, argv)], cwd=cwd, capture_output=True,
+                            text=True, env={**os.environ, **env}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_ddp_two_cpu_processes_split_sample_generation(tmp_path):
+    console(["fit", "--config", ROOT / "configs/ddpm/toy.yaml", "--trainer.devices", 2, "--trainer.strategy", "ddp",
+             "--trainer.accelerator", "cpu", *SHORT], cwd=tmp_path)
+    samples = np.load(tmp_path / "runs/ddpm_toy/version_0/samples/final.npz")["samples"]
+    assert samples.shape == (2000, 2)
+    assert len(np.unique(samples[:, 0])) == 2000  # the two ranks drew different samples
+
+
+def test_wandb_offline_runs_keep_their_own_directories(tmp_path):
+    for _ in range(2):
+        console(["fit", "--config", ROOT / "configs/ddpm/toy.yaml", "--config", ROOT / "configs/logger/wandb.yaml",
+                 *SHORT], cwd=tmp_path, WANDB_MODE="offline")
+    runs = [p for p in (tmp_path / "runs/lit-score").iterdir() if p.is_dir()]
+    assert len(runs) == 2
+    for run_dir in runs:
+        assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints/last.ckpt").is_file()
+        assert (run_dir / "samples/final.png").is_file()

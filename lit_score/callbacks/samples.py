@@ -15,6 +15,18 @@ from lit_score.samplers import Sampler
 from lit_score.visualize import save_samples
 
 
+def run_dir(trainer: pl.Trainer) -> Path:
+    """This run's own directory, ``save_dir/name/version`` as ModelCheckpoint resolves it (call on every rank)."""
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    if logger.save_dir is None:
+        return Path(trainer.default_root_dir)
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    path = Path(logger.save_dir) / str(logger.name) / version
+    return Path(trainer.strategy.broadcast(str(path)))
+
+
 def generate_across_ranks(
     trainer: pl.Trainer, pl_module, n: int, sampler: Sampler | None, seed: int, progress: bool = False
 ) -> Tensor:
@@ -31,8 +43,9 @@ def generate_across_ranks(
 class SampleGrid(pl.Callback):
     """Every ``every_n_epochs`` validation epochs, sample the model and save ``samples/epoch=E.png`` (+ .npz).
 
-    A last grid, ``samples/final.png``, is drawn when fit ends. Sampling happens at the first validation batch, where weight-averaging callbacks (EMA) have their
-    averaged weights swapped in, so the grid shows the EMA model whatever the callback order. The
+    Sampling happens at the first validation batch, where weight-averaging callbacks (EMA) have their
+    averaged weights swapped in, so the grid shows the EMA model whatever the callback order; a last
+    grid, ``samples/final.png``, is drawn when fit ends (after EMA has copied its weights in). The
     generation is split across DDP ranks; files are written and logged on rank zero.
 
     Args:
@@ -40,7 +53,7 @@ class SampleGrid(pl.Callback):
         num_samples: samples per grid / scatter.
         sampler: sampler to use (the model's own when None).
         seed: base seed (fixed, so successive grids are comparable).
-        dirpath: where to write (default: ``<log dir>/samples``).
+        dirpath: where to write (default: ``<run dir>/samples``, beside ``checkpoints/``).
     """
 
     def __init__(
@@ -56,8 +69,8 @@ class SampleGrid(pl.Callback):
         self.last_paths: dict[str, Path] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        if self.dirpath is None:  # trainer.log_dir broadcasts: resolve it on every rank, here
-            self.dirpath = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        if self.dirpath is None:  # resolving the run directory broadcasts: do it on every rank, here
+            self.dirpath = run_dir(trainer) / "samples"
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx != 0 or trainer.sanity_checking or dataloader_idx != 0:
