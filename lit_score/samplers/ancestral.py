@@ -70,15 +70,24 @@ class Ancestral(Sampler):
             raise ValueError(f"unknown variance {variance!r}: use beta_tilde or beta")
         self.variance, self.clip_denoised = variance, clip_denoised
 
+    def update(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        """One step t → s: (x_s, posterior mean μ̃, x̂₀)."""
+        x0 = clip_x0(predict_x0_eps(score_fn, process, x, t)[0], self.clip_denoised)
+        _, sigma_ts2, beta_tilde = transition_variances(process, t, s)
+        var = beta_tilde if self.variance == "beta_tilde" else sigma_ts2
+        x_mean = posterior_mean(process, x, x0, t, s)
+        return x_mean + append_dims(var.sqrt(), x) * randn_like(x, generator), x_mean, x0
+
+    def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        """One step t → s: (x_s, μ̃), the predictor interface of ``PredictorCorrector``."""
+        return self.update(score_fn, process, x, t, s, generator)[:2]
+
     def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
         process = require_process(process, self)
         grid = self.grid(process, x.device)
         for i in self.steps(len(grid) - 1, progress, "ancestral"):
             t, s = full_like_t(x, grid[i]), full_like_t(x, grid[i + 1])
-            x0 = clip_x0(predict_x0_eps(score_fn, process, x, t)[0], self.clip_denoised)
-            _, sigma_ts2, beta_tilde = transition_variances(process, t, s)
-            var = beta_tilde if self.variance == "beta_tilde" else sigma_ts2
-            x = posterior_mean(process, x, x0, t, s) + append_dims(var.sqrt(), x) * randn_like(x, generator)
+            x, _, x0 = self.update(score_fn, process, x, t, s, generator)
             _report(callback, i, t, x, x0)
         return self.finish(score_fn, process, x, grid[-1], self.clip_denoised)
 
@@ -99,20 +108,29 @@ class DDIM(Sampler):
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.eta, self.clip_denoised = eta, clip_denoised
 
+    def update(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        """One step t → s: (x_s, x_s without its fresh noise, x̂₀)."""
+        x0, eps = predict_x0_eps(score_fn, process, x, t)
+        if self.clip_denoised is not None:
+            x0 = clip_x0(x0, self.clip_denoised)
+            eps = (x - append_dims(process.alpha(t), x) * x0) / append_dims(process.sigma(t), x)
+        c2 = self.eta**2 * transition_variances(process, t, s)[2]
+        direction = append_dims((process.sigma(s) ** 2 - c2).clamp_min(0).sqrt(), x)
+        x_mean = append_dims(process.alpha(s), x) * x0 + direction * eps
+        if self.eta > 0:
+            return x_mean + append_dims(c2.sqrt(), x) * randn_like(x, generator), x_mean, x0
+        return x_mean, x_mean, x0
+
+    def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        """One step t → s: (x_s, x_s without noise), the predictor interface of ``PredictorCorrector``."""
+        return self.update(score_fn, process, x, t, s, generator)[:2]
+
     def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
         process = require_process(process, self)
         grid = self.grid(process, x.device)
         for i in self.steps(len(grid) - 1, progress, "ddim"):
             t, s = full_like_t(x, grid[i]), full_like_t(x, grid[i + 1])
-            x0, eps = predict_x0_eps(score_fn, process, x, t)
-            if self.clip_denoised is not None:
-                x0 = clip_x0(x0, self.clip_denoised)
-                eps = (x - append_dims(process.alpha(t), x) * x0) / append_dims(process.sigma(t), x)
-            c2 = self.eta**2 * transition_variances(process, t, s)[2]
-            direction = append_dims((process.sigma(s) ** 2 - c2).clamp_min(0).sqrt(), x)
-            x = append_dims(process.alpha(s), x) * x0 + direction * eps
-            if self.eta > 0:
-                x = x + append_dims(c2.sqrt(), x) * randn_like(x, generator)
+            x, _, x0 = self.update(score_fn, process, x, t, s, generator)
             _report(callback, i, t, x, x0)
         return self.finish(score_fn, process, x, grid[-1], self.clip_denoised)
 
