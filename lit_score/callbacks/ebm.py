@@ -1,0 +1,116 @@
+"""EBM diagnostics: energy histograms of real data vs noise vs samples (energy as an OOD score) and sample grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from lit_score.callbacks.samples import generate_across_ranks, run_dir
+from lit_score.visualize import save_samples
+
+
+def energy_auroc(inlier: Tensor, outlier: Tensor) -> float:
+    """P(E(inlier) < E(outlier)) (ties count ½): the AUROC of the energy as an OOD score (Du & Mordatch 2019, §4.4)."""
+    a, b = inlier.double().reshape(-1, 1), outlier.double().reshape(1, -1)
+    return float((a < b).double().mean() + 0.5 * (a == b).double().mean())
+
+
+def save_energy_histogram(energies: dict[str, Tensor], path: Path, title: str | None = None, bins: int = 50) -> Path:
+    """One PNG with overlaid energy histograms, one per named set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = {k: v.detach().float().cpu().numpy() for k, v in energies.items()}
+    finite = [v[(v == v) & (abs(v) < float("inf"))] for v in values.values()]
+    lo, hi = min(v.min() for v in finite if len(v)), max(v.max() for v in finite if len(v))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (name, _), v in zip(values.items(), finite):
+        ax.hist(v, bins=bins, range=(lo, hi + 1e-6), alpha=0.5, density=True, label=name)
+    ax.set_xlabel("energy E(x)  (lower = more likely)")
+    ax.set_ylabel("density")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class EnergyHistogram(pl.Callback):
+    """Every ``every_n_epochs`` validation epochs: an energy histogram (real data, uniform noise, replay buffer,
+    fresh chains) and sample grids of the buffer and of fresh short-run chains, under ``<run dir>/ebm``.
+
+    Runs at the first validation batch (where EMA weights are live, as :class:`SampleGrid`); fresh chains are
+    split across DDP ranks, files are written on rank zero. Logs ``ebm/ood_auroc_noise`` and
+    ``ebm/ood_auroc_samples``: how well E separates real data from noise and from the model's own samples.
+
+    Args:
+        every_n_epochs: how often (in validation epochs).
+        num_samples: samples per set.
+        bins: histogram bins.
+        seed: seed of the noise and the fresh chains.
+        dirpath: where to write (default: ``<run dir>/ebm``, beside ``checkpoints/``).
+    """
+
+    def __init__(
+        self, every_n_epochs: int = 1, num_samples: int = 512, bins: int = 50, seed: int = 0, dirpath: str | None = None
+    ) -> None:
+        self.every_n_epochs, self.num_samples, self.bins, self.seed = every_n_epochs, num_samples, bins, seed
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.last_paths: dict[str, Path] = {}
+        self.last_energies: dict[str, Tensor] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if self.dirpath is None:  # resolving the run directory broadcasts: do it on every rank, here
+            self.dirpath = run_dir(trainer) / "ebm"
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx != 0 or trainer.sanity_checking or dataloader_idx != 0:
+            return
+        if trainer.current_epoch % self.every_n_epochs != 0 and not trainer.fast_dev_run:
+            return
+        fresh = generate_across_ranks(trainer, pl_module, self.num_samples, None, self.seed)
+        self._write(trainer, pl_module, fresh, batch)
+
+    @rank_zero_only
+    def _write(self, trainer: pl.Trainer, pl_module, fresh: Tensor, batch) -> None:
+        n, generator = self.num_samples, torch.Generator(pl_module.device).manual_seed(self.seed)
+        datamodule = trainer.datamodule
+        if hasattr(datamodule, "reference_samples"):
+            real = datamodule.reference_samples(n, torch.Generator().manual_seed(self.seed)).to(pl_module.device)
+        else:
+            real = pl_module.data_batch(batch)[:n]
+        sets = {"real data": real, "uniform noise": pl_module.uniform_noise(n, generator), "fresh chains": fresh}
+        if pl_module.replay_buffer is not None:
+            sets["replay buffer"] = pl_module.replay_buffer[:n].to(pl_module.device)
+        with torch.no_grad():
+            self.last_energies = {k: pl_module.energy(v).cpu() for k, v in sets.items()}
+        epoch, e = trainer.current_epoch, self.last_energies
+        stem = self.dirpath / f"epoch={epoch:04d}"
+        self.last_paths = {
+            "histogram": save_energy_histogram(
+                e, stem.with_name(stem.name + "_energy.png"), f"{type(pl_module).__name__} epoch {epoch}", self.bins
+            )
+        }
+        data_range = pl_module.data_range
+        reference = real if real.ndim == 2 else None
+        for name in ("fresh chains", "replay buffer"):
+            if name in sets:
+                paths = save_samples(
+                    sets[name],
+                    stem.with_name(f"{stem.name}_{name.split()[-1]}"),
+                    data_range,
+                    reference,
+                    f"{name}, epoch {epoch}",
+                )
+                self.last_paths[name] = paths["png"]
+        pl_module.log("ebm/ood_auroc_noise", energy_auroc(e["real data"], e["uniform noise"]), rank_zero_only=True)
+        pl_module.log("ebm/ood_auroc_samples", energy_auroc(e["real data"], e["fresh chains"]), rank_zero_only=True)

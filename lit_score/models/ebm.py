@@ -1,0 +1,289 @@
+"""Energy-based model trained by contrastive divergence with short-run Langevin from a replay buffer.
+
+Du & Mordatch 2019 (IGEBM) and Nijkamp et al. 2019 (short-run MCMC): fakes x⁻ come from ``num_steps`` of
+Langevin on −∇E started, per sample, from the replay buffer (probability ``reuse_prob``) or from uniform
+noise over the data range, and are written back into the buffer. The buffer is model state: every DDP rank
+keeps its own shard, all shards are saved in the checkpoint (keyed by rank) and each rank takes its own
+back on resume. A watchdog rolls the model and optimizer back to the last good in-memory (CPU) copy
+when the loss turns non-finite or |E| exceeds ``max_energy``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from contextlib import contextmanager
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from lit_score.losses.contrastive import ContrastiveDivergence
+from lit_score.models.base import GenerativeModule, NonFiniteLossError
+from lit_score.samplers import Langevin, Sampler
+from lit_score.scores import EnergyScore
+from lit_score.utils import rand
+
+_BUFFER_KEY = "ebm_replay_buffer"
+
+
+class EBMDivergedError(NonFiniteLossError):
+    """Raised when EBM training keeps diverging after ``max_rollbacks`` rollbacks."""
+
+
+def _cpu_copy(state):
+    """A detached CPU deep copy of a (nested) state dict."""
+    if torch.is_tensor(state):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu_copy(v) for v in state)
+    return copy.deepcopy(state)
+
+
+class EBM(GenerativeModule):
+    """Energy-based model p(x) ∝ exp(−E(x)) (Du & Mordatch 2019), sampled by (short-run) Langevin on −∇E.
+
+    Args:
+        energy_net: ``E(x, t=None) -> (B,)``, e.g. :class:`~lit_score.networks.EnergyCNN` / ``EnergyMLP``.
+        sampler: the chain that makes fakes and samples (default ``Langevin`` clamped to ``data_range``).
+        loss: the contrastive-divergence loss (default α = 0.1).
+        buffer_size: replay-buffer size per DDP rank.
+        reuse_prob: probability that a chain starts from the buffer rather than fresh uniform noise.
+        data_range: (lo, hi) of the data; fresh chains start uniform in it.
+        max_energy: the watchdog rolls back when a mean |E| of real or fake data exceeds this.
+        snapshot_every: keep a CPU copy of model + optimizer state every K good steps.
+        max_rollbacks: stop with :class:`EBMDivergedError` after this many rollbacks.
+        optimizer: default Adam(lr=1e-4, betas=(0.0, 0.999)) (β₁ = 0 as Du & Mordatch).
+    """
+
+    def __init__(
+        self,
+        energy_net: nn.Module,
+        sampler: Sampler | None = None,
+        loss: ContrastiveDivergence | None = None,
+        buffer_size: int = 10000,
+        reuse_prob: float = 0.95,
+        data_range: tuple[float, float] = (-1.0, 1.0),
+        max_energy: float = 1e3,
+        snapshot_every: int = 100,
+        max_rollbacks: int = 5,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        warmup_steps: int = 0,
+        sample_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__(sampler, optimizer, lr_scheduler, warmup_steps, sample_shape)
+        if not 0 <= reuse_prob <= 1 or buffer_size < 1 or snapshot_every < 1:
+            raise ValueError(
+                f"need 0 <= reuse_prob <= 1, buffer_size >= 1, snapshot_every >= 1, got "
+                f"{reuse_prob}, {buffer_size}, {snapshot_every}"
+            )
+        if not data_range[0] < data_range[1]:
+            raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range}")
+        self.score_model = EnergyScore(energy_net)
+        self.data_range = (float(data_range[0]), float(data_range[1]))
+        self.sampler = sampler if sampler is not None else self.default_sampler(None)
+        self.loss = loss if loss is not None else ContrastiveDivergence()
+        if optimizer is None:
+            self.optimizer_fn = functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.0, 0.999))
+        self.buffer_size, self.reuse_prob, self.max_energy = buffer_size, reuse_prob, max_energy
+        self.snapshot_every, self.max_rollbacks = snapshot_every, max_rollbacks
+        self.replay_buffer: Tensor | None = None  # this rank's shard (buffer_size, *sample_shape)
+        self.rollbacks, self._snapshot, self._generator = 0, None, None
+        self.save_config()
+
+    def default_sampler(self, process=None) -> Sampler:
+        return Langevin(clamp=self.data_range)
+
+    @property
+    def energy_net(self) -> nn.Module:
+        return self.score_model.energy_net
+
+    def energy(self, x: Tensor) -> Tensor:
+        """E(x), shape (B,)."""
+        return self.score_model.energy(x)
+
+    # --- sampling ---------------------------------------------------------------------------------
+    def uniform_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws uniform over ``data_range`` (n, *sample_shape)."""
+        lo, hi = self.data_range
+        return lo + (hi - lo) * rand((n, *self.require_shape()), generator, self.device)
+
+    def initial_state(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Chains start from uniform noise over the data range (the EBM has no process prior)."""
+        return self.uniform_noise(n, generator)
+
+    @contextmanager
+    def frozen(self):
+        """Eval mode and no parameter gradients (Langevin needs only ∇ₓE); both restored on exit."""
+        was_training, flags = self.training, [p.requires_grad for p in self.parameters()]
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(self.parameters(), flags):
+                p.requires_grad_(flag)
+            self.train(was_training)
+
+    def sample(self, n, sampler=None, generator=None, progress=False, x=None) -> Tensor:
+        with self.frozen():
+            return super().sample(n, sampler, generator, progress, x)
+
+    # --- replay buffer ----------------------------------------------------------------------------
+    def reset_buffer(self) -> None:
+        """Fill this rank's buffer with fresh uniform noise."""
+        self.replay_buffer = self.uniform_noise(self.buffer_size, self._generator)
+
+    def _rank_generator(self) -> torch.Generator:
+        """A generator seeded from the global RNG and the rank, so DDP shards and chains differ per rank."""
+        seed = int(torch.randint(2**62, (1,)).item()) + 1_000_003 * self.global_rank
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def fake_samples(self, n: int) -> Tensor:
+        """Run the sampler from buffer / fresh starts, write the chains back, return the fakes (n, *shape)."""
+        if n > self.buffer_size:
+            raise ValueError(f"a batch of {n} is larger than the replay buffer ({self.buffer_size}): raise buffer_size")
+        buffer = self.replay_buffer.to(self.device)
+        index = torch.randperm(self.buffer_size, generator=self._generator, device=self.device)[:n]
+        fresh = rand((n,), self._generator, self.device) >= self.reuse_prob
+        fresh = fresh.reshape(n, *([1] * (buffer.ndim - 1)))
+        x = torch.where(fresh, self.uniform_noise(n, self._generator), buffer[index])
+        with self.frozen():
+            x = self.sampler(self.score_model, x, None, generator=self._generator).detach()
+        buffer[index] = x
+        self.replay_buffer = buffer
+        return x
+
+    def on_fit_start(self) -> None:
+        self._generator = self._rank_generator()
+        if self.replay_buffer is None or tuple(self.replay_buffer.shape) != (self.buffer_size, *self.require_shape()):
+            self.reset_buffer()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """All ranks' shards under ``checkpoint['ebm_replay_buffer']['shards']`` (world, size, *shape)."""
+        if self.replay_buffer is None:
+            return
+        world = self.trainer.world_size if self._trainer is not None else 1
+        buffer = self.replay_buffer.to(self.device)
+        shards = self.trainer.strategy.all_gather(buffer) if world > 1 else buffer[None]
+        checkpoint[_BUFFER_KEY] = {"shards": shards.cpu(), "rollbacks": self.rollbacks}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Each rank takes its own shard; with another world size the pooled shards are dealt out afresh."""
+        state = checkpoint.get(_BUFFER_KEY)
+        if state is None:
+            return
+        shards, self.rollbacks = state["shards"], int(state["rollbacks"])
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if shards.shape[0] == world and shards.shape[1] == self.buffer_size:
+            self.replay_buffer = shards[self.global_rank].clone()
+            return
+        pool = shards.flatten(0, 1)[self.global_rank :: world][: self.buffer_size]
+        rank_zero_warn(
+            f"the replay buffer was saved by {shards.shape[0]} rank(s) of {shards.shape[1]} samples; dealing them"
+            f" over {world} rank(s) of {self.buffer_size} (fresh noise fills any gap)"
+        )
+        self.replay_buffer = self.uniform_noise(self.buffer_size).cpu()
+        self.replay_buffer[: len(pool)] = pool
+
+    # --- training ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        self.check_network(self.energy_net, None)
+
+    def on_train_start(self) -> None:
+        self._take_snapshot()
+
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+        x_real = self.data_batch(batch)
+        x_fake = self.fake_samples(x_real.shape[0])
+        e_real, e_fake = self.energy(x_real), self.energy(x_fake)
+        loss = self.loss(e_real, e_fake).mean()
+        if self._diverged(loss, e_real, e_fake):
+            self._roll_back(loss, e_real, e_fake)
+            return None
+        if self.global_step % self.snapshot_every == 0:
+            self._take_snapshot()
+        with torch.no_grad():
+            e_noise = self.energy(self.uniform_noise(x_real.shape[0], self._generator))
+        self.log("train/loss", loss, prog_bar=True)
+        self._log_energies("train", e_real.detach(), e_fake.detach(), e_noise)
+        self.log("train/rollbacks", float(self.rollbacks))
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate("val", batch, batch_idx)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate("test", batch, batch_idx)
+
+    def _evaluate(self, stage: str, batch, batch_idx: int) -> None:
+        """Energies of held-out data, of fakes (the buffer, or fresh chains without one) and of uniform noise."""
+        x_real = self.data_batch(batch)
+        n = x_real.shape[0]
+        generator = torch.Generator(self.device).manual_seed(batch_idx)
+        if self.replay_buffer is not None and n <= self.buffer_size:
+            x_fake = self.replay_buffer[:n].to(self.device)
+        else:  # under trainer.validate/test this runs Langevin inside inference_mode (EnergyScore allows it)
+            x_fake = self.sample(n, generator=generator)
+        e_real, e_fake = self.energy(x_real), self.energy(x_fake)
+        e_noise = self.energy(self.uniform_noise(n, generator))
+        self.log(f"{stage}/loss", self.loss(e_real, e_fake).mean(), sync_dist=True)
+        self._log_energies(stage, e_real, e_fake, e_noise, sync_dist=True)
+
+    def _log_energies(self, stage: str, e_real: Tensor, e_fake: Tensor, e_noise: Tensor, sync_dist=False) -> None:
+        """Mean energies of real data, fakes and uniform noise, and the CD gap E_real − E_fake."""
+        log = functools.partial(self.log, on_epoch=True, sync_dist=sync_dist)
+        log(f"{stage}/energy_real", e_real.mean())
+        log(f"{stage}/energy_fake", e_fake.mean())
+        log(f"{stage}/energy_noise", e_noise.mean())
+        log(f"{stage}/cd_gap", e_real.mean() - e_fake.mean())
+
+    # --- divergence watchdog ----------------------------------------------------------------------
+    def _diverged(self, loss: Tensor, e_real: Tensor, e_fake: Tensor) -> bool:
+        """Non-finite loss or a mean |E| above ``max_energy`` on any rank (one host sync per step)."""
+        magnitude = torch.maximum(e_real.detach().abs().mean(), e_fake.detach().abs().mean())
+        bad = bool((~torch.isfinite(loss.detach()) | (magnitude > self.max_energy)).item())
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        return bad
+
+    def _take_snapshot(self) -> None:
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        self._snapshot = (
+            self.global_step,
+            _cpu_copy(self.state_dict()),
+            [_cpu_copy(o.state_dict()) for o in optimizers],
+        )
+
+    def _roll_back(self, loss: Tensor, e_real: Tensor, e_fake: Tensor) -> None:
+        """Restore the last good model + optimizer state and reseed the buffer; stop after ``max_rollbacks``."""
+        self.rollbacks += 1
+        step, model_state, optimizer_states = self._snapshot
+        what = (
+            f"EBM training diverged at step {self.global_step} (loss {float(loss):.3g}, mean E_real "
+            f"{float(e_real.mean()):.3g}, mean E_fake {float(e_fake.mean()):.3g}, max_energy {self.max_energy:g})"
+        )
+        if self.rollbacks > self.max_rollbacks:
+            raise EBMDivergedError(
+                f"{what} after {self.max_rollbacks} rollbacks: lower the learning rate or the Langevin step size,"
+                " raise the CD regulariser alpha, or use spectral_norm in the energy network"
+            )
+        self.load_state_dict(model_state)
+        for optimizer, state in zip(self.trainer.optimizers, optimizer_states):
+            optimizer.load_state_dict(copy.deepcopy(state))
+        self.reset_buffer()
+        rank_zero_warn(
+            f"{what}; rolled back to step {step} and reseeded the replay buffer "
+            f"(rollback {self.rollbacks}/{self.max_rollbacks})"
+        )
+        self.log("train/rollbacks", float(self.rollbacks))

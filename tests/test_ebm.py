@@ -1,0 +1,220 @@
+"""EBM: CD loss, replay buffer as checkpointed (per-rank) state, divergence watchdog, inference-mode sampling."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lit_score.callbacks import EnergyHistogram
+from lit_score.data import Toy2D
+from lit_score.losses.contrastive import ContrastiveDivergence
+from lit_score.models import EBM, EBMDivergedError
+from lit_score.networks import EnergyMLP
+from lit_score.samplers import Langevin
+
+RANGE = (-3.0, 3.0)
+
+
+def make_ebm(**kw) -> EBM:
+    sampler = Langevin(num_steps=5, step_size=0.05, noise_scale=0.1, grad_clip=None, clamp=RANGE)
+    args = {"buffer_size": 64, "data_range": RANGE, "sample_shape": (2,), "sampler": sampler} | kw
+    return EBM(EnergyMLP(2, hidden=16, depth=2), **args)
+
+
+def make_data(batch_size: int = 16) -> Toy2D:
+    return Toy2D(num_samples=256, val_size=32, batch_size=batch_size)
+
+
+def make_trainer(tmp_path: Path, max_steps: int, callbacks=(), **kw) -> pl.Trainer:
+    args = dict(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+    )
+    return pl.Trainer(**(args | kw))
+
+
+def test_contrastive_divergence_formula():
+    e_real, e_fake = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0])
+    expected = e_real - e_fake + 0.1 * (e_real**2 + e_fake**2)
+    torch.testing.assert_close(ContrastiveDivergence(0.1)(e_real, e_fake), expected)
+    with pytest.raises(ValueError, match="pair up"):
+        ContrastiveDivergence()(e_real, e_fake[:1])
+
+
+def test_defaults_and_uniform_initial_state():
+    model = EBM(EnergyMLP(2), data_range=(-2.0, 5.0), sample_shape=(2,))
+    assert isinstance(model.sampler, Langevin) and model.sampler.clamp == (-2.0, 5.0)
+    assert model.loss.alpha == 0.1 and model.buffer_size == 10000 and model.reuse_prob == 0.95
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["betas"] == (0.0, 0.999)
+    assert optimizer.defaults["lr"] == 1e-4
+    x = model.initial_state(4000, torch.Generator().manual_seed(0))
+    assert x.min() >= -2.0 and x.max() <= 5.0 and abs(float(x.mean()) - 1.5) < 0.1
+
+
+def test_sampling_is_frozen_and_restores_state_and_works_under_inference_mode():
+    model = make_ebm()
+    model.train()
+    seen: list[tuple[bool, bool]] = []
+    net = model.energy_net
+    forward = net.forward
+    net.forward = lambda x, t=None: (seen.append((net.training, net.net[0].weight.requires_grad)), forward(x, t))[1]
+    with torch.inference_mode():
+        x = model.sample(8)
+    assert x.shape == (8, 2) and torch.isfinite(x).all() and not x.requires_grad
+    assert seen and all(s == (False, False) for s in seen) and model.training
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_fit_validate_and_test_under_inference_mode(tmp_path):
+    """Training logs the diagnostics; validate/test (inference_mode) run Langevin on a fresh model."""
+    model, data = make_ebm(), make_data()
+    hist = EnergyHistogram(num_samples=32, dirpath=str(tmp_path / "ebm"))
+    trainer = make_trainer(tmp_path, 4, [hist], limit_val_batches=1, val_check_interval=4)
+    trainer.fit(model, data)
+    metrics = trainer.callback_metrics
+    for key in (
+        "train/energy_real",
+        "train/energy_fake",
+        "train/energy_noise",
+        "train/cd_gap",
+        "train/grad_norm",
+        "train/rollbacks",
+        "val/energy_noise",
+        "ebm/ood_auroc_noise",
+    ):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    assert set(hist.last_paths) == {"histogram", "fresh chains", "replay buffer"}
+    assert all(p.is_file() for p in hist.last_paths.values())
+    assert model.replay_buffer.shape == (64, 2)
+    fresh = make_ebm()
+    assert fresh.replay_buffer is None
+    out = make_trainer(tmp_path, 1, limit_val_batches=1).validate(fresh, data, verbose=False)
+    assert torch.isfinite(torch.tensor(out[0]["val/energy_fake"]))
+    out = make_trainer(tmp_path, 1, limit_test_batches=1).test(fresh, data.val_dataloader(), verbose=False)
+    assert torch.isfinite(torch.tensor(out[0]["test/loss"]))
+
+
+class SaveAtEnd(pl.Callback):
+    """Save a checkpoint and this rank's buffer shard at the end of fit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.path / "last.ckpt")
+        torch.save(pl_module.replay_buffer.cpu(), self.path / f"buffer{trainer.global_rank}.pt")
+
+
+class CheckBufferOnResume(pl.Callback):
+    """On resume, each rank's buffer must equal the shard it saved."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        saved = torch.load(self.path / f"buffer{trainer.global_rank}.pt")
+        assert torch.equal(pl_module.replay_buffer.cpu(), saved), f"rank {trainer.global_rank} lost its shard"
+        assert pl_module.rollbacks == 0
+        (self.path / f"ok{trainer.global_rank}").touch()
+
+
+def test_buffer_round_trip_through_checkpoint(tmp_path):
+    make_trainer(tmp_path, 3, [SaveAtEnd(tmp_path)]).fit(make_ebm(), make_data())
+    shards = torch.load(tmp_path / "last.ckpt", weights_only=True)["ebm_replay_buffer"]["shards"]
+    assert torch.equal(shards[0], torch.load(tmp_path / "buffer0.pt"))
+    resumed = make_ebm()
+    make_trainer(tmp_path, 4, [CheckBufferOnResume(tmp_path)]).fit(
+        resumed, make_data(), ckpt_path=tmp_path / "last.ckpt"
+    )
+    assert (tmp_path / "ok0").exists()
+    loaded = EBM.load_from_checkpoint(
+        tmp_path / "last.ckpt", energy_net=EnergyMLP(2, hidden=16, depth=2), weights_only=True
+    )
+    assert torch.equal(loaded.replay_buffer, shards[0])
+
+
+def test_ddp_ranks_restore_their_own_shards(tmp_path):
+    """Two CPU ranks (ddp_fork): both shards go into the checkpoint and each rank takes its own back."""
+    ddp = {"devices": 2, "strategy": "ddp_fork"}
+    make_trainer(tmp_path, 2, [SaveAtEnd(tmp_path)], **ddp).fit(make_ebm(), make_data())
+    shard0, shard1 = torch.load(tmp_path / "buffer0.pt"), torch.load(tmp_path / "buffer1.pt")
+    assert not torch.equal(shard0, shard1)  # ranks keep different chains
+    shards = torch.load(tmp_path / "last.ckpt", weights_only=True)["ebm_replay_buffer"]["shards"]
+    assert torch.equal(shards[0], shard0) and torch.equal(shards[1], shard1)
+    make_trainer(tmp_path, 3, [CheckBufferOnResume(tmp_path)], **ddp).fit(
+        make_ebm(), make_data(), ckpt_path=tmp_path / "last.ckpt"
+    )
+    assert (tmp_path / "ok0").exists() and (tmp_path / "ok1").exists()
+
+
+def test_buffer_saved_by_another_world_size_is_dealt_out():
+    """Two saved shards of 4 loaded on one rank with room for 10: the 8 pooled samples, then uniform noise."""
+    model = make_ebm(buffer_size=10)
+    shards = torch.arange(16.0).reshape(2, 4, 2)
+    with pytest.warns(UserWarning, match="2 rank"):
+        model.on_load_checkpoint({"ebm_replay_buffer": {"shards": shards, "rollbacks": 1}})
+    assert torch.equal(model.replay_buffer[:8], shards.flatten(0, 1)) and model.rollbacks == 1
+    assert model.replay_buffer.shape == (10, 2) and model.replay_buffer[8:].abs().max() <= 3.0
+
+
+class BlowUp(pl.Callback):
+    """Multiply the energy's output layer by 1e6 at the start of chosen steps (an injected divergence)."""
+
+    def __init__(self, steps: set[int] | None = None, from_step: int | None = None) -> None:
+        self.steps, self.from_step, self.fired = steps or set(), from_step, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if (step in self.steps and step not in self.fired) or (self.from_step is not None and step >= self.from_step):
+            self.fired.append(step)
+            with torch.no_grad():
+                pl_module.energy_net.net[-1].weight.mul_(1e6)
+
+
+def test_watchdog_rolls_back_and_training_continues(tmp_path):
+    model = make_ebm(max_energy=100.0, snapshot_every=2)
+    trainer = make_trainer(tmp_path, 8, [BlowUp({5})])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, make_data())
+    messages = [str(w.message) for w in caught if "rolled back" in str(w.message)]
+    assert len(messages) == 1 and "rolled back to step 4" in messages[0] and "reseeded" in messages[0]
+    assert model.rollbacks == 1 and float(trainer.callback_metrics["train/rollbacks"]) == 1.0
+    assert trainer.global_step >= 7  # training went on after the rollback
+    trainer.save_checkpoint(tmp_path / "final.ckpt")
+    state = torch.load(tmp_path / "final.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert model.energy_net.net[-1].weight.abs().max() < 100
+
+
+def test_watchdog_stops_after_max_rollbacks(tmp_path):
+    model = make_ebm(max_energy=100.0, snapshot_every=1, max_rollbacks=2)
+    with pytest.raises(EBMDivergedError, match="after 2 rollbacks"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path, 20, [BlowUp(from_step=3)]).fit(model, make_data())
+    assert model.rollbacks == 3
+
+
+@pytest.mark.parametrize("config", ["toy", "digits"])
+def test_cli_fast_dev_run(tmp_path, config):
+    from lit_score.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    argv = ["fit", "--config", str(root / f"configs/ebm/{config}.yaml"), "--trainer.fast_dev_run", "true",
+            "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path), "--data.init_args.batch_size",
+            "16", "--model.init_args.sampler.init_args.num_steps", "5"]  # fmt: skip
+    main(argv)
+    assert (tmp_path / "ebm" / "epoch=0000_energy.png").is_file()
