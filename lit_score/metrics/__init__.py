@@ -8,5 +8,7 @@ from lit_score.metrics.distances import (
     mmd,
     sliced_wasserstein,
 )
+from lit_score.metrics.likelihood import LikelihoodResult, VLBResult, ddpm_vlb, log_likelihood
 
 __all__ = ["data_floor", "energy_distance", "median_bandwidth", "median_distance", "mmd", "sliced_wasserstein"]
+__all__ += ["LikelihoodResult", "VLBResult", "ddpm_vlb", "log_likelihood"]

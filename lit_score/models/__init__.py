@@ -3,5 +3,11 @@
 from lit_score.models.base import GenerativeModule, NonFiniteLossError
 from lit_score.models.ddpm import DDPM
 from lit_score.models.diffusion import DiffusionModule
+from lit_score.models.ebm import EBM, EBMDivergedError
+from lit_score.models.flow_matching import FlowMatching
+from lit_score.models.ncsn import NCSN, max_pairwise_distance
+from lit_score.models.score_sde import ScoreSDE
 
 __all__ = ["DDPM", "DiffusionModule", "GenerativeModule", "NonFiniteLossError"]
+__all__ += ["EBM", "EBMDivergedError", "FlowMatching"]
+__all__ += ["NCSN", "ScoreSDE", "max_pairwise_distance"]

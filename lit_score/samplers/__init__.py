@@ -1,5 +1,6 @@
 """Samplers written once against ScoreFn + NoiseProcess."""
 
+from lit_score.samplers.adaptive_sde import AdaptiveSDE
 from lit_score.samplers.ancestral import DDIM, Ancestral
 from lit_score.samplers.base import (
     CountingScore,
@@ -8,5 +9,14 @@ from lit_score.samplers.base import (
     predict_x0_eps,
     probability_flow_velocity,
 )
+from lit_score.samplers.dpm_solver import DPMSolver
+from lit_score.samplers.edm import EDMHeun
+from lit_score.samplers.langevin import AnnealedLangevin, Langevin, langevin_step
+from lit_score.samplers.ode import AdaptiveODE, Euler, Heun, solve_ode, solve_ode_fixed
+from lit_score.samplers.pc import LangevinCorrector, PredictorCorrector
+from lit_score.samplers.sde import EulerMaruyama, ReverseDiffusion
 
 __all__ = ["Sampler", "ScoreFn", "CountingScore", "predict_x0_eps", "probability_flow_velocity", "Ancestral", "DDIM"]
+__all__ += ["Langevin", "AnnealedLangevin", "langevin_step"]
+__all__ += ["EulerMaruyama", "ReverseDiffusion", "LangevinCorrector", "PredictorCorrector", "Euler", "Heun"]
+__all__ += ["AdaptiveODE", "DPMSolver", "EDMHeun", "AdaptiveSDE", "solve_ode", "solve_ode_fixed"]
