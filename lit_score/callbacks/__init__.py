@@ -4,6 +4,4 @@ from lit_score.callbacks.ebm import EnergyHistogram
 from lit_score.callbacks.likelihood import LikelihoodCallback
 from lit_score.callbacks.samples import SampleGrid, generate_across_ranks, run_dir
 
-__all__ = ["SampleGrid", "generate_across_ranks", "run_dir"]
-__all__ += ["EnergyHistogram"]
-__all__ += ["LikelihoodCallback"]
+__all__ = ["EnergyHistogram", "LikelihoodCallback", "SampleGrid", "generate_across_ranks", "run_dir"]

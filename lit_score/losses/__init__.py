@@ -1,7 +1,15 @@
 """Per-sample training objectives (B,); the modules reduce and log."""
 
+from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.losses.denoising import DenoisingLoss
+from lit_score.losses.flow import FlowMatchingLoss, ot_permutation
 from lit_score.losses.score_matching import ExactScoreMatching, SlicedScoreMatching
 
-__all__ = ["DenoisingLoss"]
-__all__ += ["ExactScoreMatching", "SlicedScoreMatching"]
+__all__ = [
+    "ContrastiveDivergence",
+    "DenoisingLoss",
+    "ExactScoreMatching",
+    "FlowMatchingLoss",
+    "SlicedScoreMatching",
+    "ot_permutation",
+]

@@ -86,7 +86,7 @@ class DenoisingLoss:
             t = t.to(x0.dtype)
         else:
             t = process.sample_time(x0.shape[0], generator=generator, device=x0.device).to(x0.dtype)
-        noise = randn_like(x0, generator)
+        noise = self.couple(x0, randn_like(x0, generator))
         x_t = process.perturb(x0, t, noise)
         out = score_model.raw(x_t, t)
         if self.weighting == "likelihood":
@@ -97,6 +97,10 @@ class DenoisingLoss:
             err = (out - score_model.training_target(x0, noise, t)) ** 2
             weight = self.weight(score_model, t)
         return weight * (batch_mean(err) if self.reduce == "mean" else batch_sum(err))
+
+    def couple(self, x0: Tensor, noise: Tensor) -> Tensor:
+        """Pair the batch's noise with its data: independent here; flow matching's minibatch OT re-pairs it."""
+        return noise
 
     def __repr__(self) -> str:
         extra = ", importance_sampling=True" if self.importance_sampling else ""

@@ -8,8 +8,6 @@ import torch
 from torch import Tensor
 
 from lit_score.losses.denoising import DenoisingLoss
-from lit_score.scores import NetworkScore
-from lit_score.utils import batch_mean, batch_sum, randn_like
 
 
 def ot_permutation(x0: Tensor, noise: Tensor) -> Tensor:
@@ -38,20 +36,9 @@ class FlowMatchingLoss(DenoisingLoss):
         super().__init__(weighting, reduce)
         self.ot_coupling = ot_coupling
 
-    def __call__(
-        self,
-        score_model: NetworkScore,
-        x0: Tensor,
-        generator: torch.Generator | None = None,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        process = score_model.process
-        t = process.sample_time(x0.shape[0], generator=generator, device=x0.device).to(x0.dtype)
-        noise = randn_like(x0, generator) if noise is None else noise
-        if self.ot_coupling:
-            noise = noise[ot_permutation(x0, noise)]
-        err = (score_model.raw(process.perturb(x0, t, noise), t) - score_model.training_target(x0, noise, t)) ** 2
-        return self.weight(score_model, t) * (batch_mean(err) if self.reduce == "mean" else batch_sum(err))
+    def couple(self, x0: Tensor, noise: Tensor) -> Tensor:
+        """Independent pairs, or the exact minibatch OT pairing of data and noise."""
+        return noise[ot_permutation(x0, noise)] if self.ot_coupling else noise
 
     def __repr__(self) -> str:
         return f"FlowMatchingLoss(ot_coupling={self.ot_coupling}, weighting={self.weighting!r}, reduce={self.reduce!r})"

@@ -8,6 +8,15 @@ from lit_score.models.flow_matching import FlowMatching
 from lit_score.models.ncsn import NCSN, max_pairwise_distance
 from lit_score.models.score_sde import ScoreSDE
 
-__all__ = ["DDPM", "DiffusionModule", "GenerativeModule", "NonFiniteLossError"]
-__all__ += ["EBM", "EBMDivergedError", "FlowMatching"]
-__all__ += ["NCSN", "ScoreSDE", "max_pairwise_distance"]
+__all__ = [
+    "DDPM",
+    "EBM",
+    "NCSN",
+    "DiffusionModule",
+    "EBMDivergedError",
+    "FlowMatching",
+    "GenerativeModule",
+    "NonFiniteLossError",
+    "ScoreSDE",
+    "max_pairwise_distance",
+]

@@ -16,7 +16,27 @@ from lit_score.samplers.ode import AdaptiveODE, Euler, Heun, solve_ode, solve_od
 from lit_score.samplers.pc import LangevinCorrector, PredictorCorrector
 from lit_score.samplers.sde import EulerMaruyama, ReverseDiffusion
 
-__all__ = ["Sampler", "ScoreFn", "CountingScore", "predict_x0_eps", "probability_flow_velocity", "Ancestral", "DDIM"]
-__all__ += ["Langevin", "AnnealedLangevin", "langevin_step"]
-__all__ += ["EulerMaruyama", "ReverseDiffusion", "LangevinCorrector", "PredictorCorrector", "Euler", "Heun"]
-__all__ += ["AdaptiveODE", "DPMSolver", "EDMHeun", "AdaptiveSDE", "solve_ode", "solve_ode_fixed"]
+__all__ = [
+    "DDIM",
+    "AdaptiveODE",
+    "AdaptiveSDE",
+    "Ancestral",
+    "AnnealedLangevin",
+    "CountingScore",
+    "DPMSolver",
+    "EDMHeun",
+    "Euler",
+    "EulerMaruyama",
+    "Heun",
+    "Langevin",
+    "LangevinCorrector",
+    "PredictorCorrector",
+    "ReverseDiffusion",
+    "Sampler",
+    "ScoreFn",
+    "langevin_step",
+    "predict_x0_eps",
+    "probability_flow_velocity",
+    "solve_ode",
+    "solve_ode_fixed",
+]
