@@ -32,7 +32,8 @@ def fails(argv: list[str], capsys, code: int = 1) -> str:
 
 
 def logs(tmp_path: Path) -> list[str]:
-    return ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.accelerator", "cpu"]
+    return ["--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.accelerator", "cpu"]
 
 
 @pytest.mark.parametrize("config", FAMILY_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
