@@ -19,13 +19,7 @@ from lit_score.processes import VE, VP, DiscreteVP, SubVP
 
 PROCESSES = {"vp": VP, "ve": VE, "subvp": SubVP}
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster on one intra-op thread (and the 2-core test machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -47,13 +47,7 @@ PROCESSES = {"vp": VP, "ve": VE, "subvp": SubVP}
 N, SETS = 1000, 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the batches are small, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @contextmanager

@@ -12,14 +12,7 @@ from lit_score.networks import MLP
 from lit_score.processes import VE
 from lit_score.scores import NetworkScore
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster on one intra-op thread (and the 2-core test machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from lit_score.callbacks.samples import generate_across_ranks, run_dir
+from lit_score.callbacks.samples import ValidationSampling, generate_across_ranks
 from lit_score.visualize import save_samples
 
 
@@ -44,7 +44,7 @@ def save_energy_histogram(energies: dict[str, Tensor], path: Path, title: str | 
     return path
 
 
-class EnergyHistogram(pl.Callback):
+class EnergyHistogram(ValidationSampling):
     """Every ``every_n_epochs`` validation epochs: an energy histogram (real data, uniform noise, replay buffer,
     fresh chains) and sample grids of the buffer and of fresh short-run chains, under ``<run dir>/ebm``.
 
@@ -60,22 +60,18 @@ class EnergyHistogram(pl.Callback):
         dirpath: where to write (default: ``<run dir>/ebm``, beside ``checkpoints/``).
     """
 
+    subdir = "ebm"
+
     def __init__(
         self, every_n_epochs: int = 1, num_samples: int = 512, bins: int = 50, seed: int = 0, dirpath: str | None = None
     ) -> None:
-        self.every_n_epochs, self.num_samples, self.bins, self.seed = every_n_epochs, num_samples, bins, seed
-        self.dirpath = Path(dirpath) if dirpath is not None else None
+        super().__init__(every_n_epochs, dirpath)
+        self.num_samples, self.bins, self.seed = num_samples, bins, seed
         self.last_paths: dict[str, Path] = {}
         self.last_energies: dict[str, Tensor] = {}
 
-    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        if self.dirpath is None:  # resolving the run directory broadcasts: do it on every rank, here
-            self.dirpath = run_dir(trainer) / "ebm"
-
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx != 0 or trainer.sanity_checking or dataloader_idx != 0:
-            return
-        if trainer.current_epoch % self.every_n_epochs != 0 and not trainer.fast_dev_run:
+        if not self.due(trainer, batch_idx, dataloader_idx):
             return
         fresh = generate_across_ranks(trainer, pl_module, self.num_samples, None, self.seed)
         self._write(trainer, pl_module, fresh, batch)

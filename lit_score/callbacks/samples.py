@@ -40,7 +40,31 @@ def generate_across_ranks(
     return x[:n]
 
 
-class SampleGrid(pl.Callback):
+class ValidationSampling(pl.Callback):
+    """Base of callbacks that sample at the first validation batch every N epochs and write into ``<run dir>/subdir``.
+
+    At the first validation batch weight-averaging callbacks (EMA) have their averaged weights swapped in,
+    so what is sampled there is the EMA model whatever the callback order.
+    """
+
+    subdir = "samples"
+
+    def __init__(self, every_n_epochs: int = 1, dirpath: str | None = None) -> None:
+        self.every_n_epochs = every_n_epochs
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if self.dirpath is None:  # resolving the run directory broadcasts: do it on every rank, here
+            self.dirpath = run_dir(trainer) / self.subdir
+
+    def due(self, trainer: pl.Trainer, batch_idx: int, dataloader_idx: int) -> bool:
+        """True at the first batch of a validation epoch on the every-N schedule (always under fast_dev_run)."""
+        if batch_idx != 0 or trainer.sanity_checking or dataloader_idx != 0:
+            return False
+        return trainer.current_epoch % self.every_n_epochs == 0 or bool(trainer.fast_dev_run)
+
+
+class SampleGrid(ValidationSampling):
     """Every ``every_n_epochs`` validation epochs, sample the model and save ``samples/epoch=E.png`` (+ .npz).
 
     Sampling happens at the first validation batch, where weight-averaging callbacks (EMA) have their
@@ -64,18 +88,12 @@ class SampleGrid(pl.Callback):
         seed: int = 0,
         dirpath: str | None = None,
     ) -> None:
-        self.every_n_epochs, self.num_samples, self.sampler, self.seed = every_n_epochs, num_samples, sampler, seed
-        self.dirpath = Path(dirpath) if dirpath is not None else None
+        super().__init__(every_n_epochs, dirpath)
+        self.num_samples, self.sampler, self.seed = num_samples, sampler, seed
         self.last_paths: dict[str, Path] = {}
 
-    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        if self.dirpath is None:  # resolving the run directory broadcasts: do it on every rank, here
-            self.dirpath = run_dir(trainer) / "samples"
-
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx != 0 or trainer.sanity_checking or dataloader_idx != 0:
-            return
-        if trainer.current_epoch % self.every_n_epochs != 0 and not trainer.fast_dev_run:
+        if not self.due(trainer, batch_idx, dataloader_idx):
             return
         n = min(self.num_samples, 8) if trainer.fast_dev_run else self.num_samples  # a check of the path, not a grid
         x = generate_across_ranks(trainer, pl_module, n, self.sampler, self.seed)
