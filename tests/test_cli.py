@@ -197,3 +197,29 @@ def test_wandb_offline_runs_keep_their_own_directories(tmp_path):
     for run_dir in runs:
         assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints/last.ckpt").is_file()
         assert (run_dir / "samples/final.png").is_file()
+
+
+CHEAP_GRID = '[{"class_path": "lit_score.callbacks.SampleGrid", "init_args": {"num_samples": 2}}]'
+DDIM_3 = '{"class_path": "lit_score.samplers.DDIM", "init_args": {"num_steps": 3}}'
+UNET = "--model.init_args.network.init_args."
+SMALL_UNET = [f"{UNET}base_channels", 32, f"{UNET}channel_mult", "[1, 2]", f"{UNET}attention_resolutions", "[16]",
+              "--model.init_args.sampler", DDIM_3]
+
+
+@pytest.mark.parametrize("config", ["ncsn/cifar10", "sde/vp_cifar10", "sde/ve_cifar10", "sde/subvp_cifar10",
+                                    "ebm/cifar10", "flow/cifar10"])
+def test_fast_dev_run_every_family_on_a_tiny_image_folder(config, tmp_path):
+    """Each family's CIFAR-10 config trains on a local image folder (network shrunk, cheap sampler and grid)."""
+    (tmp_path / "images").mkdir()
+    folder = write_image_folder(tmp_path / "images")
+    model_args = [] if config.startswith("ebm") else SMALL_UNET
+    run(["fit", "--config", ROOT / f"configs/{config}.yaml", *logs(tmp_path), "--trainer.fast_dev_run", "true",
+         "--trainer.precision", "32-true", "--trainer.callbacks", CHEAP_GRID, "--data.init_args.root", folder,
+         "--data.init_args.dataset", "folder", "--data.init_args.batch_size", 4, "--data.init_args.num_workers", 0,
+         *model_args])
+    assert list((tmp_path / "samples").glob("epoch=*.png"))
+
+
+def test_fast_dev_run_ddpm_toy(tmp_path):
+    run(["fit", "--config", ROOT / "configs/ddpm/toy.yaml", *logs(tmp_path), "--trainer.fast_dev_run", "true"])
+    assert (tmp_path / "samples" / "epoch=0000.png").is_file()
