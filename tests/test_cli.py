@@ -223,3 +223,14 @@ def test_fast_dev_run_every_family_on_a_tiny_image_folder(config, tmp_path):
 def test_fast_dev_run_ddpm_toy(tmp_path):
     run(["fit", "--config", ROOT / "configs/ddpm/toy.yaml", *logs(tmp_path), "--trainer.fast_dev_run", "true"])
     assert (tmp_path / "samples" / "epoch=0000.png").is_file()
+
+
+def test_a_ddpm_checkpoint_samples_with_predictor_corrector(toy_run):
+    out = toy_run / "samples" / "pc"
+    pc = ["--sampler.class_path", "lit_score.samplers.PredictorCorrector", "--sampler.init_args.predictor",
+          '{"class_path": "lit_score.samplers.ReverseDiffusion", "init_args": {"num_steps": 10}}',
+          "--sampler.init_args.corrector", '{"class_path": "lit_score.samplers.LangevinCorrector"}']
+    run(["sample", "--ckpt_path", toy_run / "checkpoints/last.ckpt", "--num_samples", 30, "--output", out, *pc])
+    data = np.load(out.with_suffix(".npz"))
+    assert data["samples"].shape == (30, 2) and np.isfinite(data["samples"]).all()
+    assert int(data["nfe"]) == 9 * 2 + 1  # 9 predictor + 9 corrector steps, then the final denoise
