@@ -71,6 +71,8 @@ class LitScoreSaveConfig(SaveConfigCallback):
     the wandb run's files, instead of the save_dir all wandb runs share)."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":  # validate/test/predict write no run of their own: nothing to record or overwrite
+            return
         wandb = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if not wandb:
             return super().setup(trainer, pl_module, stage)

@@ -103,6 +103,16 @@ class GenerativeDataModule(pl.LightningDataModule):
         self._ensure_setup()
         return self._loader(self.val_dataset, shuffle=False)
 
+    def test_dataloader(self) -> DataLoader:
+        """The held-out split again: the built-in datasets keep one held-out split for validation and test."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """Seed indices 0 … N−1 (N = size of the held-out split) in batches: ``trainer.predict`` generates one
+        sample per index, sharded across DDP ranks without duplicates."""
+        self._ensure_setup()
+        return DataLoader(torch.arange(len(self.val_dataset)), batch_size=self.batch_size)
+
     def reference_samples(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` real training samples (n, *sample_shape) without augmentation, drawn with ``generator``.
 

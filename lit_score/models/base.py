@@ -117,6 +117,12 @@ class GenerativeModule(pl.LightningModule):
         self.last_nfe = sampler.nfe
         return out
 
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
+        """One sample per seed index of the batch (see ``GenerativeDataModule.predict_dataloader``)."""
+        seeds = batch[0] if isinstance(batch, (tuple, list)) else batch
+        generator = torch.Generator(self.device).manual_seed(int(seeds[0]))  # one host read per batch
+        return self.sample(len(seeds), generator=generator)
+
     # --- training plumbing -----------------------------------------------------------------------
     def data_batch(self, batch: Tensor | tuple | list | dict) -> Tensor:
         """The data tensor of a batch, checked against ``sample_shape``."""

@@ -73,7 +73,15 @@ class DiffusionModule(GenerativeModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def held_out_loss(self, batch, batch_idx: int, stage: str) -> None:
+        """The training objective on held-out data, with noise seeded by the batch index (comparable across runs)."""
         x0 = self.data_batch(batch)
         generator = torch.Generator(x0.device).manual_seed(batch_idx)
-        self.log("val/loss", self.loss(self.score_model, x0, generator=generator).mean(), prog_bar=True, sync_dist=True)
+        loss = self.loss(self.score_model, x0, generator=generator).mean()
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.held_out_loss(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.held_out_loss(batch, batch_idx, "test")
