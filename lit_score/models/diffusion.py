@@ -24,18 +24,20 @@ class DiffusionModule(GenerativeModule):
         network: ``network(x, c_noise(t))`` with output shaped like x.
         process: the noise process (family default when None).
         target: what the network predicts (eps, x0, v, score, velocity).
-        scale_by_sigma: divide a ``score`` output by σ(t) (Song & Ermon 2020, technique 3).
+        scale_by_sigma: divide a ``score`` output by σ(t) (Song & Ermon 2020, technique 3); None: the family's
+            default (``default_scale_by_sigma``), applied only to target ``score``.
         loss: the per-sample objective (family default when None).
     """
 
     default_target: Target = "eps"
+    default_scale_by_sigma: bool = False
 
     def __init__(
         self,
         network: nn.Module,
         process: NoiseProcess | None = None,
         target: Target | None = None,
-        scale_by_sigma: bool = False,
+        scale_by_sigma: bool | None = None,
         loss: DenoisingLoss | None = None,
         sampler: Sampler | None = None,
         optimizer: OptimizerCallable | None = None,
@@ -45,7 +47,10 @@ class DiffusionModule(GenerativeModule):
     ) -> None:
         super().__init__(sampler, optimizer, lr_scheduler, warmup_steps, sample_shape)
         process = process if process is not None else self.default_process()
-        self.score_model = NetworkScore(network, process, target or self.default_target, scale_by_sigma)
+        target = target or self.default_target
+        if scale_by_sigma is None:
+            scale_by_sigma = self.default_scale_by_sigma and target == "score"
+        self.score_model = NetworkScore(network, process, target, scale_by_sigma)
         self.sampler = sampler if sampler is not None else self.default_sampler(process)
         self.loss = loss if loss is not None else self.default_loss()
         self.save_config()

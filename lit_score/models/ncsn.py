@@ -56,6 +56,7 @@ class NCSN(DiffusionModule):
     """
 
     default_target = "score"
+    default_scale_by_sigma = True
 
     def __init__(
         self,
@@ -72,10 +73,8 @@ class NCSN(DiffusionModule):
         sigma_max_from_data: bool = False,
         sigma_max_samples: int = 10000,
     ) -> None:
-        target = target or self.default_target
-        scale = (target == "score") if scale_by_sigma is None else scale_by_sigma
         super().__init__(
-            network, process, target, scale, loss, sampler, optimizer, lr_scheduler, warmup_steps, sample_shape
+            network, process, target, scale_by_sigma, loss, sampler, optimizer, lr_scheduler, warmup_steps, sample_shape
         )
         self.sigma_max_from_data, self.sigma_max_samples = sigma_max_from_data, sigma_max_samples
         self.save_config()  # again, from this frame: records the family options too

@@ -32,6 +32,7 @@ class ScoreSDE(DiffusionModule):
     """
 
     default_target = "score"
+    default_scale_by_sigma = True
 
     def __init__(
         self,
@@ -55,10 +56,8 @@ class ScoreSDE(DiffusionModule):
         if loss is None:
             weighting = "likelihood" if likelihood_weighting else "sigma2"
             loss = DenoisingLoss(weighting=weighting, reduce=reduce, importance_sampling=importance_sampling)
-        target = target or self.default_target
-        scale = (target == "score") if scale_by_sigma is None else scale_by_sigma
         super().__init__(
-            network, process, target, scale, loss, sampler, optimizer, lr_scheduler, warmup_steps, sample_shape
+            network, process, target, scale_by_sigma, loss, sampler, optimizer, lr_scheduler, warmup_steps, sample_shape
         )
         self.save_config()  # again, from this frame: records the family options too
 
