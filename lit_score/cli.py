@@ -25,11 +25,21 @@ from tqdm.auto import tqdm
 
 from lit_score.callbacks.samples import run_dir
 from lit_score.data import GenerativeDataModule
+from lit_score.evaluation.generation import SampleCollector
 from lit_score.models import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Sampler
-from lit_score.visualize import save_samples
+from lit_score.visualize import save_picture, save_samples
 
-SUBCOMMANDS_OUTSIDE_LIGHTNING = ("sample",)
+SUBCOMMANDS_OUTSIDE_LIGHTNING = ("sample", "evaluate", "compare")
+SUBCOMMANDS = {
+    "fit": "train a model (LightningCLI: --config, --trainer.*, --model.*, --data.*)",
+    "validate": "held-out loss of a checkpoint (LightningCLI)",
+    "test": "test-split loss of a checkpoint (LightningCLI)",
+    "predict": "generate one sample per held-out index and write them under <run>/predictions (LightningCLI)",
+    "sample": "draw samples from a checkpoint with any sampler: PNG + .npz with NFE",
+    "evaluate": "FID / KID / IS / PR, toy distances with floors and bits/dim of a checkpoint, with the protocol",
+    "compare": "train and/or evaluate several families on one protocol and write a report",
+}
 
 
 class UserError(ValueError):
@@ -104,6 +114,26 @@ class LitScoreCLI(LightningCLI):
         parser.link_arguments(
             "data", "model.init_args.sample_shape", compute_fn=lambda data: data.sample_shape, apply_on="instantiate"
         )
+
+    def before_predict(self) -> None:
+        """``predict`` writes what it generates: ``<run>/predictions/<ckpt>_<sampler>_n<N>_seed<S>.npz`` (+ a PNG),
+        the run being the checkpoint's (or ``trainer.default_root_dir`` without one)."""
+        if any(isinstance(cb, SampleCollector) for cb in self.trainer.callbacks):
+            return
+        ckpt = self.config_init["predict"].get("ckpt_path")
+        data = self.datamodule
+        data._ensure_setup()
+        sampler = type(self.model.sampler).__name__
+        run = Path(ckpt).parent.parent if ckpt and Path(ckpt).is_file() else Path(self.trainer.default_root_dir)
+        name = f"{Path(ckpt).stem if ckpt else 'model'}_{sampler}_n{len(data.val_dataset)}_seed{data.seed}.npz"
+        collector = SampleCollector(run / "predictions" / name, {"sampler": repr(self.model.sampler)})
+        self.trainer.callbacks.append(collector)
+
+    def after_predict(self) -> None:
+        collector = next(cb for cb in self.trainer.callbacks if isinstance(cb, SampleCollector))
+        if self.trainer.is_global_zero and collector.samples is not None and collector.path is not None:
+            save_picture(collector.samples, collector.path.with_suffix(".png"), self.datamodule.data_range)
+            print(f"wrote {collector.path} and its picture ({collector.samples.shape[0]} samples)")
 
     def _parse_ckpt_path(self) -> None:
         """Refuse a checkpoint of another family before its hyper-parameters replace the config's model."""
@@ -197,12 +227,35 @@ def one_line(err: BaseException) -> str:
     return f"{'.'.join(keys)}: {cause}" if keys else cause
 
 
+def print_help(file=sys.stdout) -> None:
+    """``lit-score --help``: every subcommand, the ones LightningCLI does not know included."""
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: lit-score <subcommand> [options]   (lit-score <subcommand> --help for its options)", "",
+             "subcommands:"] + [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
+    print("\n".join(lines), file=file)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lit-score``."""
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv and argv[0] == "sample":
+        if not argv or argv[0] in ("-h", "--help"):
+            print_help(sys.stdout if argv else sys.stderr)
+            if not argv:
+                raise SystemExit(2)
+            return
+        if argv[0] == "sample":
             sample_main(argv[1:])
+            return
+        if argv[0] == "evaluate":
+            from lit_score.evaluation.cli import evaluate_main
+
+            evaluate_main(argv[1:])
+            return
+        if argv[0] == "compare":
+            from lit_score.evaluation.compare import compare_main
+
+            compare_main(argv[1:])
             return
         LitScoreCLI(args=args)
     except (UserError, ValueError, OSError, NonFiniteLossError, ArgumentError) as err:

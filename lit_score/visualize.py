@@ -57,6 +57,21 @@ def save_scatter(x: Tensor, path: Path, reference: Tensor | None = None, title: 
     return path
 
 
+def save_picture(
+    x: Tensor,
+    path: Path,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    reference: Tensor | None = None,
+    title: str | None = None,
+) -> Path:
+    """One PNG of samples as a person looks at them: a grid of (at most 256) images, else a scatter over the data."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if x.ndim == 4:
+        return save_image_grid(x[:256], path, data_range)
+    return save_scatter(x, path, reference, title)
+
+
 def save_samples(
     x: Tensor,
     stem: Path,
@@ -67,12 +82,7 @@ def save_samples(
 ) -> dict[str, Path]:
     """Write ``stem.png`` (grid for images, scatter otherwise) and ``stem.npz`` (raw samples + metadata)."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    png = stem.with_suffix(".png")
-    if x.ndim == 4:
-        save_image_grid(x[:256], png, data_range)
-    else:
-        save_scatter(x, png, reference, title)
+    png = save_picture(x, stem.with_suffix(".png"), data_range, reference, title)
     npz = stem.with_suffix(".npz")
     extras = {k: np.asarray(v) for k, v in (metadata or {}).items()}
     np.savez_compressed(npz, samples=x.detach().float().cpu().numpy(), **extras)

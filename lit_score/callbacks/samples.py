@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -11,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from lit_score.evaluation.generation import generate_across_ranks
 from lit_score.samplers import Sampler
 from lit_score.visualize import save_samples
 
@@ -25,19 +25,6 @@ def run_dir(trainer: pl.Trainer) -> Path:
     version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
     path = Path(logger.save_dir) / str(logger.name) / version
     return Path(trainer.strategy.broadcast(str(path)))
-
-
-def generate_across_ranks(
-    trainer: pl.Trainer, pl_module, n: int, sampler: Sampler | None, seed: int, progress: bool = False
-) -> Tensor:
-    """Draw n samples split across DDP ranks (each rank ⌈n/world⌉ from seed + rank); every rank gets all n."""
-    world = trainer.world_size
-    per_rank = math.ceil(n / world)
-    generator = torch.Generator(pl_module.device).manual_seed(seed + trainer.global_rank)
-    x = pl_module.sample(per_rank, sampler=sampler, generator=generator, progress=progress)
-    if world > 1:
-        x = pl_module.all_gather(x).reshape(world * per_rank, *x.shape[1:])
-    return x[:n]
 
 
 class ValidationSampling(pl.Callback):

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lit_score.evaluation.generation import seed_loader
+
 
 class TensorData(Dataset):
     """In-memory samples (N, *shape) served one at a time, optionally flipped left-right at random."""
@@ -40,6 +42,13 @@ def num_held_out(size: int | float, n: int) -> int:
     if n < 2:
         return 0
     return min(max(count, 1), n - 1)
+
+
+def draw_indices(size: int, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` random indices into ``size`` items: without replacement while n <= size, with replacement beyond."""
+    if n <= size:
+        return torch.randperm(size, generator=generator)[:n]
+    return torch.randint(size, (n,), generator=generator)
 
 
 class GenerativeDataModule(pl.LightningDataModule):
@@ -108,10 +117,51 @@ class GenerativeDataModule(pl.LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
-        """Seed indices 0 … N−1 (N = size of the held-out split) in batches: ``trainer.predict`` generates one
-        sample per index, sharded across DDP ranks without duplicates."""
+        """Generation batches of seed indices 0 … N−1 (N = size of the held-out split, ``batch_size`` per batch, seed
+        set ``seed``): ``trainer.predict`` generates one sample per index, sharded over DDP ranks without duplicates
+        (see :mod:`lit_score.evaluation.generation`)."""
         self._ensure_setup()
-        return DataLoader(torch.arange(len(self.val_dataset)), batch_size=self.batch_size)
+        return seed_loader(len(self.val_dataset), self.batch_size, self.seed)
+
+    @property
+    def has_exact_sampler(self) -> bool:
+        """Whether :meth:`reference_samples` draws fresh samples from the data distribution itself (toy data)."""
+        return False
+
+    @property
+    def has_density(self) -> bool:
+        """Whether :meth:`log_prob` gives the exact data log-density (analytic mixtures)."""
+        return False
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-density of the data distribution at x (n, ...) → (n,), where ``has_density``."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form density")
+
+    @property
+    def default_feature_extractor(self) -> str:
+        """The torch-fidelity feature extractor image metrics use by default (Inception, as published numbers)."""
+        return "inception-v3-compat"
+
+    @property
+    def label(self) -> str:
+        """A short name of the data for reports and cache keys (the class name; subclasses add what varies)."""
+        return type(self).__name__
+
+    def split_tensor(self, split: str) -> Tensor:
+        """All of ``split`` (``train``: the training data without augmentation; ``test``: the held-out split)."""
+        self._ensure_setup()
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown split {split!r}: use train or test")
+        dataset = self.reference_dataset if split == "train" else self.val_dataset
+        return torch.stack([dataset[i] for i in range(len(dataset))])
+
+    def reference_draw(self, n: int, generator: torch.Generator | None = None, split: str = "train") -> Tensor:
+        """``n`` reference samples: fresh draws where ``has_exact_sampler``, else drawn from ``split`` (without
+        replacement while n fits, with replacement beyond)."""
+        if self.has_exact_sampler or split == "train":
+            return self.reference_samples(n, generator)
+        data = self.split_tensor(split)
+        return data[draw_indices(data.shape[0], n, generator)]
 
     def reference_samples(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` real training samples (n, *sample_shape) without augmentation, drawn with ``generator``.
@@ -119,9 +169,5 @@ class GenerativeDataModule(pl.LightningDataModule):
         Drawn without replacement when ``n`` does not exceed the training set, with replacement otherwise.
         """
         self._ensure_setup()
-        size = len(self.reference_dataset)
-        if n <= size:
-            index = torch.randperm(size, generator=generator)[:n]
-        else:
-            index = torch.randint(size, (n,), generator=generator)
+        index = draw_indices(len(self.reference_dataset), n, generator)
         return torch.stack([self.reference_dataset[i] for i in index.tolist()])

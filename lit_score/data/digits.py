@@ -55,3 +55,12 @@ class Digits(GenerativeDataModule):
         self.train_dataset = TensorData(train, flip=self.flip)
         self.val_dataset = TensorData(val)
         self.reference_dataset = TensorData(train)
+
+    @property
+    def default_feature_extractor(self) -> str:
+        """The digits classifier shipped with lit-score (:mod:`lit_score.metrics.digits_extractor`)."""
+        return "digits"
+
+    @property
+    def label(self) -> str:
+        return f"Digits-{self.image_size}px-seed{self.seed}-val{self.val_size:g}"

@@ -181,3 +181,8 @@ class ImageData(GenerativeDataModule):
         self.train_dataset = Transformed(train, self._transform(train=True))
         self.val_dataset = Transformed(val, self._transform(train=False))
         self.reference_dataset = Transformed(train, self._transform(train=False))
+
+    @property
+    def label(self) -> str:
+        name = self.dataset if self.dataset != "folder" else f"folder-{Path(self.root).name}"
+        return f"{name}-{self.channels}x{self.image_size}px-seed{self.seed}-val{self.val_size:g}"

@@ -192,6 +192,23 @@ class GaussianMixture(GenerativeDataModule):
         self.train_dataset, self.val_dataset = TensorData(train), TensorData(val)
         self.reference_dataset = self.train_dataset
 
+    @property
+    def has_exact_sampler(self) -> bool:
+        return True
+
+    @property
+    def has_density(self) -> bool:
+        return True
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-density of the mixture."""
+        return self.distribution.log_prob(x)
+
+    @property
+    def label(self) -> str:
+        d = self.distribution
+        return f"GaussianMixture-k{d.num_components}-d{d.dim}"
+
     def reference_samples(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` fresh exact draws (n, dim) from the mixture."""
         return self.distribution.sample(n, generator)

@@ -143,6 +143,14 @@ class Toy2D(GenerativeDataModule):
         self.train_dataset, self.val_dataset = TensorData(train), TensorData(val)
         self.reference_dataset = self.train_dataset
 
+    @property
+    def has_exact_sampler(self) -> bool:
+        return True
+
+    @property
+    def label(self) -> str:
+        return f"Toy2D-{self.name}"
+
     def reference_samples(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` fresh draws (n, 2) from the distribution itself (independent of the training set)."""
         return self.sample_fn(n, generator)

@@ -11,6 +11,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
+from lit_score.evaluation.generation import draw_seed_batch
+from lit_score.metrics.likelihood import LikelihoodEstimate
 from lit_score.processes import NoiseProcess
 from lit_score.samplers import Sampler
 
@@ -118,10 +120,42 @@ class GenerativeModule(pl.LightningModule):
         return out
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
-        """One sample per seed index of the batch (see ``GenerativeDataModule.predict_dataloader``)."""
-        seeds = batch[0] if isinstance(batch, (tuple, list)) else batch
-        generator = torch.Generator(self.device).manual_seed(int(seeds[0]))  # one host read per batch
-        return self.sample(len(seeds), generator=generator)
+        """One sample per seed index of a generation batch of :func:`lit_score.evaluation.seed_loader` (the
+        datamodules' ``predict_dataloader``), drawn with the model's sampler and that batch's generator."""
+        return draw_seed_batch(self, batch, self.sampler)
+
+    # --- likelihood --------------------------------------------------------------------------------
+    def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
+        """The likelihood estimators this model offers (the first is the default) for data that is continuous
+        (``dequantize="none"``) or 8-bit (``"uniform8bit"``); none unless a family declares some."""
+        return ()
+
+    def likelihood(
+        self,
+        x: Tensor,
+        estimator: str | None = None,
+        *,
+        dequantize: str = "none",
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> LikelihoodEstimate:
+        """Per-sample NLL of data ``x`` by one of :meth:`likelihood_estimators`, in eval mode, in one JSON shape."""
+        available = self.likelihood_estimators(dequantize)
+        estimator = estimator or (available[0] if available else None)
+        if estimator is None or estimator not in available:
+            offered = ", ".join(available) or "none"
+            raise ValueError(f"{type(self).__name__} offers no likelihood estimator {estimator!r} for this data"
+                             f" (dequantize={dequantize}); it offers: {offered}")
+        was_training = self.training
+        self.eval()
+        try:
+            return self.estimate_likelihood(estimator, x.to(self.device), dequantize, generator, options)
+        finally:
+            self.train(was_training)
+
+    def estimate_likelihood(self, estimator: str, x: Tensor, dequantize: str, generator, options: dict):
+        """Family hook behind :meth:`likelihood` (called only with an estimator the family declared)."""
+        raise NotImplementedError
 
     # --- training plumbing -----------------------------------------------------------------------
     def data_batch(self, batch: Tensor | tuple | list | dict) -> Tensor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
+from lit_score.metrics.likelihood import ddpm_vlb
 from lit_score.models.diffusion import DiffusionModule
 from lit_score.processes import DiscreteVP, NoiseProcess
 from lit_score.samplers import Ancestral, Sampler
@@ -21,4 +24,18 @@ class DDPM(DiffusionModule):
         return DiscreteVP()
 
     def default_sampler(self, process: NoiseProcess) -> Sampler:
-        return Ancestral(num_steps=getattr(process, "num_timesteps", 1000))
+        return Ancestral(num_steps=process.num_timesteps or 1000)
+
+    def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
+        """DDPM's own number on 8-bit data is the variational bound (on a discrete grid); the PF-ODE always applies."""
+        if dequantize == "uniform8bit" and self.process.num_timesteps is not None:
+            return ("vlb", "pf_ode")
+        return ("pf_ode",)
+
+    def estimate_likelihood(self, estimator: str, x: Tensor, dequantize: str, generator, options: dict):
+        """``vlb``: :func:`~lit_score.metrics.ddpm_vlb` on the 8-bit data itself (options: variance, clip_denoised)."""
+        if estimator != "vlb":
+            return super().estimate_likelihood(estimator, x, dequantize, generator, options)
+        variance = options.get("variance", "beta_tilde")
+        result = ddpm_vlb(self.score_model, self.process, x, generator=generator, **options)
+        return result.estimate(x[0].numel(), variance)

@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lit_score.losses import DenoisingLoss
+from lit_score.metrics.likelihood import log_likelihood
 from lit_score.models.base import GenerativeModule
 from lit_score.processes import NoiseProcess
 from lit_score.samplers import Sampler
@@ -68,6 +69,15 @@ class DiffusionModule(GenerativeModule):
     @property
     def network(self) -> nn.Module:
         return self.score_model.network
+
+    def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
+        """Every diffusion / flow model has the exact probability-flow likelihood."""
+        return ("pf_ode",)
+
+    def estimate_likelihood(self, estimator: str, x: Tensor, dequantize: str, generator, options: dict):
+        """``pf_ode``: :func:`~lit_score.metrics.log_likelihood` (options: divergence, probe, rtol, fixed_steps, …)."""
+        return log_likelihood(self.score_model, self.process, x, dequantize=dequantize, generator=generator,
+                              **options).estimate()
 
     def setup(self, stage: str) -> None:
         self.check_network(self.network, torch.zeros(2, device=self.device))

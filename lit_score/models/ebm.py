@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from contextlib import contextmanager
 
 import torch
@@ -20,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_score.losses.contrastive import ContrastiveDivergence
+from lit_score.metrics.likelihood import energy_nll
 from lit_score.models.base import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Langevin, Sampler
 from lit_score.scores import EnergyScore
@@ -133,6 +135,19 @@ class EBM(GenerativeModule):
     def sample(self, n, sampler=None, generator=None, progress=False, x=None) -> Tensor:
         with self.frozen():
             return super().sample(n, sampler, generator, progress, x)
+
+    # --- likelihood ------------------------------------------------------------------------------
+    def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
+        """In one or two dimensions on a finite ``data_range`` the density normalises exactly by quadrature."""
+        finite = all(math.isfinite(v) for v in self.data_range)
+        if self.sample_shape is not None and math.prod(self.sample_shape) <= 2 and finite and dequantize == "none":
+            return ("quadrature",)
+        return ()
+
+    def estimate_likelihood(self, estimator: str, x: Tensor, dequantize: str, generator, options: dict):
+        """``quadrature``: :func:`~lit_score.metrics.likelihood.energy_nll` on the box ``data_range`` (the sampler's
+        clamp); option ``resolution`` (cells per axis, default 512)."""
+        return energy_nll(self.energy, x, self.data_range, resolution=int(options.get("resolution", 512)))
 
     # --- replay buffer ----------------------------------------------------------------------------
     def reset_buffer(self) -> None:

@@ -31,6 +31,8 @@ class NoiseProcess(nn.Module, ABC):
 
     #: spacing used by :meth:`time_grid` when none is given
     default_spacing: Spacing = "uniform"
+    #: N of a discrete grid t = n/N the model is trained on (DDPM's chain), None for a continuous process
+    num_timesteps: int | None = None
 
     def __init__(self, t_min: float, t_max: float) -> None:
         super().__init__()

@@ -1,0 +1,275 @@
+"""``lit-score evaluate``: the command line over :func:`lit_score.evaluation.evaluate.evaluate`.
+
+    lit-score evaluate --ckpt_path RUN/checkpoints/last.ckpt --num_samples 10000 \\
+        [--sampler.class_path … --sampler.init_args.num_steps 20] [--metrics fid,kid,isc,prc,bpd,distances] \\
+        [--reference train|test] [--feature_extractor inception-v3-compat|digits|<class path>] [--seeds 0,1,2] \\
+        [--samples path.npz|image_folder]
+
+Writes ``<run>/eval/<checkpoint>_<sampler>_n<N>_<settings hash>/`` (or ``--output``): ``metrics.json`` (numbers and
+protocol), ``samples_seed<S>.npz`` and ``samples.png``; refuses to overwrite an existing evaluation unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch.loggers import Logger
+
+from lit_score.data import GenerativeDataModule
+from lit_score.evaluation.evaluate import (
+    METRIC_GROUPS,
+    EvaluationError,
+    EvaluationResult,
+    describe_sampler,
+    evaluate,
+    jsonable,
+    parse_list,
+    write_json,
+)
+from lit_score.samplers import Sampler
+from lit_score.visualize import save_picture
+
+
+def checkpoint_datamodule(ckpt_path: str | Path) -> GenerativeDataModule:
+    """The datamodule a checkpoint was trained on, rebuilt from its ``datamodule_hyper_parameters``."""
+    from lit_score.cli import import_class
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    hparams = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    class_path = hparams.pop("_class_path", None)
+    if class_path is None:
+        raise EvaluationError(f"checkpoint {ckpt_path} records no data module: pass --data (class_path/init_args)")
+    cls = import_class(class_path)
+    if not (isinstance(cls, type) and issubclass(cls, GenerativeDataModule)):
+        raise EvaluationError(f"checkpoint {ckpt_path} records data {class_path}, not a lit-score data module")
+    return cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+
+
+def checkpoint_summary(ckpt_path: str | Path, weights: str) -> dict[str, Any]:
+    """What the protocol records of a checkpoint: path, step, epoch, EMA, which weights were evaluated."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return {"path": str(ckpt_path), "global_step": ckpt.get("global_step"), "epoch": ckpt.get("epoch"),
+            "ema_in_checkpoint": "current_model_state" in ckpt, "weights": weights}
+
+
+def load_for_evaluation(ckpt_path: str | Path, weights: str, device: torch.device):
+    """The checkpoint's model with its EMA weights (``ema``), its raw weights (``raw``) or whichever it has
+    (``auto``: EMA when the run averaged weights); returns (model, weights actually loaded)."""
+    from lit_score.cli import load_model
+
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    has_ema = "current_model_state" in ckpt
+    if weights not in ("auto", "ema", "raw"):
+        raise EvaluationError(f"--weights must be auto, ema or raw, got {weights!r}")
+    if weights == "ema" and not has_ema:
+        raise EvaluationError(f"checkpoint {ckpt_path} holds no EMA weights (the run used no EMAWeightAveraging):"
+                              " use --weights raw")
+    model = load_model(ckpt_path, map_location=device)
+    if weights == "raw" and has_ema:
+        model.load_state_dict(ckpt["current_model_state"])
+    return model, ("ema" if has_ema and weights != "raw" else "raw")
+
+
+def load_samples(path: str | Path, datamodule: GenerativeDataModule) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Samples made elsewhere: an ``.npz`` with ``samples`` in the data range (``lit-score sample`` writes these), or a
+    folder of images (PNG / JPEG) mapped from 0 … 255 onto the data range."""
+    path = Path(path)
+    if path.is_dir():
+        from PIL import Image
+
+        from lit_score.data.images import find_images
+
+        files = find_images(path)
+        channels = datamodule.sample_shape[0] if datamodule.is_image else 3
+        mode = "L" if channels == 1 else "RGB"
+        arrays = [np.asarray(Image.open(f).convert(mode)) for f in files]
+        u = torch.from_numpy(np.stack(arrays))
+        u = u[:, None] if u.ndim == 3 else u.permute(0, 3, 1, 2)
+        lo, hi = datamodule.data_range
+        return lo + (hi - lo) * u.float() / 255, {"path": str(path), "format": "image folder", "files": len(files)}
+    if not path.is_file():
+        raise EvaluationError(f"samples {path} do not exist: pass an .npz (lit-score sample writes one) or an image"
+                              " folder")
+    try:
+        with np.load(path) as data:
+            x = torch.from_numpy(np.asarray(data["samples"], dtype=np.float32))
+            nfe = data["nfe"] if "nfe" in data else None
+    except (OSError, ValueError, KeyError) as err:
+        raise EvaluationError(f"samples {path} are not an .npz with a 'samples' array: {err}") from err
+    nfe_value = float(np.mean(nfe)) if nfe is not None else None
+    return x, {"path": str(path), "format": "npz", "nfe": nfe_value}
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """Short stable hash of an evaluation's settings (what makes two evaluations the same)."""
+    return hashlib.sha256(json.dumps(jsonable(settings), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def evaluate_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="lit-score evaluate", exit_on_error=False,
+                            description="Sample a checkpoint and measure it (FID/KID/IS/PR, distances, bits/dim), "
+                                        "writing every number with its protocol.")
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help="checkpoint written by `lit-score fit`")
+    parser.add_argument("--num_samples", type=int, default=10000, help="samples per seed set")
+    parser.add_subclass_arguments(Sampler, "sampler", required=False, help="sampler (default: the model's own)")
+    parser.add_argument("--metrics", type=str | None, default=None,
+                        help=f"comma list of {','.join(METRIC_GROUPS)} (default: fid,kid,isc,prc on images, "
+                             "distances,bpd otherwise)")
+    parser.add_argument("--reference", type=str, default="train", help="reference split: train or test")
+    parser.add_argument("--feature_extractor", type=str | None, default=None,
+                        help="inception-v3-compat, digits or the class path of a torch-fidelity FeatureExtractorBase"
+                             " (default: the data's own: digits for the built-in digits, Inception otherwise)")
+    parser.add_argument("--feature_extractor_weights_path", type=str | None, default=None,
+                        help="weights file of the extractor (default: torch-fidelity's cache / the shipped file)")
+    parser.add_argument("--seeds", type=str, default="0", help="seed sets, e.g. 0,1,2: mean ± std over them")
+    parser.add_argument("--samples", type=list[str] | None, default=None,
+                        help="evaluate samples made elsewhere: one .npz or image folder per seed set")
+    parser.add_argument("--batch_size", type=int | None, default=None, help="generation batch (default min(N, 1000))")
+    parser.add_argument("--weights", type=str, default="auto", help="auto, ema or raw weights of the checkpoint")
+    parser.add_subclass_arguments(GenerativeDataModule, "data", required=False,
+                                  help="data to compare against (default: the checkpoint's own)")
+    parser.add_argument("--likelihood_samples", type=int, default=1000, help="held-out samples for bpd")
+    parser.add_argument("--likelihood_estimator", type=str | None, default=None,
+                        help="pf_ode, vlb, quadrature or all (default: the family's first)")
+    parser.add_argument("--likelihood_options", type=dict | None, default=None,
+                        help='estimator options, e.g. {"divergence": "hutchinson", "fixed_steps": 100}')
+    parser.add_argument("--distance_samples", type=int, default=4000, help="samples the toy distances use (≤ N)")
+    parser.add_argument("--kid_subset_size", type=int | None, default=None, help="KID subset (default min(1000, N))")
+    parser.add_argument("--cache_root", type=str | None, default=None,
+                        help="reference-feature cache (default $LIT_SCORE_CACHE or ~/.cache/lit-score/fidelity)")
+    parser.add_argument("--output", type=str | None, default=None, help="output folder (default <run>/eval/…)")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing evaluation folder")
+    parser.add_argument("--accelerator", type=str, default="auto", help="auto, cpu or gpu")
+    parser.add_argument("--devices", type=int | str, default=1, help="devices to generate on (DDP when > 1)")
+    parser.add_argument("--strategy", type=str, default="auto", help="auto, ddp, …")
+    parser.add_argument("--num_nodes", type=int, default=1, help="nodes (with a launcher: torchrun / SLURM)")
+    parser.add_argument("--precision", type=str, default="32-true", help="Lightning precision of the generation")
+    parser.add_subclass_arguments(Logger, "logger", required=False, help="also log the numbers and protocol here")
+    parser.add_argument("--progress", type=bool, default=True, help="progress bars")
+    return parser
+
+
+def _is_child_rank() -> bool:
+    """A process Lightning's DDP launcher started for rank > 0 (it re-runs the command with LOCAL_RANK set)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def evaluate_main(argv: list[str]) -> EvaluationResult | None:
+    """``lit-score evaluate``."""
+    parser = evaluate_parser()
+    cfg = parser.parse_args(argv)
+    init = parser.instantiate_classes(cfg)
+    sampler, datamodule, logger = init.sampler, init.data, init.logger
+    seeds = parse_list(cfg.seeds, int)
+    metrics = parse_list(cfg.metrics)
+    if cfg.ckpt_path is None and (cfg.samples is None or datamodule is None):
+        raise EvaluationError("pass --ckpt_path, or --samples with --data")
+    device = torch.device("cuda" if cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise EvaluationError("--accelerator gpu was asked for but no CUDA device is available: use --accelerator cpu")
+    model, checkpoint = None, None
+    if cfg.ckpt_path is not None:
+        model, weights = load_for_evaluation(cfg.ckpt_path, cfg.weights, device)
+        checkpoint = checkpoint_summary(cfg.ckpt_path, weights)
+        datamodule = datamodule if datamodule is not None else checkpoint_datamodule(cfg.ckpt_path)
+        if tuple(datamodule.sample_shape) != tuple(model.require_shape()):
+            raise EvaluationError(f"the data has sample shape {datamodule.sample_shape} but the model was trained on"
+                                  f" {model.sample_shape}: pass matching --data")
+    samples, source = None, None
+    if cfg.samples is not None:
+        loaded = [load_samples(p, datamodule) for p in cfg.samples]
+        samples, source = [x for x, _ in loaded], {"sets": [info for _, info in loaded]}
+        source["nfe"] = loaded[0][1].get("nfe")
+        if len(samples) != len(seeds):
+            seeds = list(range(len(samples)))
+    effective_sampler = sampler if sampler is not None else (model.sampler if model is not None else None)
+    settings = {"ckpt": checkpoint, "sampler": describe_sampler(effective_sampler), "num_samples": cfg.num_samples,
+                "metrics": metrics, "reference": cfg.reference, "feature_extractor": cfg.feature_extractor,
+                "seeds": seeds, "batch_size": cfg.batch_size, "samples": cfg.samples,
+                "likelihood": [cfg.likelihood_samples, cfg.likelihood_estimator, cfg.likelihood_options]}
+    if cfg.output is not None:
+        output = Path(cfg.output)
+    elif cfg.ckpt_path is not None:
+        name = type(effective_sampler).__name__ if cfg.samples is None else "samples"
+        output = (Path(cfg.ckpt_path).parent.parent / "eval" /
+                  f"{Path(cfg.ckpt_path).stem}_{name}_n{cfg.num_samples}_{settings_key(settings)}")
+    else:
+        raise EvaluationError("pass --output for samples evaluated without a checkpoint")
+    if not _is_child_rank() and (output / "metrics.json").exists() and not cfg.overwrite:
+        raise EvaluationError(f"{output / 'metrics.json'} exists: pass --output elsewhere or --overwrite true")
+    trainer_kwargs = {"accelerator": "gpu" if device.type == "cuda" else "cpu", "devices": cfg.devices,
+                      "strategy": cfg.strategy, "num_nodes": cfg.num_nodes, "precision": cfg.precision}
+    result = evaluate(
+        model, datamodule, num_samples=cfg.num_samples, sampler=sampler, metrics=metrics, reference=cfg.reference,
+        feature_extractor=cfg.feature_extractor, feature_extractor_weights_path=cfg.feature_extractor_weights_path,
+        seeds=seeds, batch_size=cfg.batch_size, samples=samples, samples_source=source,
+        likelihood_samples=cfg.likelihood_samples, likelihood_estimator=cfg.likelihood_estimator,
+        likelihood_options=cfg.likelihood_options, distance_samples=cfg.distance_samples,
+        kid_subset_size=cfg.kid_subset_size, cache_root=cfg.cache_root, trainer_kwargs=trainer_kwargs,
+        output=output if cfg.samples is None else None, checkpoint=checkpoint, progress=cfg.progress,
+    )
+    if result is None:
+        return None
+    write_outputs(result, output, datamodule, title=f"{result.protocol['model'] or 'samples'}".rpartition(".")[2])
+    if logger is not None:
+        log_result(logger, result, step=(checkpoint or {}).get("global_step") or 0)
+    print_summary(result, output)
+    return result
+
+
+def write_outputs(result: EvaluationResult, output: Path, datamodule: GenerativeDataModule, title: str) -> Path:
+    """``metrics.json`` and a picture of the first seed set's samples (grid or scatter beside the data)."""
+    output.mkdir(parents=True, exist_ok=True)
+    x = result.samples[0]
+    reference = None if datamodule.is_image else datamodule.reference_draw(min(len(x), 2000),
+                                                                           torch.Generator().manual_seed(0))
+    nfe = result.protocol.get("nfe")
+    save_picture(x[:2000] if not datamodule.is_image else x[:64], output / "samples.png", datamodule.data_range,
+                 reference, f"{title} · NFE {nfe:g}" if nfe is not None else title)
+    return write_json(output / "metrics.json", result.to_dict())
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a/b": 1} (for loggers' hyper-parameter tables)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}/"))
+        else:
+            out[name] = json.dumps(jsonable(value)) if isinstance(value, (list, tuple)) else jsonable(value)
+    return out
+
+
+def log_result(logger: Logger, result: EvaluationResult, step: int = 0) -> None:
+    """The headline numbers as ``eval/<name>`` and the protocol as hyper-parameters."""
+    metrics = {f"eval/{k}": v for k, v in result.headline().items() if isinstance(v, (int, float)) and v == v}
+    logger.log_metrics(metrics, step=step)
+    logger.log_hyperparams(flatten({"eval_protocol": result.protocol}))
+    logger.finalize("success")
+
+
+def print_summary(result: EvaluationResult, output: Path) -> None:
+    rows = []
+    for name, summary in result.metrics.items():
+        mean, std = summary.get("mean"), summary.get("std")
+        text = "n/a" if mean is None or mean != mean else f"{mean:.6g}"
+        if std is not None:
+            text += f" ± {std:.2g}"
+        if "floor" in summary:
+            text += f"  (floor {summary['floor']:.4g}, ratio {summary.get('ratio', float('nan')):.3g})"
+        rows.append(f"  {name:<20} {text}")
+    p = result.protocol
+    nfe = "n/a" if p.get("nfe") is None else f"{p['nfe']:g}"
+    print(f"lit-score evaluate: {p['num_samples']} samples x {len(p['seeds'])} seed set(s), NFE {nfe}, "
+          f"weights {p.get('weights') or 'n/a'}; generation {p['wall_time']['generation_s']:.1f} s, features "
+          f"{p['wall_time']['features_s']:.1f} s")
+    print("\n".join(rows))
+    print(f"wrote {output / 'metrics.json'}")
