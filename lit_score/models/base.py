@@ -98,6 +98,10 @@ class GenerativeModule(pl.LightningModule):
             )
         return self.sample_shape
 
+    def can_use(self, sampler: Sampler) -> bool:
+        """Whether ``sampler`` can run on this model (a sampler that needs a noise process needs a model with one)."""
+        return not sampler.requires_process or self.process is not None
+
     def sample(
         self,
         n: int,

@@ -94,6 +94,9 @@ class Sampler(ABC):
         denoise: finish with x̂₀ = E[x₀ | x_{t_min}] instead of the last noisy iterate.
     """
 
+    #: whether the sampler needs a noise process (every sampler but plain Langevin, which runs on an EBM's −∇E)
+    requires_process: bool = True
+
     def __init__(self, num_steps: int = 100, spacing: Spacing | None = None, denoise: bool = True) -> None:
         if num_steps < 1 + int(denoise):
             raise ValueError(f"num_steps must be >= {1 + int(denoise)} (denoise={denoise}), got {num_steps}")

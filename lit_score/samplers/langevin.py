@@ -60,6 +60,8 @@ class Langevin(Sampler):
             x + η·s without one.
     """
 
+    requires_process = False
+
     def __init__(
         self,
         num_steps: int = 60,

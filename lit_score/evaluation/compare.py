@@ -1,0 +1,239 @@
+"""``lit-score compare``: train (or take) several models, evaluate each on one protocol and a sampler × NFE grid, and
+write a report. Orchestration only: training is ``lit-score fit``, numbers are :func:`~lit_score.evaluation.evaluate`,
+rendering is :mod:`lit_score.evaluation.report`; a new family or sampler appears here with no change to this file.
+
+    lit-score compare --config configs/compare/toy.yaml          # train every family on moons, same seed and budget
+    lit-score compare --ckpts a.ckpt b.ckpt --output runs/cmp    # or compare existing checkpoints
+
+A compare config::
+
+    output: runs/compare/toy
+    shared: {seed_everything: 0, trainer.max_epochs: 60}   # CLI keys stacked over every run's config
+    runs:
+      - {name: ddpm, config: configs/ddpm/toy.yaml, overrides: {trainer.precision: 32-true}}
+      - {name: old, ckpt: runs/ddpm_toy/version_3/checkpoints/last.ckpt}
+    samplers:                                              # each at each num_steps, on every model that can use it
+      - {sampler: {class_path: lit_score.samplers.DDIM}, num_steps: [10, 50]}
+    evaluation: {num_samples: 2000, seeds: [0], metrics: null}   # keyword arguments of evaluate()
+
+Re-running resumes: a finished run (``runs/<name>/<key>/done.json``) and a finished evaluation
+(``evals/<name>/<label>_<key>.json``) are reused; the keys hash the resolved inputs, so a change retrains or
+re-evaluates only what it touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+from tqdm.auto import tqdm
+
+from lit_score.evaluation.evaluate import EvaluationError, describe_sampler, evaluate, jsonable, write_json
+from lit_score.samplers import Sampler
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(jsonable(parts), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def build_sampler(spec: dict[str, Any], num_steps: int | None = None, steps_key: str = "num_steps") -> Sampler:
+    """A sampler from ``{class_path, init_args}`` (nested samplers allowed), with ``steps_key`` set to ``num_steps``."""
+    spec = {"class_path": spec["class_path"], "init_args": dict(spec.get("init_args") or {})}
+    if num_steps is not None:
+        spec["init_args"][steps_key] = num_steps
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(Sampler, "sampler")
+    return parser.instantiate_classes(parser.parse_object({"sampler": spec})).sampler
+
+
+def cli_overrides(values: dict[str, Any] | None) -> list[str]:
+    """{"trainer.max_epochs": 5, "data": {...}} → ["--trainer.max_epochs", "5", "--data", '{...}'] (JSON values)."""
+    out: list[str] = []
+    for key, value in (values or {}).items():
+        out += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return out
+
+
+class Compare:
+    """The state of one compare: where it writes, what it trains and evaluates, and what is already done."""
+
+    def __init__(self, output: Path, runs: list[dict], samplers: list[dict], evaluation: dict, shared: dict,
+                 accelerator: str = "auto", progress: bool = True) -> None:
+        self.output, self.runs, self.samplers = output, runs, samplers
+        self.evaluation, self.shared, self.progress = dict(evaluation), dict(shared), progress
+        self.device = torch.device("cuda" if accelerator in ("auto", "gpu") and torch.cuda.is_available() else "cpu")
+        names = [r["name"] for r in runs]
+        if len(set(names)) != len(names):
+            raise EvaluationError(f"run names must be unique, got {names}")
+        for run in runs:
+            if ("config" in run) == ("ckpt" in run):
+                raise EvaluationError(f"run {run['name']!r} needs exactly one of config (to train) or ckpt (to take)")
+            for path in [run.get("config"), run.get("ckpt")]:
+                if path is not None and not Path(path).is_file():
+                    raise EvaluationError(f"run {run['name']!r}: {path} does not exist")
+
+    # --- training --------------------------------------------------------------------------------------------------
+    def train(self, run: dict) -> dict[str, Any]:
+        """``lit-score fit`` of one run into ``runs/<name>/<key>/`` (CSV logs), or the finished one of an earlier
+        call."""
+        if "ckpt" in run:
+            ckpt = Path(run["ckpt"])
+            return {"name": run["name"], "ckpt": str(ckpt), "run_dir": str(ckpt.parent.parent), "train_seconds": None,
+                    "trained_here": False}
+        config_text = Path(run["config"]).read_text()
+        overrides = {**self.shared, **(run.get("overrides") or {})}
+        key = _key(config_text, overrides)
+        run_dir = self.output / "runs" / run["name"] / key
+        done = run_dir / "done.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        if run_dir.exists():  # an interrupted earlier attempt: start it again from scratch
+            shutil.rmtree(run_dir)
+        logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                  "init_args": {"save_dir": str(self.output / "runs"), "name": run["name"], "version": key}}
+        argv = ["fit", "--config", str(run["config"]), *cli_overrides(overrides),
+                "--trainer.logger", json.dumps(logger)]
+        from lit_score.cli import main  # the CLI imports the models: import it when training, not at import time
+
+        start = time.perf_counter()
+        main(argv)
+        seconds = time.perf_counter() - start
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            found = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+            if not found:
+                raise EvaluationError(f"run {run['name']!r} wrote no checkpoint: its config needs a ModelCheckpoint")
+            ckpt = found[-1]
+        record = {"name": run["name"], "ckpt": str(ckpt), "run_dir": str(run_dir), "train_seconds": seconds,
+                  "config": str(run["config"]), "overrides": overrides, "key": key, "trained_here": True}
+        write_json(done, record)
+        return record
+
+    # --- evaluation ------------------------------------------------------------------------------------------------
+    def sampler_grid(self) -> list[tuple[str, dict | None, int | None]]:
+        """(label, sampler spec or None for the model's own, num_steps) for every evaluation of a run."""
+        grid: list[tuple[str, dict | None, int | None]] = [("default", None, None)]
+        for entry in self.samplers:
+            spec = entry["sampler"]
+            name = entry.get("label") or spec["class_path"].rpartition(".")[2]
+            for steps in entry.get("num_steps") or [None]:
+                grid.append((name if steps is None else f"{name}-{steps}", entry, steps))
+        return grid
+
+    def evaluate_run(self, trained: dict, label: str, entry: dict | None, steps: int | None) -> dict[str, Any]:
+        """One evaluation (cached by its key); failures are recorded, not raised, so one bad pairing cannot sink
+        the whole report."""
+        from lit_score.evaluation.cli import checkpoint_datamodule, checkpoint_summary, load_for_evaluation
+
+        sampler = None if entry is None else build_sampler(entry["sampler"], steps, entry.get("steps_key", "num_steps"))
+        settings = {k: v for k, v in self.evaluation.items()}
+        key = _key(trained["ckpt"], Path(trained["ckpt"]).stat().st_mtime_ns, describe_sampler(sampler), settings)
+        path = self.output / "evals" / trained["name"] / f"{label}_{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        row: dict[str, Any] = {"run": trained["name"], "sampler_label": label, "num_steps": steps,
+                               "train_seconds": trained.get("train_seconds")}
+        try:
+            model, weights = load_for_evaluation(trained["ckpt"], settings.pop("weights", "auto"), self.device)
+            data = checkpoint_datamodule(trained["ckpt"])
+            row["family"] = type(model).__name__
+            if sampler is not None and not model.can_use(sampler):
+                raise EvaluationError(f"{type(sampler).__name__} needs a noise process; {row['family']} has none")
+            if entry is not None:  # bits/dim does not depend on the sampler: measured with the default one only
+                metrics = settings.get("metrics")
+                settings["metrics"] = [m for m in metrics if m != "bpd"] if metrics else None
+                settings["skip_inapplicable"] = True
+                if settings["metrics"] is None:
+                    from lit_score.evaluation.evaluate import default_metrics
+
+                    settings["metrics"] = [m for m in default_metrics(model, data) if m != "bpd"]
+            else:
+                settings.setdefault("skip_inapplicable", True)
+            result = evaluate(model, data, sampler=sampler, checkpoint=checkpoint_summary(trained["ckpt"], weights),
+                              progress=False, trainer_kwargs={"accelerator": "gpu" if self.device.type == "cuda"
+                                                              else "cpu", "enable_progress_bar": False}, **settings)
+            row.update({"status": "ok", "metrics": result.metrics, "protocol": result.protocol,
+                        "parameters": result.protocol["parameters"], "nfe": result.protocol["nfe"],
+                        "sample_seconds_per_sample": result.protocol["wall_time"]["generation_s"]
+                        / (result.protocol["num_samples"] * len(result.protocol["seeds"])),
+                        "data_is_image": data.is_image})
+            if entry is None:  # the report's sample figure shows each run's own sampler
+                shown = result.samples[0][: (64 if data.is_image else 2000)]
+                reference = None if data.is_image else data.reference_draw(len(shown), torch.Generator().manual_seed(0))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"samples": shown, "reference": reference, "data_range": data.data_range},
+                           path.with_suffix(".pt"))
+                row["figure_samples"] = str(path.with_suffix(".pt"))
+        except (EvaluationError, ValueError, FileNotFoundError) as err:  # a pairing that cannot run
+            row.update({"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}",
+                        "traceback": traceback.format_exc(limit=3)})
+        write_json(path, row)
+        return row
+
+    def run(self) -> dict[str, Path]:
+        from lit_score.evaluation.report import write_report
+
+        grid = self.sampler_grid()
+        tasks = len(self.runs) * (1 + len(grid))
+        bar = tqdm(total=tasks, desc="compare", disable=not self.progress, dynamic_ncols=True)
+        trained, rows = [], []
+        for run in self.runs:
+            bar.set_postfix_str(f"fit {run['name']}")
+            trained.append(self.train(run))
+            bar.update(1)
+            for label, entry, steps in grid:
+                bar.set_postfix_str(f"evaluate {run['name']} · {label}")
+                rows.append(self.evaluate_run(trained[-1], label, entry, steps))
+                bar.update(1)
+        bar.close()
+        return write_report(self.output, trained, rows, self.evaluation)
+
+
+def compare_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="lit-score compare", exit_on_error=False,
+                            description="Train and/or evaluate several models on one protocol and write a report.")
+    parser.add_argument("--config", action=ActionConfigFile, help="a compare config (configs/compare/*.yaml)")
+    parser.add_argument("--output", type=str | None, default=None, help="report folder (default runs/compare/<name>)")
+    parser.add_argument("--runs", type=list[dict] | None, default=None,
+                        help="[{name, config, overrides}] to train, or [{name, ckpt}] to take")
+    parser.add_argument("--ckpts", type=list[str] | None, default=None, help="existing checkpoints to compare")
+    parser.add_argument("--shared", type=dict | None, default=None, help="CLI keys stacked over every run's config")
+    parser.add_argument("--samplers", type=list[dict] | None, default=None,
+                        help="[{sampler: {class_path, init_args}, num_steps: [..], label, steps_key}]")
+    parser.add_argument("--evaluation", type=dict | None, default=None, help="keyword arguments of evaluate()")
+    parser.add_argument("--logger", type=dict | None, default=None,
+                        help="a WandbLogger {class_path, init_args}: the table and figures are logged to it")
+    parser.add_argument("--accelerator", type=str, default="auto", help="auto, cpu or gpu")
+    parser.add_argument("--progress", type=bool, default=True, help="progress bar")
+    return parser
+
+
+def compare_main(argv: list[str]) -> dict[str, Path]:
+    """``lit-score compare``."""
+    parser = compare_parser()
+    cfg = parser.parse_args(argv)
+    runs = list(cfg.runs or [])
+    from lit_score.cli import checkpoint_class_path
+
+    for i, ckpt in enumerate(cfg.ckpts or []):
+        runs.append({"name": f"{checkpoint_class_path(ckpt).rpartition('.')[2].lower()}-{i}", "ckpt": str(ckpt)})
+    if not runs:
+        raise EvaluationError("nothing to compare: give runs in a --config or --ckpts")
+    output = Path(cfg.output) if cfg.output else Path("runs/compare") / (
+        Path(str(cfg.config[0])).stem if cfg.get("config") else "ckpts")
+    evaluation = {"num_samples": 2000, "seeds": [0], **(cfg.evaluation or {})}
+    paths = Compare(output, runs, list(cfg.samplers or []), evaluation, dict(cfg.shared or {}),
+                    cfg.accelerator, cfg.progress).run()
+    if cfg.logger:
+        from lit_score.evaluation.report import log_report
+
+        log_report(cfg.logger, output)
+    print(f"wrote {paths['md']} and {paths['html']}")
+    return paths
