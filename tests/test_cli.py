@@ -13,7 +13,8 @@ from lit_score.cli import checkpoint_class_path, load_model, main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-FAMILY_CONFIGS = [p for p in CONFIGS if p.parent.name not in ("trainer", "logger")]
+FAMILY_CONFIGS = [p for p in CONFIGS if p.parent.name not in ("trainer", "logger", "compare")]
+COMPARE_CONFIGS = [p for p in CONFIGS if p.parent.name == "compare"]
 PRESETS = [p for p in CONFIGS if p.parent.name in ("trainer", "logger")]
 
 
@@ -42,6 +43,18 @@ def test_every_family_config_parses(config, capsys):
         run(["fit", "--config", config, "--print_config"])
     assert info.value.code in (0, None)
     assert "class_path" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", COMPARE_CONFIGS, ids=lambda p: p.stem)
+def test_compare_configs_parse_and_every_run_config_exists(config):
+    from lit_score.evaluation.compare import Compare, compare_parser
+
+    cfg = compare_parser().parse_args(["--config", str(config)])
+    runs = [{**r, "config": str(ROOT / r["config"])} for r in cfg.runs]
+    compare = Compare(Path(cfg.output), runs, cfg.samplers, cfg.evaluation, cfg.shared, "cpu", False)
+    assert len(compare.sampler_grid()) > 1
+    families = {Path(r["config"]).parent.name for r in runs}
+    assert families == {"ddpm", "ncsn", "sde", "ebm", "flow"}  # every family that exists
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")

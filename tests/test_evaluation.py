@@ -348,3 +348,26 @@ def test_seed_loader_serves_whole_batches():
     batches = list(loader)
     assert [b["index"].tolist() for b in batches] == [[0, 1], [2, 3], [4]]
     assert all(b["seed"] == 1 for b in batches)
+
+
+def test_evaluate_on_two_ddp_processes_writes_what_one_process_writes(digits_run, tmp_path):
+    """`lit-score evaluate --devices 2 --strategy ddp` as a user runs it: the same samples and FID as on one process."""
+    import os
+    import subprocess
+    import sys
+
+    ckpt = digits_run / "checkpoints" / "last.ckpt"
+    common = ["evaluate", "--ckpt_path", str(ckpt), "--num_samples", "30", "--batch_size", "8", "--metrics", "fid",
+              "--accelerator", "cpu", "--progress", "false", "--cache_root", str(tmp_path / "cache")]
+    main([*common, "--output", str(tmp_path / "one")])
+    result = subprocess.run([sys.executable, "-m", "lit_score.cli", *common, "--devices", "2", "--strategy", "ddp",
+                             "--output", str(tmp_path / "two")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MPLBACKEND": "Agg"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (np.load(tmp_path / d / "samples_seed0.npz") for d in ("one", "two"))
+    np.testing.assert_allclose(one["samples"], two["samples"], rtol=1e-5, atol=1e-6)
+    assert two["index"].tolist() == list(range(30))
+    fids = [json.loads((tmp_path / d / "metrics.json").read_text())["metrics"]["fid"]["mean"] for d in ("one", "two")]
+    assert fids[0] == pytest.approx(fids[1], rel=1e-5)
+    generation = json.loads((tmp_path / "two" / "metrics.json").read_text())["protocol"]["generation"][0]
+    assert generation["world_size"] == 2

@@ -139,7 +139,8 @@ def evaluate_parser() -> ArgumentParser:
     parser.add_argument("--likelihood_estimator", type=str | None, default=None,
                         help="pf_ode, vlb, quadrature or all (default: the family's first)")
     parser.add_argument("--likelihood_options", type=dict | None, default=None,
-                        help='estimator options, e.g. {"divergence": "hutchinson", "fixed_steps": 100}')
+                        help='estimator options, e.g. {"divergence": "hutchinson", "fixed_steps": 100}, or per'
+                             ' estimator: {"pf_ode": {"fixed_steps": 100}, "vlb": {"variance": "beta"}}')
     parser.add_argument("--distance_samples", type=int, default=4000, help="samples the toy distances use (≤ N)")
     parser.add_argument("--kid_subset_size", type=int | None, default=None, help="KID subset (default min(1000, N))")
     parser.add_argument("--cache_root", type=str | None, default=None,

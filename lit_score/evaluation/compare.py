@@ -177,6 +177,29 @@ class Compare:
         write_json(path, row)
         return row
 
+    def data_floor(self, trained: dict) -> dict[str, Any] | None:
+        """For image data: the held-out split itself scored against the reference, the floor every FID is read
+        against (at the held-out split's size, stated in the row); None for other data (their floors are per row)."""
+        from lit_score.evaluation.cli import checkpoint_datamodule
+
+        data = checkpoint_datamodule(trained["ckpt"])
+        if not data.is_image:
+            return None
+        settings = {k: v for k, v in self.evaluation.items() if k in ("reference", "feature_extractor",
+                                                                       "feature_extractor_weights_path",
+                                                                       "kid_subset_size", "cache_root")}
+        path = self.output / "evals" / f"data_floor_{_key(data.label, settings)}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        held_out = data.split_tensor("test")
+        metrics = [m for m in (self.evaluation.get("metrics") or ["fid", "kid", "isc", "prc"]) if m != "bpd"]
+        result = evaluate(None, data, samples=[held_out], metrics=metrics, progress=False,
+                          samples_source={"what": "the held-out (test) split itself"}, **settings)
+        row = {"run": f"data: test split (n={len(held_out)})", "family": "data", "sampler_label": "—",
+               "status": "ok", "metrics": result.metrics, "protocol": result.protocol, "nfe": None}
+        write_json(path, row)
+        return row
+
     def run(self) -> dict[str, Path]:
         from lit_score.evaluation.report import write_report
 
@@ -193,7 +216,8 @@ class Compare:
                 rows.append(self.evaluate_run(trained[-1], label, entry, steps))
                 bar.update(1)
         bar.close()
-        return write_report(self.output, trained, rows, self.evaluation)
+        floor = self.data_floor(trained[0])
+        return write_report(self.output, trained, rows + ([floor] if floor else []), self.evaluation)
 
 
 def compare_parser() -> ArgumentParser:

@@ -339,9 +339,11 @@ def _likelihood(model, datamodule, n, estimator, options, seed) -> dict[str, dic
     names = list(available) if estimator == "all" else [estimator or available[0]]
     x = datamodule.split_tensor("test")[:n]
     dim = x[0].numel()
+    options = dict(options or {})
+    per_estimator = bool(options) and set(options) <= {"pf_ode", "vlb", "quadrature"}
     out = {}
     for name in names:
-        opts = dict(options or {})
+        opts = dict(options.get(name) or {}) if per_estimator else dict(options)
         if name == "pf_ode":
             opts.setdefault("divergence", "exact" if dim <= 8 else "hutchinson")
         generator = torch.Generator(model.device).manual_seed(seed)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -251,7 +252,9 @@ def generate(
     kwargs["callbacks"] = [*kwargs.get("callbacks", []), collector]
     trainer = pl.Trainer(**kwargs)
     start = time.perf_counter()
-    with sampling_with(pl_module, sampler):
+    with sampling_with(pl_module, sampler), warnings.catch_warnings():
+        # whole batches carry their own seed indices: Lightning's batch-index tracking has nothing to infer
+        warnings.filterwarnings("ignore", message=".*infer the batch indices.*")
         trainer.predict(pl_module, dataloaders=seed_loader(num_samples, batch_size, seed), return_predictions=False)
     seconds = time.perf_counter() - start
     if trainer.global_rank != 0:
