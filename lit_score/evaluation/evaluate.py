@@ -33,7 +33,7 @@ from torch import Tensor
 from lit_score.data import GenerativeDataModule
 from lit_score.evaluation.generation import generate
 from lit_score.metrics import fidelity
-from lit_score.metrics.distances import distance_report
+from lit_score.metrics.distances import distance_floors, distance_report
 from lit_score.samplers import Sampler
 
 IMAGE_METRICS = ("fid", "kid", "isc", "prc")
@@ -301,12 +301,12 @@ def evaluate(
     if "distances" in wanted:
         start = time.perf_counter()
         n = min(distance_samples, *(len(x) for x in sets))
+        draw = (lambda k, g: datamodule.reference_draw(k, g, reference))  # noqa: E731
         for row, x, seed in zip(per_seed, sets, seeds):
-            generator = torch.Generator().manual_seed(10_000 + seed)
-            draw = (lambda k, g: datamodule.reference_draw(k, g, reference))  # noqa: E731
-            row["distances"] = distance_report(x[:n].double(), draw, distance_draws, generator)
+            floors = _floors(datamodule, draw, reference, n, distance_draws, 10_000 + seed)
+            row["distances"] = distance_report(x[:n].double(), draw, distance_draws, 10_000 + seed, floors=floors)
             if datamodule.has_density:
-                fresh = datamodule.reference_draw(n, generator, reference)
+                fresh = datamodule.reference_draw(n, torch.Generator().manual_seed(20_000 + seed), reference)
                 row["data_nll"] = float(-datamodule.log_prob(x[:n].double()).mean())
                 row["data_nll_floor"] = float(-datamodule.log_prob(fresh.double()).mean())
         timing["distances_s"] = time.perf_counter() - start
@@ -330,6 +330,18 @@ def evaluate(
     for note in notes:
         warnings.warn(f"lit-score evaluate: {note}", stacklevel=2)
     return EvaluationResult(summary, per_seed, protocol, sets)
+
+
+_FLOORS: dict[str, dict[str, float]] = {}  # data-vs-data floors, per process: they depend only on the data and n
+
+
+def _floors(datamodule, draw, reference: str, n: int, draws: int, seed: int) -> dict[str, float]:
+    """:func:`distance_floors` for this data, split, n and seed, computed once per process."""
+    hparams = {k: v for k, v in dict(datamodule.hparams).items() if not k.startswith("_")}
+    key = json.dumps(jsonable([type(datamodule).__qualname__, hparams, reference, n, draws, seed]), sort_keys=True)
+    if key not in _FLOORS:
+        _FLOORS[key] = distance_floors(draw, n, draws, seed + 1)
+    return _FLOORS[key]
 
 
 def _likelihood(model, datamodule, n, estimator, options, seed) -> dict[str, dict[str, Any]]:

@@ -134,20 +134,35 @@ DISTANCES: dict[str, Distance] = {
 }
 
 
+def distance_floors(
+    reference_fn: SampleFn, n: int, num_draws: int = 5, seed: int = 1, distances: dict[str, Distance] | None = None
+) -> dict[str, float]:
+    """The data-vs-data floor of every distance at n: the median distance between two independent reference draws of
+    n samples, over ``num_draws`` pairs drawn from a generator seeded ``seed`` (so it can be computed once, cached)."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: data_floor(reference_fn, n, distance, num_draws, generator)
+            for name, distance in (distances or DISTANCES).items()}
+
+
 def distance_report(
     samples: Tensor,
     reference_fn: SampleFn,
     num_draws: int = 5,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
     distances: dict[str, Distance] | None = None,
+    floors: dict[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Every distance from ``samples`` (n, ...) to fresh reference draws of the same n (median over ``num_draws``),
-    beside its floor: the median distance between two independent reference draws of that n, and their ratio."""
+    """Every distance from ``samples`` (n, ...) to fresh reference draws of the same n (median over ``num_draws``
+    draws from a generator seeded ``seed``), beside its floor (:func:`distance_floors` with seed ``seed + 1``, or the
+    ``floors`` given, e.g. cached from an earlier call) and their ratio."""
     n = samples.shape[0]
+    distances = distances or DISTANCES
+    floors = floors if floors is not None else distance_floors(reference_fn, n, num_draws, seed + 1, distances)
+    generator = torch.Generator().manual_seed(seed)
     out = {}
-    for name, distance in (distances or DISTANCES).items():
+    for name, distance in distances.items():
         value = median_distance(samples, reference_fn, n, distance, num_draws, generator)
-        floor = data_floor(reference_fn, n, distance, num_draws, generator)
+        floor = floors[name]
         ratio = value / floor if floor > 0 and math.isfinite(value) else math.nan
         out[name] = {"value": value, "floor": floor, "ratio": ratio}
     return out
