@@ -105,3 +105,16 @@ def test_a_sampler_a_model_cannot_use_is_reported_not_raised(tmp_path):
 
     ebm = EBM(energy_net=EnergyMLP(data_dim=2, hidden=8, depth=1), sample_shape=(2,))
     assert not ebm.can_use(DDIM(num_steps=3)) and ebm.can_use(Langevin())
+
+
+def test_the_report_goes_to_wandb_offline(report, tmp_path, monkeypatch):
+    from lit_score.evaluation.report import log_report
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    log_report({"class_path": "lightning.pytorch.loggers.WandbLogger",
+                "init_args": {"project": "lit-score-test", "save_dir": str(tmp_path)}}, report)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    media = list(runs[0].rglob("*.table.json"))
+    assert media and "DDPM" in media[0].read_text()

@@ -371,3 +371,18 @@ def test_evaluate_on_two_ddp_processes_writes_what_one_process_writes(digits_run
     assert fids[0] == pytest.approx(fids[1], rel=1e-5)
     generation = json.loads((tmp_path / "two" / "metrics.json").read_text())["protocol"]["generation"][0]
     assert generation["world_size"] == 2
+
+
+def test_evaluate_logs_the_numbers_and_protocol_to_a_logger(tmp_path):
+    toy = tmp_path / "s.npz"
+    x = Toy2D().reference_samples(300, torch.Generator().manual_seed(0))
+    np.savez(toy, samples=x.numpy())
+    main(["evaluate", "--samples", f"[{toy}]", "--data", "lit_score.data.Toy2D", "--metrics", "distances",
+          "--output", str(tmp_path / "out"), "--logger", "lightning.pytorch.loggers.CSVLogger",
+          "--logger.save_dir", str(tmp_path / "logs"), "--logger.name", "eval", "--progress", "false"])
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
+    rows = list(__import__("csv").DictReader(open(tmp_path / "logs" / "eval" / "version_0" / "metrics.csv")))
+    assert float(rows[0]["eval/energy_distance"]) == pytest.approx(written["energy_distance"]["mean"], rel=1e-6)
+    assert float(rows[0]["eval/energy_distance_floor"]) == pytest.approx(written["energy_distance"]["floor"])
+    hparams = (tmp_path / "logs" / "eval" / "version_0" / "hparams.yaml").read_text()
+    assert "eval_protocol/num_samples: 300" in hparams and "eval_protocol/versions/torch_fidelity" in hparams
