@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from lit_score.callbacks.samples import run_dir
 from lit_score.data import GenerativeDataModule
-from lit_score.evaluation.generation import SampleCollector
+from lit_score.evaluation.generation import SampleCollector, SeedBatches, draw_seed_batch
 from lit_score.models import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Sampler
 from lit_score.visualize import save_picture, save_samples
@@ -185,12 +185,10 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     existing = [p for p in (stem.with_suffix(".png"), stem.with_suffix(".npz")) if p.exists()]
     if existing and not cfg.overwrite:
         raise UserError(f"{existing[0]} exists: pass --output elsewhere or --overwrite true")
-    batch = cfg.batch_size or cfg.num_samples
-    generator = torch.Generator(device).manual_seed(cfg.seed)
+    batches = SeedBatches(cfg.num_samples, cfg.batch_size or cfg.num_samples, cfg.seed)  # evaluate's seeding, too
     chunks, nfe = [], 0
-    for start in tqdm(range(0, cfg.num_samples, batch), desc="batches", disable=batch >= cfg.num_samples):
-        n = min(batch, cfg.num_samples - start)
-        chunks.append(model.sample(n, sampler=sampler, generator=generator, progress=True).cpu())
+    for k in tqdm(range(len(batches)), desc="batches", disable=len(batches) == 1):
+        chunks.append(draw_seed_batch(model, batches[k], sampler, progress=True).cpu())
         nfe = model.last_nfe
     x = torch.cat(chunks)
     metadata = {

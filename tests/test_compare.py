@@ -118,3 +118,15 @@ def test_the_report_goes_to_wandb_offline(report, tmp_path, monkeypatch):
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     media = list(runs[0].rglob("*.table.json"))
     assert media and "DDPM" in media[0].read_text()
+
+
+def test_inapplicable_pairings_leave_the_table_and_are_listed_under_it(report):
+    from lit_score.evaluation.report import protocol_lines, table
+
+    rows = json.loads((report / "metrics.json").read_text())["evaluations"]
+    skipped = {"run": "ebm", "family": "EBM", "sampler_label": "DDIM-3", "status": "skipped",
+               "error": "DDIM needs a noise process; EBM has none"}
+    _, cells = table([*rows, skipped])
+    assert len(cells) == len(rows) and not any(c[0] == "ebm" for c in cells)
+    assert any("Not applicable: DDIM-3 on ebm (DDIM needs a noise process" in line
+               for line in protocol_lines([*rows, skipped], EVALUATION))

@@ -115,6 +115,11 @@ def test_predict_subcommand_writes_what_it_generates(tmp_path):
     expected = generate(load_model(ckpt), 10, batch_size=4, seed=0, progress=False,
                         trainer_kwargs={"accelerator": "cpu"})
     np.testing.assert_allclose(data["samples"], expected.samples.numpy(), rtol=1e-5, atol=1e-6)
+    # `lit-score sample` seeds its batches the same way: the same seed and batch size give the same samples
+    main(["sample", "--ckpt_path", str(ckpt), "--num_samples", "10", "--batch_size", "4", "--output",
+          str(tmp_path / "sampled")])
+    np.testing.assert_allclose(np.load(tmp_path / "sampled.npz")["samples"], expected.samples.numpy(), rtol=1e-5,
+                               atol=1e-6)
 
 
 # --- image metrics agree with torch-fidelity ---------------------------------------------------------------------

@@ -145,7 +145,10 @@ class Compare:
             data = checkpoint_datamodule(trained["ckpt"])
             row["family"] = type(model).__name__
             if sampler is not None and not model.can_use(sampler):
-                raise EvaluationError(f"{type(sampler).__name__} needs a noise process; {row['family']} has none")
+                row.update({"status": "skipped", "error": f"{type(sampler).__name__} needs a noise process;"
+                                                          f" {row['family']} has none"})
+                write_json(path, row)
+                return row
             if entry is not None:  # bits/dim does not depend on the sampler: measured with the default one only
                 metrics = settings.get("metrics")
                 settings["metrics"] = [m for m in metrics if m != "bpd"] if metrics else None

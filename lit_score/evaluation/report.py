@@ -70,8 +70,8 @@ def _cell(flat: dict[str, Any], key: str) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Headings and cells of the metrics table."""
-    flats = [flat_row(r) for r in rows]
+    """Headings and cells of the metrics table (pairings skipped as inapplicable are listed under it instead)."""
+    flats = [flat_row(r) for r in rows if r.get("status") != "skipped"]
     present = [(k, h) for k, h in COLUMNS if any(k in f for f in flats)]
     headings = ["run", "family", "sampler", "NFE", *[h for _, h in present], "params", "train s", "ms / sample"]
     cells = []
@@ -255,6 +255,11 @@ def protocol_lines(rows: list[dict[str, Any]], evaluation: dict[str, Any]) -> li
     v = p["versions"]
     lines.append(f"- lit-score {v['lit_score']}, torch {v['torch']}, torch-fidelity {v['torch_fidelity']}, "
                  f"lightning {v['lightning']}; evaluation settings {json.dumps(jsonable(evaluation))}.")
+    skipped: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("status") == "skipped":
+            skipped.setdefault(f"{r['run']} ({r['error']})", []).append(r["sampler_label"])
+    lines += [f"- Not applicable: {', '.join(labels)} on {what}." for what, labels in skipped.items()]
     notes = sorted({note for r in ok for note in r["protocol"].get("notes", [])})
     lines += [f"- Note: {note}" for note in notes]
     return lines

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import Tensor
 
 from lit_score.data import Digits
 from lit_score.data.digits import load_digit_images
 from lit_score.metrics.digits_extractor import IMAGE_SIZE, DigitsClassifier, default_weights_path, preprocess
+from lit_score.metrics.fidelity import to_uint8  # as a sample is quantised for evaluation
 
 EPOCHS = 8
 SEED = 0
@@ -35,12 +36,6 @@ BATCH_SIZE = 64
 LR = 3e-3
 WEIGHT_DECAY = 1e-4
 MAX_SHIFT = 1  # pixels, both axes
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """Float images (B, 1, H, W) in [-1, 1] to uint8 RGB (B, 3, H, W), as a sample is quantised for evaluation."""
-    x_uint8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return repeat(x_uint8, "b 1 h w -> b 3 h w")
 
 
 def _labels(images: Tensor) -> Tensor:
