@@ -240,7 +240,7 @@ def evaluate(
     if not wanted:
         raise EvaluationError("no metric applies to this model and data")
     image_metrics = [m for m in wanted if m in IMAGE_METRICS]
-    extractor = None
+    extractor, ref_count = None, None
     if image_metrics:  # resolve first: a missing weights file must stop us before any sampling
         extractor = fidelity.resolve_feature_extractor(
             feature_extractor or datamodule.default_feature_extractor, feature_extractor_weights_path
@@ -281,6 +281,7 @@ def evaluate(
 
     if image_metrics:
         ref = fidelity.to_uint8(datamodule.split_tensor(reference), datamodule.data_range)
+        ref_count = len(ref)
         cache = _cache_root(cache_root)
         name = fidelity.reference_cache_name(datamodule.label, reference, ref, extractor)
         cuda = torch.cuda.is_available() if feature_device == "auto" else feature_device == "cuda"
@@ -325,7 +326,7 @@ def evaluate(
     summary = _summaries(per_seed, wanted, likelihood)
     timing["total_s"] = time.perf_counter() - total_start
     protocol.update(_protocol(model, datamodule, sampler, seeds, sets, generation, reference, extractor, timing,
-                              checkpoint, samples_source, wanted))
+                              checkpoint, samples_source, wanted, ref_count))
     protocol["notes"] = notes
     for note in notes:
         warnings.warn(f"lit-score evaluate: {note}", stacklevel=2)
@@ -386,7 +387,7 @@ def _summaries(per_seed, wanted, likelihood) -> dict[str, dict[str, Any]]:
 
 
 def _protocol(model, datamodule, sampler, seeds, sets, generation, reference, extractor, timing, checkpoint,
-              samples_source, wanted) -> dict[str, Any]:
+              samples_source, wanted, ref_count: int | None) -> dict[str, Any]:
     hparams = {k: v for k, v in dict(datamodule.hparams).items() if not k.startswith("_")}
     cls = type(datamodule)
     nfes = [g["nfe"] for g in generation if g.get("nfe") is not None]
@@ -405,8 +406,7 @@ def _protocol(model, datamodule, sampler, seeds, sets, generation, reference, ex
         "samples_source": samples_source,
         "data": {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": hparams,
                  "label": datamodule.label, "sample_shape": list(datamodule.sample_shape)},
-        "reference": {"split": reference, "num_samples": len(datamodule.split_tensor(reference))
-                      if any(m in IMAGE_METRICS for m in wanted) else None,
+        "reference": {"split": reference, "num_samples": ref_count,
                       "fresh_draws": bool(datamodule.has_exact_sampler)},
         "feature_extractor": None if extractor is None else extractor.to_dict(),
         "versions": versions(),
