@@ -72,8 +72,8 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _used_ema(ckpt_path: str | Path) -> bool:
-    callbacks = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
-    return any("WeightAveraging" in key for key in callbacks)
+    """Whether the checkpoint's weights are averaged ones (Lightning keeps the raw ones as ``current_model_state``)."""
+    return "current_model_state" in torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
 
 
 class LitScoreSaveConfig(SaveConfigCallback):
@@ -123,7 +123,9 @@ class LitScoreCLI(LightningCLI):
         ckpt = self.config_init["predict"].get("ckpt_path")
         data = self.datamodule
         data._ensure_setup()
-        sampler = type(self.model.sampler).__name__
+        from lit_score.evaluation.evaluate import content_key, describe_sampler
+
+        sampler = f"{type(self.model.sampler).__name__}-{content_key(describe_sampler(self.model.sampler), 6)}"
         run = Path(ckpt).parent.parent if ckpt and Path(ckpt).is_file() else Path(self.trainer.default_root_dir)
         name = f"{Path(ckpt).stem if ckpt else 'model'}_{sampler}_n{len(data.val_dataset)}_seed{data.seed}.npz"
         collector = SampleCollector(run / "predictions" / name, {"sampler": repr(self.model.sampler)})
@@ -159,7 +161,8 @@ def _sample_parser() -> ArgumentParser:
     parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint written by `lit-score fit`")
     parser.add_argument("--num_samples", type=int, default=64, help="how many samples")
     parser.add_subclass_arguments(Sampler, "sampler", required=False, help="sampler (default: the model's own)")
-    parser.add_argument("--batch_size", type=int | None, default=None, help="samples per batch (default: all)")
+    parser.add_argument("--batch_size", type=int | None, default=None,
+                        help="generation batch (default min(N, 1000), as evaluate: the same seed, the same samples)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     parser.add_argument("--output", type=str | None, default=None, help="output stem (default: <run>/samples/…)")
     parser.add_argument("--accelerator", type=str, default="auto", help="auto, cpu or cuda")
@@ -185,7 +188,7 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     existing = [p for p in (stem.with_suffix(".png"), stem.with_suffix(".npz")) if p.exists()]
     if existing and not cfg.overwrite:
         raise UserError(f"{existing[0]} exists: pass --output elsewhere or --overwrite true")
-    batches = SeedBatches(cfg.num_samples, cfg.batch_size or cfg.num_samples, cfg.seed)  # evaluate's seeding, too
+    batches = SeedBatches(cfg.num_samples, cfg.batch_size or min(cfg.num_samples, 1000), cfg.seed)  # = evaluate's
     chunks, nfe = [], 0
     for k in tqdm(range(len(batches)), desc="batches", disable=len(batches) == 1):
         chunks.append(draw_seed_batch(model, batches[k], sampler, progress=True).cpu())

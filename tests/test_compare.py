@@ -82,7 +82,7 @@ def test_rerunning_reuses_finished_runs_and_evaluations(report, tmp_path):
 
 def test_compare_existing_checkpoints(report, tmp_path):
     ckpts = sorted(str(p) for p in (report / "runs").rglob("last.ckpt"))
-    main(["compare", "--ckpts", json.dumps(ckpts), "--output", str(tmp_path / "ckpts"), "--evaluation",
+    main(["compare", "--ckpts", *ckpts, "--output", str(tmp_path / "ckpts"), "--evaluation",
           json.dumps(EVALUATION), "--progress", "false"])
     rows = list(csv.DictReader(open(tmp_path / "ckpts" / "metrics.csv")))
     assert {r["family"] for r in rows} == {"DDPM", "FlowMatching"} and all(r["status"] == "ok" for r in rows)

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from lit_score.callbacks.samples import ValidationSampling, generate_across_ranks
+from lit_score.evaluation.generation import SeedBatches
 from lit_score.visualize import save_samples
 
 
@@ -66,6 +67,7 @@ class EnergyHistogram(ValidationSampling):
         self, every_n_epochs: int = 1, num_samples: int = 512, bins: int = 50, seed: int = 0, dirpath: str | None = None
     ) -> None:
         super().__init__(every_n_epochs, dirpath)
+        SeedBatches(num_samples, num_samples, seed)  # a bad seed or count fails here, not mid-training
         self.num_samples, self.bins, self.seed = num_samples, bins, seed
         self.last_paths: dict[str, Path] = {}
         self.last_energies: dict[str, Tensor] = {}

@@ -20,13 +20,14 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
+from torch.utils.data import Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
 
-from lit_score.evaluation.generation import generate_across_ranks, generate_local
+from lit_score.evaluation.generation import SeedBatches, generate_across_ranks, generate_local
 from lit_score.metrics.distances import DISTANCES, distance_floors, distance_report
-from lit_score.metrics.fidelity import FeatureExtractorSpec, resolve_feature_extractor, to_uint8
+from lit_score.metrics.fidelity import FeatureExtractorSpec, dataset_to_uint8, resolve_feature_extractor, to_uint8
 from lit_score.samplers import Sampler
 
 IMAGE_METRICS = ("fid", "kid")
@@ -153,6 +154,7 @@ class SampleQuality(pl.Callback):
                              f" {distance_draws}, {num_samples}")
         if reference not in ("train", "test"):
             raise ValueError(f"unknown reference split {reference!r}: use train or test")
+        SeedBatches(num_samples, batch_size, seed)  # a bad seed or count fails here, not mid-training
         if num_reference is not None and num_reference < 2:
             raise ValueError(f"num_reference must be >= 2, got {num_reference}")
         self.every_n_validations, self.num_samples, self.batch_size = every_n_validations, num_samples, batch_size
@@ -275,15 +277,15 @@ class SampleQuality(pl.Callback):
     def _reference(self, trainer: pl.Trainer, fast: int | None) -> Tensor:
         """The reference images, uint8 (N_ref, 3, H, W): the split, or its ``num_reference`` subset fixed by seed."""
         datamodule = trainer.datamodule
-        images = datamodule.split_tensor(self.reference)
+        dataset = datamodule.split_dataset(self.reference)
+        size = len(dataset)
         count = self.num_reference if fast is None else min(self.num_reference or fast, fast)
-        if count is not None and count > images.shape[0]:
-            raise ValueError(f"num_reference={count} exceeds the {images.shape[0]} images of the {self.reference}"
-                             " split")
-        if count is not None and count < images.shape[0]:
-            pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(self.seed))[:count]
-            images = images[pick.sort().values]
-        return to_uint8(images, datamodule.data_range)
+        if count is not None and count > size:
+            raise ValueError(f"num_reference={count} exceeds the {size} images of the {self.reference} split")
+        if count is not None and count < size:
+            pick = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed))[:count]
+            dataset = Subset(dataset, pick.sort().values.tolist())
+        return dataset_to_uint8(dataset, datamodule.data_range)
 
     def _metrics_with_reference(self, trainer: pl.Trainer, pl_module, n: int) -> dict:
         """The FID / KID metrics on the module's device, holding this rank's reference features (computed once)."""

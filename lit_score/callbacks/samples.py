@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from lit_score.evaluation.generation import generate_across_ranks
+from lit_score.evaluation.generation import SeedBatches, generate_across_ranks
 from lit_score.samplers import Sampler
 from lit_score.visualize import save_samples
 
@@ -76,6 +76,7 @@ class SampleGrid(ValidationSampling):
         dirpath: str | None = None,
     ) -> None:
         super().__init__(every_n_epochs, dirpath)
+        SeedBatches(num_samples, num_samples, seed)  # a bad seed or count fails here, not mid-training
         self.num_samples, self.sampler, self.seed = num_samples, sampler, seed
         self.last_paths: dict[str, Path] = {}
 

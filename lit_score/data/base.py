@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lit_score.evaluation.generation import seed_loader
+from lit_score.evaluation.generation import batch_seed, seed_loader
 
 
 class TensorData(Dataset):
@@ -63,6 +63,7 @@ class GenerativeDataModule(pl.LightningDataModule):
         self, batch_size: int = 128, num_workers: int = 0, val_size: int | float = 0.1, seed: int = 0
     ) -> None:
         super().__init__()
+        batch_seed(seed, 0)  # predict's seed set is this seed: refuse one it cannot use now, not at predict time
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_size = val_size
@@ -147,12 +148,17 @@ class GenerativeDataModule(pl.LightningDataModule):
         """A short name of the data for reports and cache keys (the class name; subclasses add what varies)."""
         return type(self).__name__
 
-    def split_tensor(self, split: str) -> Tensor:
-        """All of ``split`` (``train``: the training data without augmentation; ``test``: the held-out split)."""
+    def split_dataset(self, split: str) -> Dataset:
+        """``train`` (the training data without augmentation) or ``test`` (the held-out split), item by item."""
         self._ensure_setup()
         if split not in ("train", "test"):
             raise ValueError(f"unknown split {split!r}: use train or test")
-        dataset = self.reference_dataset if split == "train" else self.val_dataset
+        return self.reference_dataset if split == "train" else self.val_dataset
+
+    def split_tensor(self, split: str) -> Tensor:
+        """All of ``split`` as one float tensor (for image metrics convert item by item instead:
+        :func:`lit_score.metrics.fidelity.dataset_to_uint8`)."""
+        dataset = self.split_dataset(split)
         return torch.stack([dataset[i] for i in range(len(dataset))])
 
     def reference_draw(self, n: int, generator: torch.Generator | None = None, split: str = "train") -> Tensor:

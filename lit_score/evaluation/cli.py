@@ -11,7 +11,6 @@ protocol), ``samples_seed<S>.npz`` and ``samples.png``; refuses to overwrite an 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,6 +26,7 @@ from lit_score.evaluation.evaluate import (
     METRIC_GROUPS,
     EvaluationError,
     EvaluationResult,
+    content_key,
     describe_sampler,
     evaluate,
     jsonable,
@@ -89,7 +89,10 @@ def load_samples(path: str | Path, datamodule: GenerativeDataModule) -> tuple[to
         files = find_images(path)
         channels = datamodule.sample_shape[0] if datamodule.is_image else 3
         mode = "L" if channels == 1 else "RGB"
-        arrays = [np.asarray(Image.open(f).convert(mode)) for f in files]
+        arrays = []
+        for f in files:
+            with Image.open(f) as image:
+                arrays.append(np.asarray(image.convert(mode)))
         u = torch.from_numpy(np.stack(arrays))
         u = u[:, None] if u.ndim == 3 else u.permute(0, 3, 1, 2)
         lo, hi = datamodule.data_range
@@ -99,17 +102,17 @@ def load_samples(path: str | Path, datamodule: GenerativeDataModule) -> tuple[to
                               " folder")
     try:
         with np.load(path) as data:
-            x = torch.from_numpy(np.asarray(data["samples"], dtype=np.float32))
+            raw = np.asarray(data["samples"])
             nfe = data["nfe"] if "nfe" in data else None
+        if raw.dtype == np.uint8:  # 8-bit images: 0 … 255 onto the data range
+            lo, hi = datamodule.data_range
+            x = lo + (hi - lo) * torch.from_numpy(raw).float() / 255
+        else:
+            x = torch.from_numpy(raw.astype(np.float32))
     except (OSError, ValueError, KeyError) as err:
         raise EvaluationError(f"samples {path} are not an .npz with a 'samples' array: {err}") from err
     nfe_value = float(np.mean(nfe)) if nfe is not None else None
     return x, {"path": str(path), "format": "npz", "nfe": nfe_value}
-
-
-def settings_key(settings: dict[str, Any]) -> str:
-    """Short stable hash of an evaluation's settings (what makes two evaluations the same)."""
-    return hashlib.sha256(json.dumps(jsonable(settings), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def evaluate_parser() -> ArgumentParser:
@@ -129,7 +132,7 @@ def evaluate_parser() -> ArgumentParser:
     parser.add_argument("--feature_extractor_weights_path", type=str | None, default=None,
                         help="weights file of the extractor (default: torch-fidelity's cache / the shipped file)")
     parser.add_argument("--seeds", type=str, default="0", help="seed sets, e.g. 0,1,2: mean ± std over them")
-    parser.add_argument("--samples", type=list[str] | None, default=None,
+    parser.add_argument("--samples", type=str, nargs="+", default=None,
                         help="evaluate samples made elsewhere: one .npz or image folder per seed set")
     parser.add_argument("--batch_size", type=int | None, default=None, help="generation batch (default min(N, 1000))")
     parser.add_argument("--weights", type=str, default="auto", help="auto, ema or raw weights of the checkpoint")
@@ -185,22 +188,22 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
                                   f" {model.sample_shape}: pass matching --data")
     samples, source = None, None
     if cfg.samples is not None:
-        loaded = [load_samples(p, datamodule) for p in cfg.samples]
+        loaded = [load_samples(p, datamodule) for p in parse_list(cfg.samples if len(cfg.samples) > 1
+                                                                 else cfg.samples[0])]
         samples, source = [x for x, _ in loaded], {"sets": [info for _, info in loaded]}
         source["nfe"] = loaded[0][1].get("nfe")
         if len(samples) != len(seeds):
             seeds = list(range(len(samples)))
     effective_sampler = sampler if sampler is not None else (model.sampler if model is not None else None)
-    settings = {"ckpt": checkpoint, "sampler": describe_sampler(effective_sampler), "num_samples": cfg.num_samples,
-                "metrics": metrics, "reference": cfg.reference, "feature_extractor": cfg.feature_extractor,
-                "seeds": seeds, "batch_size": cfg.batch_size, "samples": cfg.samples,
-                "likelihood": [cfg.likelihood_samples, cfg.likelihood_estimator, cfg.likelihood_options]}
+    ignored = ("output", "overwrite", "progress", "logger", "sampler", "config", "__path__")
+    settings = {**{k: v for k, v in cfg.items() if k.split(".")[0] not in ignored}, "ckpt": checkpoint,
+                "sampler": describe_sampler(effective_sampler)}
     if cfg.output is not None:
         output = Path(cfg.output)
     elif cfg.ckpt_path is not None:
         name = type(effective_sampler).__name__ if cfg.samples is None else "samples"
         output = (Path(cfg.ckpt_path).parent.parent / "eval" /
-                  f"{Path(cfg.ckpt_path).stem}_{name}_n{cfg.num_samples}_{settings_key(settings)}")
+                  f"{Path(cfg.ckpt_path).stem}_{name}_n{cfg.num_samples}_{content_key(settings, 8)}")
     else:
         raise EvaluationError("pass --output for samples evaluated without a checkpoint")
     if not _is_child_rank() and (output / "metrics.json").exists() and not cfg.overwrite:

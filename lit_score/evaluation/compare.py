@@ -23,7 +23,7 @@ re-evaluates only what it touches.
 
 from __future__ import annotations
 
-import hashlib
+import inspect
 import json
 import shutil
 import time
@@ -35,12 +35,19 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from tqdm.auto import tqdm
 
-from lit_score.evaluation.evaluate import EvaluationError, describe_sampler, evaluate, jsonable, write_json
+from lit_score.evaluation.evaluate import (
+    EvaluationError,
+    content_key,
+    describe_sampler,
+    evaluate,
+    parse_list,
+    write_json,
+)
 from lit_score.samplers import Sampler
 
 
 def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(jsonable(parts), sort_keys=True).encode()).hexdigest()[:10]
+    return content_key(parts)
 
 
 def build_sampler(spec: dict[str, Any], num_steps: int | None = None, steps_key: str = "num_steps") -> Sampler:
@@ -69,6 +76,17 @@ class Compare:
         self.output, self.runs, self.samplers = output, runs, samplers
         self.evaluation, self.shared, self.progress = dict(evaluation), dict(shared), progress
         self.device = torch.device("cuda" if accelerator in ("auto", "gpu") and torch.cuda.is_available() else "cpu")
+        accepted = set(inspect.signature(evaluate).parameters) - {"model", "datamodule", "samples", "sampler",
+                                                                  "checkpoint", "progress", "trainer_kwargs",
+                                                                  "output", "samples_source"}
+        unknown = set(self.evaluation) - accepted - {"weights"}
+        if unknown:
+            raise EvaluationError(f"unknown evaluation keys {sorted(unknown)}: use {', '.join(sorted(accepted))}")
+        if self.evaluation.get("feature_extractor"):  # a missing weights file stops us before any training
+            from lit_score.metrics.fidelity import resolve_feature_extractor
+
+            resolve_feature_extractor(self.evaluation["feature_extractor"],
+                                      self.evaluation.get("feature_extractor_weights_path"))
         names = [r["name"] for r in runs]
         if len(set(names)) != len(names):
             raise EvaluationError(f"run names must be unique, got {names}")
@@ -181,8 +199,9 @@ class Compare:
         return row
 
     def data_floor(self, trained: dict) -> dict[str, Any] | None:
-        """For image data: the held-out split itself scored against the reference, the floor every FID is read
-        against (at the held-out split's size, stated in the row); None for other data (their floors are per row)."""
+        """For image data: the other split scored against the reference split (the held-out split against the
+        training data by default), the floor every FID is read against, at that split's size (stated in the row);
+        None for other data (their floors are per row)."""
         from lit_score.evaluation.cli import checkpoint_datamodule
 
         data = checkpoint_datamodule(trained["ckpt"])
@@ -191,15 +210,20 @@ class Compare:
         settings = {k: v for k, v in self.evaluation.items() if k in ("reference", "feature_extractor",
                                                                        "feature_extractor_weights_path",
                                                                        "kid_subset_size", "cache_root")}
-        path = self.output / "evals" / f"data_floor_{_key(data.label, settings)}.json"
+        metrics = [m for m in (self.evaluation.get("metrics") or ["fid", "kid", "isc", "prc"]) if m != "bpd"]
+        path = self.output / "evals" / f"data_floor_{_key(data.label, settings, metrics)}.json"
         if path.is_file():
             return json.loads(path.read_text())
-        held_out = data.split_tensor("test")
-        metrics = [m for m in (self.evaluation.get("metrics") or ["fid", "kid", "isc", "prc"]) if m != "bpd"]
-        result = evaluate(None, data, samples=[held_out], metrics=metrics, progress=False,
-                          samples_source={"what": "the held-out (test) split itself"}, **settings)
-        row = {"run": f"data: test split (n={len(held_out)})", "family": "data", "sampler_label": "—",
-               "status": "ok", "metrics": result.metrics, "protocol": result.protocol, "nfe": None}
+        other = "test" if settings.get("reference", "train") == "train" else "train"
+        held_out = data.split_tensor(other)
+        try:
+            result = evaluate(None, data, samples=[held_out], metrics=metrics, progress=False,
+                              samples_source={"what": f"the {other} split itself"}, **settings)
+            row = {"run": f"data: {other} split (n={len(held_out)})", "family": "data", "sampler_label": "—",
+                   "status": "ok", "metrics": result.metrics, "protocol": result.protocol, "nfe": None}
+        except (EvaluationError, ValueError, FileNotFoundError) as err:
+            row = {"run": f"data: {other} split", "family": "data", "sampler_label": "—", "status": "failed",
+                   "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
         write_json(path, row)
         return row
 
@@ -230,7 +254,7 @@ def compare_parser() -> ArgumentParser:
     parser.add_argument("--output", type=str | None, default=None, help="report folder (default runs/compare/<name>)")
     parser.add_argument("--runs", type=list[dict] | None, default=None,
                         help="[{name, config, overrides}] to train, or [{name, ckpt}] to take")
-    parser.add_argument("--ckpts", type=list[str] | None, default=None, help="existing checkpoints to compare")
+    parser.add_argument("--ckpts", type=str, nargs="+", default=None, help="existing checkpoints to compare")
     parser.add_argument("--shared", type=dict | None, default=None, help="CLI keys stacked over every run's config")
     parser.add_argument("--samplers", type=list[dict] | None, default=None,
                         help="[{sampler: {class_path, init_args}, num_steps: [..], label, steps_key}]")
@@ -249,7 +273,8 @@ def compare_main(argv: list[str]) -> dict[str, Path]:
     runs = list(cfg.runs or [])
     from lit_score.cli import checkpoint_class_path
 
-    for i, ckpt in enumerate(cfg.ckpts or []):
+    ckpts = parse_list(cfg.ckpts[0]) if cfg.ckpts and len(cfg.ckpts) == 1 else (cfg.ckpts or [])
+    for i, ckpt in enumerate(ckpts):
         runs.append({"name": f"{checkpoint_class_path(ckpt).rpartition('.')[2].lower()}-{i}", "ckpt": str(ckpt)})
     if not runs:
         raise EvaluationError("nothing to compare: give runs in a --config or --ckpts")

@@ -34,9 +34,10 @@ from lit_score.data import GenerativeDataModule
 from lit_score.evaluation.generation import generate
 from lit_score.metrics import fidelity
 from lit_score.metrics.distances import distance_floors, distance_report
+from lit_score.metrics.likelihood import LikelihoodEstimate
 from lit_score.samplers import Sampler
 
-IMAGE_METRICS = ("fid", "kid", "isc", "prc")
+IMAGE_METRICS = fidelity.METRICS  # fid, kid, isc, prc
 METRIC_GROUPS = (*IMAGE_METRICS, "bpd", "distances")
 PUBLISHED_N = 50_000  # samples behind published CIFAR-10 FID / IS numbers
 
@@ -150,6 +151,13 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
+def content_key(value: Any, length: int = 10) -> str:
+    """Short stable hash of anything JSON-able (the resolved inputs that make two runs or evaluations the same)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(jsonable(value), sort_keys=True).encode()).hexdigest()[:length]
+
+
 def summarize(values: Sequence[float]) -> dict[str, Any]:
     """mean, std (over seed sets, ddof 1; None for one set) and the per-seed values."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -251,6 +259,8 @@ def evaluate(
     # --- generation (every rank), then everything else on rank 0 only ---------------------------------------
     sets: list[Tensor] = []
     generation: list[dict[str, Any]] = []
+    other_rank = False
+    device = model.device if model is not None else None  # trainer.predict's teardown moves the module to the CPU
     for i, seed in enumerate(seeds):
         if samples is not None:
             x = torch.as_tensor(samples[i]).float()
@@ -259,8 +269,9 @@ def evaluate(
             path = output / f"samples_seed{seed}.npz" if output is not None else None
             made = generate(model, num_samples, sampler=sampler, seed=seed, batch_size=batch_size, path=path,
                             trainer_kwargs=trainer_kwargs, progress=progress)
-            if made is None:
-                return None  # a DDP rank other than 0: its share is done
+            if made is None:  # a DDP rank other than 0: it takes its share of every seed set, then is done
+                other_rank = True
+                continue
             x = made.samples
             generation.append({"seed": seed, "seconds": made.seconds, "nfe": made.nfe_mean,
                                "nfe_per_batch": sorted(set(made.nfe)), "batch_size": made.batch_size,
@@ -268,6 +279,10 @@ def evaluate(
         if tuple(x.shape[1:]) != tuple(datamodule.sample_shape):
             raise EvaluationError(f"samples of shape {tuple(x.shape[1:])} for data of shape {datamodule.sample_shape}")
         sets.append(x)
+    if other_rank:
+        return None
+    if model is not None:
+        model.to(device)
 
     per_seed: list[dict[str, Any]] = [{"seed": s, "nonfinite": fidelity.count_nonfinite(x)}
                                       for s, x in zip(seeds, sets)]
@@ -277,10 +292,10 @@ def evaluate(
     notes: list[str] = []
     for row in per_seed:
         if row["nonfinite"]:
-            notes.append(f"seed {row['seed']}: {row['nonfinite']} of {num_samples} samples are not finite")
+            notes.append(f"seed {row['seed']}: {row['nonfinite']} of {len(sets[0])} samples are not finite")
 
     if image_metrics:
-        ref = fidelity.to_uint8(datamodule.split_tensor(reference), datamodule.data_range)
+        ref = fidelity.dataset_to_uint8(datamodule.split_dataset(reference), datamodule.data_range)
         ref_count = len(ref)
         cache = _cache_root(cache_root)
         name = fidelity.reference_cache_name(datamodule.label, reference, ref, extractor)
@@ -345,12 +360,13 @@ def _floors(datamodule, draw, reference: str, n: int, draws: int, seed: int) -> 
     return _FLOORS[key]
 
 
-def _likelihood(model, datamodule, n, estimator, options, seed) -> dict[str, dict[str, Any]]:
+def _likelihood(model, datamodule, n, estimator, options, seed, chunk_size: int = 250) -> dict[str, dict[str, Any]]:
     """NLL of the first n held-out samples by the requested estimator(s): one record each."""
     dequantize = _dequantize(datamodule)
     available = model.likelihood_estimators(dequantize)
     names = list(available) if estimator == "all" else [estimator or available[0]]
-    x = datamodule.split_tensor("test")[:n]
+    held_out = datamodule.split_dataset("test")
+    x = torch.stack([held_out[i] for i in range(min(n, len(held_out)))])
     dim = x[0].numel()
     options = dict(options or {})
     per_estimator = bool(options) and set(options) <= {"pf_ode", "vlb", "quadrature"}
@@ -360,7 +376,13 @@ def _likelihood(model, datamodule, n, estimator, options, seed) -> dict[str, dic
         if name == "pf_ode":
             opts.setdefault("divergence", "exact" if dim <= 8 else "hutchinson")
         generator = torch.Generator(model.device).manual_seed(seed)
-        estimate = model.likelihood(x, name, dequantize=dequantize, generator=generator, **opts)
+        try:  # in chunks, so a big held-out set fits in memory; one generator runs through all of them
+            parts = [model.likelihood(chunk, name, dequantize=dequantize, generator=generator, **opts)
+                     for chunk in x.split(chunk_size)]
+        except TypeError as err:
+            raise EvaluationError(f"likelihood options {sorted(opts)} do not fit the {name} estimator ({err}): give "
+                                  'them per estimator, e.g. {"pf_ode": {"fixed_steps": 100}}') from err
+        estimate = LikelihoodEstimate.concatenate(parts)
         out[name] = {**estimate.to_dict(), "split": "test"}
     return out
 

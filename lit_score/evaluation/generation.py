@@ -11,8 +11,10 @@ Everything that needs many samples (``evaluate``, ``compare``, the in-training q
 | ``batch_seed(s, k·b)`` | the seed of that call's ``torch.Generator`` |
 
 A sample's value therefore depends only on (checkpoint, sampler, seed set, seed index, generation batch size),
-never on the world size: ranks share out whole batches (``trainer.predict`` with Lightning's unrepeated distributed
-sampler, or round-robin inside a fit loop) and the gathered result is put back in seed-index order.
+never on the world size when the batch size is fixed (``generate`` and ``evaluate`` always fix it; sample grids
+default to one batch per rank, faster but world-size dependent). Ranks share out whole batches (``trainer.predict``
+with Lightning's unrepeated distributed sampler, or round-robin inside a fit loop) and the gathered result is put
+back in seed-index order.
 """
 
 from __future__ import annotations

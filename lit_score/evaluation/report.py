@@ -72,7 +72,10 @@ def _cell(flat: dict[str, Any], key: str) -> str:
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Headings and cells of the metrics table (pairings skipped as inapplicable are listed under it instead)."""
     flats = [flat_row(r) for r in rows if r.get("status") != "skipped"]
-    present = [(k, h) for k, h in COLUMNS if any(k in f for f in flats)]
+    estimators = sorted({k for f in flats for k in f if k.startswith("bpd_") and not k.endswith(("_std",
+                                                                                                "_estimator"))})
+    columns = COLUMNS + [(k, f"bits/dim ({k[4:]}) ↓") for k in estimators]
+    present = [(k, h) for k, h in columns if any(k in f for f in flats)]
     headings = ["run", "family", "sampler", "NFE", *[h for _, h in present], "params", "train s", "ms / sample"]
     cells = []
     for f in flats:

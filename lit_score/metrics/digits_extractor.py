@@ -43,7 +43,6 @@ p(y|x)      softmax of the logits; p(y) = E_x p(y|x)
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -69,7 +68,9 @@ def default_weights_path() -> Path:
 
 def weights_sha256(path: str | Path) -> str:
     """Hex sha256 of a weights file: report it next to FID/KID values so readers know which extractor made them."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from lit_score.metrics.fidelity import sha256_file
+
+    return sha256_file(path)
 
 
 def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:

@@ -60,6 +60,11 @@ def to_uint8(x: Tensor, data_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor
     return u.expand(-1, 3, -1, -1).contiguous() if u.shape[1] == 1 else u.cpu().contiguous()
 
 
+def dataset_to_uint8(dataset: Dataset, data_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """Every item of an image dataset as uint8 (N, 3, H, W), converted one at a time (never the float split)."""
+    return torch.cat([to_uint8(dataset[i][None], data_range) for i in range(len(dataset))])
+
+
 def count_nonfinite(x: Tensor) -> int:
     """Number of samples with any NaN / inf value."""
     if not x.is_floating_point():
@@ -184,7 +189,12 @@ def resolve_feature_extractor(name: str, weights_path: str | Path | None = None)
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"feature extractor weights {path} do not exist")
     cls = registry[name]
-    layers = {metric: cls.get_default_feature_layer_for_metric(metric) for metric in METRICS}
+    layers = {}
+    for metric in METRICS:  # a user's extractor may serve only some metrics (no IS layer, say)
+        try:
+            layers[metric] = cls.get_default_feature_layer_for_metric(metric)
+        except (KeyError, ValueError, NotImplementedError):
+            continue
     return FeatureExtractorSpec(name, str(path) if path else None, sha256_file(path) if path else None, layers)
 
 
@@ -235,6 +245,9 @@ def fidelity_metrics(
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown image metrics {sorted(unknown)}: choose from {', '.join(METRICS)}")
+    missing = [m for m in metrics if m not in extractor.layers]
+    if missing:
+        raise ValueError(f"feature extractor {extractor.name} has no layer for {', '.join(missing)}")
     if not metrics:
         raise ValueError("no image metric asked for")
     if cuda and not torch.cuda.is_available():

@@ -81,6 +81,14 @@ class LikelihoodEstimate:
     nfe: int
     settings: dict[str, object]
 
+    @staticmethod
+    def concatenate(parts: list[LikelihoodEstimate]) -> LikelihoodEstimate:
+        """One estimate from estimates of consecutive chunks of data (the largest NFE of any chunk)."""
+        first = parts[0]
+        return LikelihoodEstimate(first.estimator, torch.cat([p.nats for p in parts]),
+                                  torch.cat([p.bits_per_dim for p in parts]), first.dequantize,
+                                  max(p.nfe for p in parts), first.settings)
+
     def to_dict(self) -> dict[str, object]:
         """Means with standard errors, and how they were obtained."""
         n = int(self.nats.numel())

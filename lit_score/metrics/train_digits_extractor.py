@@ -7,7 +7,8 @@ workers, one ``torch.Generator`` for shuffling and shifts) training of
 evaluation path: float [-1, 1] -> uint8 exactly as a generated sample would be, replicated to RGB, then
 :func:`~lit_score.metrics.digits_extractor.preprocess`.
 
-Options: ``--output PATH`` (default: the shipped weights file), ``--epochs N``, ``--seed S``.
+Options: ``--output PATH`` (default ``./digits_classifier.pt``; pass the shipped file's path to replace it),
+``--epochs N``, ``--seed S``.
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ def save_state_dict(model: DigitsClassifier, path: str | Path) -> None:
     torch.save(model.state_dict(), buffer)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue())
+    tmp = path.with_name(path.name + ".partial")  # written whole, then renamed: a kill never leaves half a file
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     from lit_score.metrics.digits_extractor import weights_sha256
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=default_weights_path(), help="where to save the state_dict")
+    parser.add_argument("--output", type=Path, default=Path("digits_classifier.pt"),
+                        help="where to save the state_dict (default ./digits_classifier.pt; the shipped file is "
+                             f"{default_weights_path()}: pass it to replace it)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)

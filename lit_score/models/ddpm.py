@@ -37,5 +37,6 @@ class DDPM(DiffusionModule):
         if estimator != "vlb":
             return super().estimate_likelihood(estimator, x, dequantize, generator, options)
         variance = options.get("variance", "beta_tilde")
+        x = ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1  # the bound's bins are the 8-bit grid: data on it
         result = ddpm_vlb(self.score_model, self.process, x, generator=generator, **options)
         return result.estimate(x[0].numel(), variance)
