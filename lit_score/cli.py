@@ -23,7 +23,15 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
 
+from lit_score.callbacks.resume import GracefulStop, NonFiniteGuard, NonFiniteStepsError, RandomState, TrainingStopped
 from lit_score.callbacks.samples import run_dir
+from lit_score.checkpointing import (
+    AtomicCheckpointIO,
+    NonFiniteWeightsError,
+    check_allowed,
+    checked_hyperparameters,
+    find_last_checkpoint,
+)
 from lit_score.data import GenerativeDataModule
 from lit_score.evaluation.generation import SampleCollector, SeedBatches, draw_seed_batch
 from lit_score.models import GenerativeModule, NonFiniteLossError
@@ -47,25 +55,24 @@ class UserError(ValueError):
 
 
 def checkpoint_class_path(ckpt_path: str | Path) -> str:
-    """The model class a lit-score checkpoint was written by (``hyper_parameters['_class_path']``)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: pass the path of a .ckpt file written by lit-score fit")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    class_path = ckpt.get("hyper_parameters", {}).get("_class_path")
-    if class_path is None:
-        raise UserError(f"checkpoint {path} records no model class: it was not written by `lit-score fit`")
-    return class_path
+    """The model class a lit-score checkpoint was written by (``hyper_parameters['_class_path']``), after the
+    checkpoint was read weights-only and every class it names was found in an allowed package (nothing imported)."""
+    return checked_hyperparameters(ckpt_path)["_class_path"]
 
 
-def import_class(class_path: str) -> type:
+def import_class(class_path: str, source: str = "the checkpoint") -> type:
+    """Import a class a checkpoint names, only from an allowed package (checked before the import)."""
+    check_allowed(class_path, source)
     module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"{source} names {class_path}, which cannot be imported here ({err})") from err
 
 
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
     """Load a checkpoint as the class that wrote it (not as the base class)."""
-    cls = import_class(checkpoint_class_path(ckpt_path))
+    cls = import_class(checkpoint_class_path(ckpt_path), f"checkpoint {ckpt_path}")
     if not (isinstance(cls, type) and issubclass(cls, GenerativeModule)):
         raise UserError(f"checkpoint {ckpt_path} holds a {cls!r}, not a lit-score model")
     return cls.load_from_checkpoint(ckpt_path, map_location=map_location)
@@ -83,6 +90,13 @@ class LitScoreSaveConfig(SaveConfigCallback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":  # validate/test/predict write no run of their own: nothing to record or overwrite
             return
+        if getattr(self, "resuming", False) and not self.already_saved:  # a resumed run keeps the first config
+            directory = Path(trainer.log_dir or ".")  # log_dir broadcasts: every rank computes it
+            if (directory / self.config_filename).exists():
+                k = 1
+                while (directory / f"config_resume_{k}.yaml").exists():
+                    k += 1
+                self.config_filename = f"config_resume_{k}.yaml"
         wandb = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if not wandb:
             return super().setup(trainer, pl_module, stage)
@@ -115,6 +129,12 @@ class LitScoreCLI(LightningCLI):
             "data", "model.init_args.sample_shape", compute_fn=lambda data: data.sample_shape, apply_on="instantiate"
         )
 
+    def before_fit(self) -> None:
+        if self.config_init["fit"].get("ckpt_path"):  # tell the config writer it may continue an existing run folder
+            for cb in self.trainer.callbacks:
+                if isinstance(cb, LitScoreSaveConfig):
+                    cb.resuming = True
+
     def before_predict(self) -> None:
         """``predict`` writes what it generates: ``<run>/predictions/<ckpt>_<sampler>_n<N>_seed<S>.npz`` (+ a PNG),
         the run being the checkpoint's (or ``trainer.default_root_dir`` without one)."""
@@ -137,21 +157,114 @@ class LitScoreCLI(LightningCLI):
             save_picture(collector.samples, collector.path.with_suffix(".png"), self.datamodule.data_range)
             print(f"wrote {collector.path} and its picture ({collector.samples.shape[0]} samples)")
 
+    def instantiate_trainer(self, **kwargs):
+        """The configured trainer plus what every lit-score run gets: exact-resume RNG state, saving on a stop
+        signal, non-finite step skipping (each unless the config lists its own) and atomic checkpoint writes."""
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        from lightning.fabric.plugins import CheckpointIO
+
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        trainer = super().instantiate_trainer(**kwargs)
+        for cls in (RandomState, NonFiniteGuard, GracefulStop):
+            if not any(isinstance(cb, cls) for cb in trainer.callbacks):
+                trainer.callbacks.append(cls())
+        return trainer
+
+    def _logger_root(self) -> tuple[Path | None, object]:
+        """``<save_dir>/<name>`` of the fit run's logger (TensorBoard / CSV style) and its config node."""
+        cfg = self.config["fit"].trainer
+        logger = cfg.get("logger")
+        if isinstance(logger, list):
+            logger = logger[0] if logger else None
+        if logger is None or logger is True:
+            return Path(cfg.get("default_root_dir") or ".") / "lightning_logs", None
+        init = logger.get("init_args") if hasattr(logger, "get") else None
+        if init is None or init.get("save_dir") is None or "name" not in init:
+            return None, None
+        return Path(init.save_dir) / (init.get("name") or ""), init
+
     def _parse_ckpt_path(self) -> None:
-        """Refuse a checkpoint of another family before its hyper-parameters replace the config's model."""
+        """Check a checkpoint before anything of it is used: readable weights-only, classes from allowed packages,
+        the family the config builds; for ``fit`` also resolve ``last``, continue the checkpoint's run folder and
+        refuse a config that differs from the checkpoint where a resumed run cannot honour it."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand == "fit" and ckpt_path == "last":
+            root, _ = self._logger_root()
+            found = find_last_checkpoint(root) if root is not None else None
+            if found is None:
+                where = f"under {root}" if root is not None else "(the logger names no save_dir/name)"
+                raise UserError(f"--ckpt_path last: no last.ckpt {where}: train first, or pass the checkpoint's path")
+            ckpt_path = self.config[subcommand].ckpt_path = str(found)
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
             raise UserError(f"checkpoint {ckpt_path} does not exist: pass the path of a .ckpt file")
-        if ckpt_path and Path(ckpt_path).is_file():
-            wanted = self.config[subcommand].model.class_path
-            found = checkpoint_class_path(ckpt_path)
-            if wanted != found:
-                raise UserError(
-                    f"checkpoint {ckpt_path} holds a {found.rpartition('.')[2]} model but the config builds a"
-                    f" {wanted.rpartition('.')[2]}: use the {found.rpartition('.')[2]} config or a matching checkpoint"
-                )
-        super()._parse_ckpt_path()
+        if not (ckpt_path and Path(ckpt_path).is_file()):
+            return super()._parse_ckpt_path()
+        hparams = checked_hyperparameters(ckpt_path)
+        wanted = self.config[subcommand].model.class_path
+        found_class = hparams["_class_path"]
+        if wanted != found_class:
+            raise UserError(
+                f"checkpoint {ckpt_path} holds a {found_class.rpartition('.')[2]} model but the config builds a"
+                f" {wanted.rpartition('.')[2]}: use the {found_class.rpartition('.')[2]} config or a matching"
+                " checkpoint"
+            )
+        if subcommand != "fit":
+            return super()._parse_ckpt_path()  # validate / test / predict: the checkpoint's model, as Lightning does
+        model_cls = import_class(wanted, "the config")
+        configured = _plain(self.config["fit"].model.get("init_args"))
+        differences = resume_differences(configured, hparams, getattr(model_cls, "resume_mutable", ()))
+        if differences:
+            listed = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
+            raise UserError(
+                f"the config differs from checkpoint {ckpt_path} in what a resumed run cannot change: {listed} — resume"
+                " with the checkpoint's run config (its config.yaml), or start a new run"
+            )
+        root, logger_init = self._logger_root()
+        ckpt_dir = Path(ckpt_path).resolve().parent
+        if (logger_init is not None and root is not None and ckpt_dir.name == "checkpoints"
+                and ckpt_dir.parent.parent == root.resolve()):
+            logger_init.version = ckpt_dir.parent.name  # continue in the checkpoint's own run folder
+
+
+def _plain(tree):
+    """A jsonargparse Namespace tree as dicts and lists."""
+    if hasattr(tree, "as_dict"):
+        tree = tree.as_dict()
+    if isinstance(tree, dict):
+        return {k: _plain(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_plain(v) for v in tree]
+    return tree
+
+
+def resume_differences(configured: dict | None, saved: dict, mutable: tuple[str, ...] = ()) -> list[str]:
+    """``key: checkpoint → config`` for every model argument the config sets differently from the checkpoint,
+    except ``mutable`` top-level arguments (the config's value is used) and the linked ``sample_shape``. Keys the
+    checkpoint does not record (arguments newer than it) are not compared."""
+    out: list[str] = []
+
+    def walk(a, b, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in b:
+                if k in a and not k.startswith("_"):
+                    walk(a[k], b[k], f"{key}.{k}" if key else k)
+            return
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{key}[{i}]")
+            return
+        if a != b and not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b)):
+            out.append(f"{key}: {b!r} → {a!r}")
+
+    configured = configured or {}
+    for key, value in saved.items():
+        if key.startswith("_") or key in mutable or key == "sample_shape" or key not in configured:
+            continue
+        walk(configured[key], value, key)
+    return out
 
 
 def _sample_parser() -> ArgumentParser:
@@ -259,7 +372,11 @@ def main(args: list[str] | None = None) -> None:
             compare_main(argv[1:])
             return
         LitScoreCLI(args=args)
-    except (UserError, ValueError, OSError, NonFiniteLossError, ArgumentError) as err:
+    except TrainingStopped as err:
+        print(f"lit-score: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from err
+    except (UserError, ValueError, OSError, NonFiniteLossError, NonFiniteStepsError, NonFiniteWeightsError,
+            ArgumentError) as err:
         if os.environ.get("LIT_SCORE_DEBUG"):
             raise
         hint = " (see `lit-score --help`)" if isinstance(err, ArgumentError) else ""

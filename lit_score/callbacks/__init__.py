@@ -1,8 +1,13 @@
-"""Callbacks: sample grids, sample quality, likelihood, EBM diagnostics. They call pl_module.sample(), never redo it."""
+"""Callbacks: sample grids, sample quality, likelihood, EBM diagnostics (they call pl_module.sample(), never redo it),
+and what makes a long run resumable and safe to stop (added to every `lit-score fit` run)."""
 
 from lit_score.callbacks.ebm import EnergyHistogram
 from lit_score.callbacks.likelihood import LikelihoodCallback
 from lit_score.callbacks.quality import SampleQuality
+from lit_score.callbacks.resume import GracefulStop, NonFiniteGuard, RandomState
 from lit_score.callbacks.samples import SampleGrid, generate_across_ranks, run_dir
 
-__all__ = ["EnergyHistogram", "LikelihoodCallback", "SampleGrid", "SampleQuality", "generate_across_ranks", "run_dir"]
+__all__ = [
+    "EnergyHistogram", "GracefulStop", "LikelihoodCallback", "NonFiniteGuard", "RandomState", "SampleGrid",
+    "SampleQuality", "generate_across_ranks", "run_dir",
+]

@@ -7,6 +7,7 @@ Every datamodule yields plain tensors of shape (B, *sample_shape) (labels are dr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import lightning.pytorch as pl
 import torch
@@ -31,6 +32,59 @@ class TensorData(Dataset):
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that resumes mid-epoch: a resumed run sees the batches an uninterrupted one would have seen.
+
+    Lightning's fit loop saves the ``state_dict`` of every training loader that has one into each checkpoint and
+    hands it back on resume. The state is the shuffling generator's state at the start of the current epoch, its
+    state now, and how many batches of the epoch the loop has consumed. On resume the epoch's order is redrawn from
+    the saved start state and the consumed batches are skipped (read and dropped: cheap for in-memory data); a
+    checkpoint written at an epoch's end continues with the next epoch's order. Under DDP Lightning swaps in a
+    DistributedSampler whose order is a function of (seed, epoch), so skipping the consumed batches is again exact.
+
+    The fit loop reads no batch ahead from a loader with a length (it knows the last batch by counting), so the
+    batches handed out are the batches consumed. Augmentations that draw from the global RNG inside
+    ``__getitem__`` (``TensorData(flip=True)``) are not replayed
+    exactly: their draws happen at read-ahead time.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch_start_state: Tensor | None = None
+        self._handed_out = 0
+        self._resume: tuple[Tensor | None, int] | None = None
+
+    def __iter__(self) -> Iterator:
+        state, skip = self._resume if self._resume is not None else (None, 0)
+        self._resume = None
+        if self.generator is not None:
+            if state is not None:
+                self.generator.set_state(state)
+            self._epoch_start_state = self.generator.get_state()
+        iterator = super().__iter__()
+        for _ in range(skip):
+            next(iterator, None)
+        self._handed_out = skip
+        return self._count(iterator)
+
+    def _count(self, iterator) -> Iterator:
+        for batch in iterator:
+            self._handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        consumed = self._handed_out
+        generator = self.generator.get_state() if self.generator is not None else None
+        return {"epoch_start_generator": self._epoch_start_state, "generator": generator, "consumed": consumed,
+                "batches_per_epoch": len(self)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["consumed"] >= state["batches_per_epoch"] or state["batches_per_epoch"] != len(self):
+            self._resume = (state["generator"], 0)  # the epoch was complete (or the data changed): next epoch
+        else:
+            self._resume = (state["epoch_start_generator"], int(state["consumed"]))
 
 
 def num_held_out(size: int | float, n: int) -> int:
@@ -91,10 +145,14 @@ class GenerativeDataModule(pl.LightningDataModule):
         return torch.Generator().manual_seed(self.seed + offset)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        """Shuffled loaders are :class:`ResumableLoader` s with their own generator, seeded from the global RNG
+        (``seed_everything``) when the loader is made, so checkpoints carry the data order."""
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, ()).item())) if shuffle else None
+        return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

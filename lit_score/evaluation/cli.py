@@ -46,7 +46,7 @@ def checkpoint_datamodule(ckpt_path: str | Path) -> GenerativeDataModule:
     class_path = hparams.pop("_class_path", None)
     if class_path is None:
         raise EvaluationError(f"checkpoint {ckpt_path} records no data module: pass --data (class_path/init_args)")
-    cls = import_class(class_path)
+    cls = import_class(class_path, f"checkpoint {ckpt_path}")
     if not (isinstance(cls, type) and issubclass(cls, GenerativeDataModule)):
         raise EvaluationError(f"checkpoint {ckpt_path} records data {class_path}, not a lit-score data module")
     return cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})

@@ -44,7 +44,12 @@ class GenerativeModule(pl.LightningModule):
         warmup_steps: linear learning-rate warm-up over this many steps (DDPM uses 5000); not combined
             with ``lr_scheduler`` (put a SequentialLR there instead).
         sample_shape: shape of one sample, e.g. (2,) or (3, 32, 32); linked from the datamodule by the CLI.
+
+    ``resume_mutable`` names the arguments a resumed ``fit`` may change (the config's value is used); every other
+    argument must match the checkpoint (the optimizer and schedule too: their state comes from the checkpoint).
     """
+
+    resume_mutable: tuple[str, ...] = ("sampler",)
 
     def __init__(
         self,
@@ -61,6 +66,7 @@ class GenerativeModule(pl.LightningModule):
         self.optimizer_fn, self.lr_scheduler_fn, self.warmup_steps = optimizer, lr_scheduler, warmup_steps
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.last_nfe = 0
+        self.skip_nonfinite_steps = False  # set by NonFiniteGuard: a non-finite step is then skipped, not fatal
 
     # --- family hooks ----------------------------------------------------------------------------
     @abstractmethod
@@ -175,8 +181,9 @@ class GenerativeModule(pl.LightningModule):
         return x
 
     def check_finite(self, loss: Tensor) -> None:
-        """Stop with a clear message on a NaN/inf loss (nothing already saved is touched)."""
-        if not torch.isfinite(loss):
+        """Stop with a clear message on a NaN/inf loss (nothing already saved is touched) — unless a
+        :class:`~lit_score.callbacks.NonFiniteGuard` skips such steps (``lit-score fit`` adds one)."""
+        if not self.skip_nonfinite_steps and not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}: lower the learning rate, set"
                 " --trainer.gradient_clip_val 1.0, use 32-bit precision, or check the data for NaNs; checkpoints"

@@ -95,6 +95,7 @@ class EBM(GenerativeModule):
         self.snapshot_every, self.max_rollbacks = snapshot_every, max_rollbacks
         self.replay_buffer: Tensor | None = None  # this rank's shard (buffer_size, *sample_shape)
         self.rollbacks, self._snapshot, self._generator = 0, None, None
+        self._pending_generator_state: Tensor | None = None  # a resumed chain generator, set in on_fit_start
         self.save_config()
 
     def default_sampler(self, process=None) -> Sampler:
@@ -176,6 +177,10 @@ class EBM(GenerativeModule):
 
     def on_fit_start(self) -> None:
         self._generator = self._rank_generator()
+        pending = self._pending_generator_state
+        if pending is not None:  # resumed: each chain continues its own random stream
+            self._generator.set_state(pending.to(self._generator.get_state().device))
+            self._pending_generator_state = None
         if self.replay_buffer is None or tuple(self.replay_buffer.shape) != (self.buffer_size, *self.require_shape()):
             self.reset_buffer()
 
@@ -186,7 +191,10 @@ class EBM(GenerativeModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         buffer = self.replay_buffer.to(self.device)
         shards = self.trainer.strategy.all_gather(buffer) if world > 1 else buffer[None]
-        checkpoint[_BUFFER_KEY] = {"shards": shards.cpu(), "rollbacks": self.rollbacks}
+        generators = self._generator.get_state()[None] if self._generator is not None else None
+        if generators is not None and world > 1:  # every rank's chain generator, so a resume continues each chain
+            generators = self.trainer.strategy.all_gather(generators.to(self.device)).cpu()
+        checkpoint[_BUFFER_KEY] = {"shards": shards.cpu(), "rollbacks": self.rollbacks, "generators": generators}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Each rank takes its own shard; with another world size the pooled shards are dealt out afresh."""
@@ -195,6 +203,9 @@ class EBM(GenerativeModule):
             return
         shards, self.rollbacks = state["shards"], int(state["rollbacks"])
         world = self.trainer.world_size if self._trainer is not None else 1
+        generators = state.get("generators")
+        if generators is not None and generators.shape[0] == world:
+            self._pending_generator_state = generators[self.global_rank].clone()
         if shards.shape[0] == world and shards.shape[1] == self.buffer_size:
             self.replay_buffer = shards[self.global_rank].clone()
             return
