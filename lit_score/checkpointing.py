@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,26 @@ def check_allowed(class_path: str, source: str = "the checkpoint") -> None:
         )
 
 
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _importable_path(value: str) -> bool:
+    """A dotted name whose top-level module exists here: jsonargparse would import it for a class or callable
+    argument (``optimizer: "some.module.fn"``). Locating the module runs none of its code."""
+    if not _DOTTED.match(value):
+        return False
+    try:
+        return importlib.util.find_spec(value.split(".", 1)[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def class_paths(tree: Any) -> list[str]:
-    """Every ``class_path`` (and ``_class_path`` / ``_instantiator``) value in a nested hyper-parameter tree."""
+    """Every ``class_path`` / ``_class_path`` / ``_instantiator`` value in a nested hyper-parameter tree, and every
+    other string that names something importable (a callable given by its dotted path)."""
     found: list[str] = []
+    if isinstance(tree, str):
+        return [tree] if _importable_path(tree) else []
     if isinstance(tree, dict):
         for key, value in tree.items():
             if key in ("class_path", "_class_path", "_instantiator") and isinstance(value, str):
@@ -94,9 +113,11 @@ def checked_hyperparameters(path: str | Path, ckpt: dict | None = None) -> dict:
 
 
 def find_last_checkpoint(root: str | Path) -> Path | None:
-    """The newest ``last.ckpt`` under ``root`` (``<save_dir>/<name>``: any ``<version>/checkpoints/last.ckpt``)."""
+    """The newest ``last.ckpt`` under ``root``: any ``<version>/checkpoints/last.ckpt`` (``root`` being
+    ``<save_dir>/<name>``) or ``checkpoints/last.ckpt`` (a run without a logger)."""
     root = Path(root)
-    candidates = [p for p in root.glob("*/checkpoints/last.ckpt") if p.is_file()] if root.is_dir() else []
+    patterns = ("*/checkpoints/last.ckpt", "checkpoints/last.ckpt")
+    candidates = [p for pat in patterns for p in root.glob(pat) if p.is_file()] if root.is_dir() else []
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 

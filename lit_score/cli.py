@@ -23,7 +23,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
 
-from lit_score.callbacks.resume import GracefulStop, NonFiniteGuard, NonFiniteStepsError, RandomState, TrainingStopped
+from lit_score.callbacks.resume import (
+    FinalCheckpoint,
+    GracefulStop,
+    NonFiniteGuard,
+    NonFiniteStepsError,
+    ResumeState,
+    TrainingStopped,
+)
 from lit_score.callbacks.samples import run_dir
 from lit_score.checkpointing import (
     AtomicCheckpointIO,
@@ -158,8 +165,9 @@ class LitScoreCLI(LightningCLI):
             print(f"wrote {collector.path} and its picture ({collector.samples.shape[0]} samples)")
 
     def instantiate_trainer(self, **kwargs):
-        """The configured trainer plus what every lit-score run gets: exact-resume RNG state, saving on a stop
-        signal, non-finite step skipping (each unless the config lists its own) and atomic checkpoint writes."""
+        """The configured trainer plus what every lit-score run gets: exact-resume state, saving on a stop signal,
+        a final last.ckpt, non-finite step skipping (each unless the config lists its own) and atomic checkpoint
+        writes."""
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         from lightning.fabric.plugins import CheckpointIO
@@ -167,23 +175,48 @@ class LitScoreCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
-        for cls in (RandomState, NonFiniteGuard, GracefulStop):
+        for cls in (ResumeState, NonFiniteGuard, GracefulStop):  # after the config's (so after an EMA update)
             if not any(isinstance(cb, cls) for cb in trainer.callbacks):
                 trainer.callbacks.append(cls())
+        if not any(isinstance(cb, FinalCheckpoint) for cb in trainer.callbacks):
+            trainer.callbacks.insert(0, FinalCheckpoint())  # its on_train_end runs before EMA's copies the average
         return trainer
 
     def _logger_root(self) -> tuple[Path | None, object]:
-        """``<save_dir>/<name>`` of the fit run's logger (TensorBoard / CSV style) and its config node."""
+        """Where the fit run's checkpoints live: ``<save_dir>/<name>`` of a TensorBoard / CSV style logger (and its
+        config node, whose ``version`` a resumed run sets), ``<save_dir>/<project>`` of a WandbLogger (checkpoints
+        under the run id; the run folder is not continued), ``default_root_dir`` without a logger."""
         cfg = self.config["fit"].trainer
         logger = cfg.get("logger")
         if isinstance(logger, list):
             logger = logger[0] if logger else None
         if logger is None or logger is True:
             return Path(cfg.get("default_root_dir") or ".") / "lightning_logs", None
+        if logger is False:
+            return Path(cfg.get("default_root_dir") or "."), None
         init = logger.get("init_args") if hasattr(logger, "get") else None
-        if init is None or init.get("save_dir") is None or "name" not in init:
+        if init is None or init.get("save_dir") is None:
+            return None, None
+        if str(logger.get("class_path", "")).endswith("WandbLogger"):
+            return Path(init.save_dir) / (init.get("project") or "lightning_logs"), None
+        if "name" not in init:
             return None, None
         return Path(init.save_dir) / (init.get("name") or ""), init
+
+    def _find_last(self) -> Path:
+        """``--ckpt_path last``: the newest last.ckpt of this config's runs (or of a ModelCheckpoint's dirpath)."""
+        root, _ = self._logger_root()
+        candidates = [find_last_checkpoint(root)] if root is not None else []
+        callbacks = self.config["fit"].trainer.get("callbacks") or []
+        for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
+            dirpath = cb.get("init_args", {}).get("dirpath") if hasattr(cb, "get") else None
+            if dirpath and (Path(dirpath) / "last.ckpt").is_file():
+                candidates.append(Path(dirpath) / "last.ckpt")
+        candidates = [c for c in candidates if c is not None]
+        if not candidates:
+            where = f"under {root}" if root is not None else "(the logger names no save_dir)"
+            raise UserError(f"--ckpt_path last: no last.ckpt {where}: train first, or pass the checkpoint's path")
+        return max(candidates, key=lambda p: p.stat().st_mtime)
 
     def _parse_ckpt_path(self) -> None:
         """Check a checkpoint before anything of it is used: readable weights-only, classes from allowed packages,
@@ -192,12 +225,7 @@ class LitScoreCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if subcommand == "fit" and ckpt_path == "last":
-            root, _ = self._logger_root()
-            found = find_last_checkpoint(root) if root is not None else None
-            if found is None:
-                where = f"under {root}" if root is not None else "(the logger names no save_dir/name)"
-                raise UserError(f"--ckpt_path last: no last.ckpt {where}: train first, or pass the checkpoint's path")
-            ckpt_path = self.config[subcommand].ckpt_path = str(found)
+            ckpt_path = self.config[subcommand].ckpt_path = str(self._find_last())
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
             raise UserError(f"checkpoint {ckpt_path} does not exist: pass the path of a .ckpt file")
         if not (ckpt_path and Path(ckpt_path).is_file()):

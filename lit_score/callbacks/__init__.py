@@ -4,10 +4,10 @@ and what makes a long run resumable and safe to stop (added to every `lit-score 
 from lit_score.callbacks.ebm import EnergyHistogram
 from lit_score.callbacks.likelihood import LikelihoodCallback
 from lit_score.callbacks.quality import SampleQuality
-from lit_score.callbacks.resume import GracefulStop, NonFiniteGuard, RandomState
+from lit_score.callbacks.resume import FinalCheckpoint, GracefulStop, NonFiniteGuard, ResumeState
 from lit_score.callbacks.samples import SampleGrid, generate_across_ranks, run_dir
 
 __all__ = [
-    "EnergyHistogram", "GracefulStop", "LikelihoodCallback", "NonFiniteGuard", "RandomState", "SampleGrid",
-    "SampleQuality", "generate_across_ranks", "run_dir",
+    "EnergyHistogram", "FinalCheckpoint", "GracefulStop", "LikelihoodCallback", "NonFiniteGuard", "ResumeState",
+    "SampleGrid", "SampleQuality", "generate_across_ranks", "run_dir",
 ]

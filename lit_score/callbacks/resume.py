@@ -1,16 +1,17 @@
 """Callbacks that make a long run trustworthy: exact resume, saving on a stop signal, skipping non-finite steps.
 
-``lit-score fit`` adds all three to every run (a config that lists one of them keeps its own settings):
+``lit-score fit`` adds all four to every run (a config that lists one of them keeps its own settings):
 
 =================  ==========================================================================================
-RandomState        every RNG stream (torch, numpy, python, CUDA) of every rank into each checkpoint, restored
-                   right before the first training batch after a resume (so whatever the start-up draws —
-                   ``seed_everything``, model set-up, the sanity check — cannot shift the streams)
+ResumeState        every RNG stream (torch, numpy, python, CUDA) of every rank and the position of every
+                   :class:`~lit_score.data.base.ResumableLoader` into each checkpoint, restored at
+                   ``on_train_start`` of a resumed fit (after whatever start-up draws: ``seed_everything``, model
+                   set-up, the sanity check)
 GracefulStop       SIGTERM / SIGUSR1 (pre-emption, SLURM requeue) and a first Ctrl-C: finish the step, write
-                   ``last.ckpt``, exit non-zero (:class:`TrainingStopped`); a second Ctrl-C stops at once. Also
-                   writes ``last.ckpt`` of the final weights at the last step of any run (``max_time``,
-                   ``max_steps``, early stopping, the last epoch), where Lightning's ModelCheckpoint can leave it
-                   behind (step-based schedules, stops mid-epoch)
+                   ``last.ckpt``, exit non-zero (:class:`TrainingStopped`); a second Ctrl-C stops at once
+FinalCheckpoint    ``last.ckpt`` holds the final weights at any end of training (``max_time``, ``max_steps``,
+                   early stopping), where Lightning's ModelCheckpoint can leave it behind; no checkpoint of
+                   non-finite weights is written (decided by all ranks together)
 NonFiniteGuard     a step whose loss or gradient is not finite is skipped with the optimizer untouched (its
                    gradients are dropped, so no parameter and no Adam moment moves) and counted
                    (``train/skipped_steps``); ``max_consecutive`` such steps in a row stop the run with one line
@@ -28,6 +29,7 @@ import random
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -36,7 +38,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+STOP_SIGNALS = tuple(name for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
 
 
 # --- random state ----------------------------------------------------------------------------------------------
@@ -82,35 +84,60 @@ def any_rank(trainer: pl.Trainer, flag: bool) -> bool:
     return bool(flag)
 
 
-class RandomState(Callback):
-    """Saves every rank's RNG streams in each checkpoint and restores them before the first batch of a resumed fit.
+def _resumable_loaders(trainer: pl.Trainer) -> list:
+    from lit_score.data.base import ResumableLoader
 
-    With another world size on resume, rank r takes the streams rank r had (ranks without one keep theirs: warned).
+    combined = getattr(trainer.fit_loop, "_combined_loader", None)
+    loaders = combined.flattened if combined is not None else []
+    return [loader for loader in loaders if isinstance(loader, ResumableLoader)]
+
+
+class ResumeState(Callback):
+    """Saves every rank's RNG streams and its training loaders' positions (:class:`ResumableLoader`) in each
+    checkpoint, and restores both in ``on_train_start`` of a resumed fit — after every start-up draw
+    (``seed_everything``, model set-up, the sanity check) and before the first batch is read.
+
+    With another world size on resume, rank r takes what rank r had; ranks without a saved state keep their own
+    seeds (warned: the run is then not an exact continuation).
     """
 
     def __init__(self) -> None:
+        self._trainer: pl.Trainer | None = None
         self._pending: dict | None = None
-
-    def state_dict(self) -> dict:
-        # dump_checkpoint runs on every rank, so the gather below is collective-safe
-        return {"ranks": gather_objects(self._trainer, collect_rng_state())} if self._trainer is not None else {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = trainer
 
+    def state_dict(self) -> dict:
+        trainer = self._trainer
+        if trainer is None:
+            return {}
+        epoch_length = trainer.num_training_batches
+        loaders = [loader.resume_state(epoch_length) for loader in _resumable_loaders(trainer)]
+        # dump_checkpoint runs on every rank, so this gather is collective-safe
+        return {"ranks": gather_objects(trainer, {"rng": collect_rng_state(), "loaders": loaders})}
+
     def load_state_dict(self, state: dict) -> None:
         ranks = state.get("ranks") or []
-        rank = self._trainer.global_rank if getattr(self, "_trainer", None) is not None else 0
+        rank = self._trainer.global_rank if self._trainer is not None else 0
         if rank < len(ranks):
             self._pending = ranks[rank]
         elif ranks:
-            rank_zero_warn(f"the checkpoint holds the random state of {len(ranks)} rank(s); ranks beyond keep their"
-                           " own seeds, so this resumed run is not an exact continuation")
+            warnings.warn(f"rank {rank}: the checkpoint holds the random state of {len(ranks)} rank(s); this rank"
+                          " keeps its own seeds, so the resumed run is not an exact continuation", stacklevel=2)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self._pending is not None:
-            restore_rng_state(self._pending)
-            self._pending = None
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._pending is None:
+            return
+        restore_rng_state(self._pending["rng"])
+        loaders, saved = _resumable_loaders(trainer), self._pending["loaders"]
+        if len(loaders) == len(saved):
+            for loader, loader_state in zip(loaders, saved):
+                loader.resume_from(loader_state)
+        else:
+            rank_zero_warn(f"the checkpoint records {len(saved)} resumable training loader(s), this run has"
+                           f" {len(loaders)}: the data order restarts")
+        self._pending = None
 
 
 # --- stopping --------------------------------------------------------------------------------------------------
@@ -132,21 +159,30 @@ def last_checkpoint_path(trainer: pl.Trainer) -> Path:
     return run_dir(trainer) / "checkpoints" / "last.ckpt"
 
 
+def _slurm_requeues(trainer: pl.Trainer) -> bool:
+    """Lightning itself handles SIGUSR1 (checkpoint + ``scontrol requeue``) under SLURM with auto-requeue."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    environment = getattr(trainer._accelerator_connector, "cluster_environment", None)
+    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+
+
 class GracefulStop(Callback):
-    """Save ``last.ckpt`` and exit non-zero on SIGTERM / SIGUSR1 / Ctrl-C; keep ``last.ckpt`` current at any stop.
+    """On SIGTERM / SIGUSR1 / Ctrl-C: finish the step, save ``last.ckpt``, exit with 128 + the signal.
+
+    The decision is taken by all ranks together, at the end of an optimizer step (not inside gradient accumulation:
+    accumulated gradients are not part of a checkpoint). A second Ctrl-C stops at once without saving (Lightning's
+    interrupt path, exit 1). Under SLURM with auto-requeue SIGUSR1 is left to Lightning (save + requeue).
 
     Args:
         signals: the signals that stop a run with a checkpoint (names from :mod:`signal`).
-        save_final: write ``last.ckpt`` after the final training step (``max_time``, ``max_steps``, ``should_stop``,
-            the last epoch) if a ModelCheckpoint keeps a last checkpoint (``save_last``) and does not write one at
-            that step itself.
     """
 
-    def __init__(self, signals: list[str] | tuple[str, ...] = STOP_SIGNALS, save_final: bool = True) -> None:
+    def __init__(self, signals: list[str] | tuple[str, ...] = STOP_SIGNALS) -> None:
         unknown = [s for s in signals if not hasattr(signal, s)]
         if unknown:
             raise ValueError(f"unknown signal(s) {unknown}: use names such as SIGTERM, SIGUSR1, SIGINT")
-        self.signals, self.save_final = tuple(signals), save_final
+        self.signals = tuple(signals)
         self._received: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -156,6 +192,8 @@ class GracefulStop(Callback):
         if threading.current_thread() is not threading.main_thread():
             return
         for name in self.signals:
+            if name == "SIGUSR1" and _slurm_requeues(trainer):
+                continue
             signum = getattr(signal, name)
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
@@ -180,30 +218,59 @@ class GracefulStop(Callback):
         self._restore_handlers()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        received = any_rank(trainer, self._received is not None)
-        if received:
-            path = last_checkpoint_path(trainer)
-            trainer.save_checkpoint(path)
-            signum = self._received if self._received is not None else signal.SIGTERM
-            name = signal.Signals(signum).name
-            raise TrainingStopped(f"stopped by {name} at step {trainer.global_step}: saved {path}; resume with"
-                                  f" `lit-score fit --config … --ckpt_path {path}`", signum)
-        if self.save_final and self._final_batch(trainer) and self._keeps_last(trainer):
-            trainer.save_checkpoint(last_checkpoint_path(trainer))
+        if trainer.fit_loop.epoch_loop._should_accumulate():
+            return  # mid-accumulation: decide after the optimizer step
+        if not any_rank(trainer, self._received is not None):
+            return
+        path = save_last(trainer)
+        signum = self._received if self._received is not None else signal.SIGTERM
+        name = signal.Signals(signum).name
+        raise TrainingStopped(f"stopped by {name} at step {trainer.global_step}: saved {path}; resume with"
+                              f" `lit-score fit --config … --ckpt_path {path}`", signum)
 
-    @staticmethod
-    def _final_batch(trainer: pl.Trainer) -> bool:
-        """Training stops after this batch: a stop was requested, max_steps is reached, or the last epoch ends."""
-        last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
-        epoch_end = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        return trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step or (epoch_end and last_epoch)
 
-    @staticmethod
-    def _keeps_last(trainer: pl.Trainer) -> bool:
-        """A ModelCheckpoint keeps last.ckpt and will not write one at this very step itself."""
-        keeps = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.save_last]
-        every = [cb._every_n_train_steps for cb in keeps]
-        return bool(keeps) and not any(n > 0 and trainer.global_step % n == 0 for n in every)
+def save_last(trainer: pl.Trainer) -> Path:
+    """Write ``last.ckpt`` now (every rank calls it) and tell the ModelCheckpoints that keep one, so they go on
+    writing that file rather than a ``last-v1.ckpt`` beside it."""
+    path = last_checkpoint_path(trainer)
+    trainer.save_checkpoint(path)
+    for cb in trainer.checkpoint_callbacks:
+        same_folder = cb.dirpath is not None and Path(cb.dirpath) == path.parent
+        if isinstance(cb, ModelCheckpoint) and cb.save_last and same_folder:
+            cb.last_model_path = str(path)
+    return path
+
+
+class FinalCheckpoint(Callback):
+    """Make ``last.ckpt`` hold the final weights, however training ended (``max_time``, ``max_steps``, early
+    stopping, the last epoch): Lightning's ModelCheckpoint can leave it behind (step-based schedules, stops
+    mid-epoch). At ``on_train_end`` it writes one if a ModelCheckpoint keeps a last checkpoint (``save_last``) and
+    no checkpoint was written at the final step. It also refuses, on every rank together, to write a checkpoint of
+    non-finite weights (so a DDP run stops cleanly instead of waiting for rank 0's writer).
+
+    ``lit-score fit`` puts it first among the callbacks, so its ``on_train_end`` runs before an EMA callback copies
+    the averaged weights into the model (the checkpoint keeps both, as every other one does).
+    """
+
+    def __init__(self) -> None:
+        self._saved_step: int | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        bad = [name for name, p in pl_module.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        if any_rank(trainer, bool(bad)):
+            from lit_score.checkpointing import NonFiniteWeightsError
+
+            raise NonFiniteWeightsError(
+                f"refusing to write a checkpoint at step {trainer.global_step}: weights"
+                f" {', '.join(bad[:3]) or 'on another rank'} are not finite (the run diverged); the previous"
+                " checkpoints are intact"
+            )
+        self._saved_step = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        keeps = any(isinstance(cb, ModelCheckpoint) and cb.save_last for cb in trainer.checkpoint_callbacks)
+        if keeps and trainer.global_step > 0 and self._saved_step != trainer.global_step:
+            save_last(trainer)
 
 
 # --- non-finite steps ------------------------------------------------------------------------------------------
@@ -240,12 +307,14 @@ class NonFiniteGuard(Callback):
         self.skipped, self.consecutive = int(state["skipped"]), int(state["consecutive"])
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        self._loss_finite = bool(torch.isfinite(loss.detach()).all())
+        self._loss_finite &= bool(torch.isfinite(loss.detach()).all())  # every micro-batch of an accumulation
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         scaled = getattr(trainer.precision_plugin, "scaler", None) is not None
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        finite = self._loss_finite and (scaled or all(bool(torch.isfinite(g).all()) for g in grads))
+        finite = self._loss_finite
+        if finite and not scaled and grads:  # one host sync for all gradients
+            finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         self._loss_finite = True
         if not any_rank(trainer, not finite):
             self.consecutive = 0

@@ -206,6 +206,9 @@ class EBM(GenerativeModule):
         generators = state.get("generators")
         if generators is not None and generators.shape[0] == world:
             self._pending_generator_state = generators[self.global_rank].clone()
+        elif generators is not None:
+            rank_zero_warn(f"the chain generators were saved by {generators.shape[0]} rank(s), this run has {world}:"
+                           " the chains draw fresh random streams, so the resumed run is not an exact continuation")
         if shards.shape[0] == world and shards.shape[1] == self.buffer_size:
             self.replay_buffer = shards[self.global_rank].clone()
             return
