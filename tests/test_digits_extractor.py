@@ -63,17 +63,24 @@ def test_shipped_weights_classify_the_test_split():
 
 
 def test_training_script_reproduces_the_shipped_weights(splits, tmp_path):
+    from lit_score.metrics.train_digits_extractor import load_split
+
     shipped = FeatureExtractorDigits(DIGITS_EXTRACTOR, ["logits"]).classifier
     model, accuracy = train()
     assert abs(accuracy - evaluate_accuracy(shipped, "test")) <= 1 / len(splits[1]) + 1e-9  # within one test image
-    # Bit-identical on the machine that made the shipped file (AMD EPYC, torch 2.14.1, CPU): across processes and
-    # twice in one process, because train() pins one thread and deterministic kernels. Another CPU or torch build
-    # may choose other oneDNN kernels; then only the accuracy check above is the contract.
+    # The retrained classifier labels the test split as the shipped one does (all but at most one image). On the
+    # machine that made the shipped file (AMD EPYC, torch 2.14.1, CPU) retraining is bit-identical, because train()
+    # pins one thread and deterministic kernels; another CPU may pick other oneDNN kernels (an Intel Xeon here does),
+    # so bit-identity is checked where it holds: then the sha256 the script prints identifies the shipped file.
+    x, _ = load_split("test")
+    with torch.no_grad():
+        agree = (model.eval()(x).argmax(1) == shipped.eval()(x).argmax(1)).float().mean().item()
+    assert agree >= 1 - 1 / len(x) - 1e-9
     saved, reference = model.state_dict(), shipped.state_dict()
-    assert saved.keys() == reference.keys() and all(torch.equal(saved[k], reference[k]) for k in saved)
-    # The bytes do not depend on the file name, so the printed sha256 identifies the weights.
-    save_state_dict(model, tmp_path / "retrained.pt")
-    assert weights_sha256(tmp_path / "retrained.pt") == weights_sha256(default_weights_path())
+    assert saved.keys() == reference.keys()
+    if all(torch.equal(saved[k], reference[k]) for k in saved):
+        save_state_dict(model, tmp_path / "retrained.pt")
+        assert weights_sha256(tmp_path / "retrained.pt") == weights_sha256(default_weights_path())
 
 
 def test_cli_trains_saves_and_reports(tmp_path, capsys):

@@ -230,7 +230,10 @@ def test_a_checkpoint_naming_another_module_is_refused_before_it_is_imported(tmp
     nested = tmp_path / "nested.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "lit_score.models.DDPM", "process": {
         "class_path": "this.Process", "init_args": {}}}}, nested)
-    for ckpt, command in ((top, "sample"), (nested, "sample"), (nested, "evaluate")):
+    as_string = tmp_path / "string.ckpt"  # a callable argument given as a dotted string (jsonargparse imports it)
+    torch.save({"state_dict": {}, "hyper_parameters": {"_class_path": "lit_score.models.DDPM",
+                                                       "optimizer": "this.Nope"}}, as_string)
+    for ckpt, command in ((top, "sample"), (nested, "sample"), (nested, "evaluate"), (as_string, "sample")):
         line = error_line([command, "--ckpt_path", ckpt], capsys)
         assert "this." in line and "outside the allowed packages" in line and "LIT_SCORE_ALLOWED_PACKAGES" in line
         assert "this" not in sys.modules
