@@ -2,6 +2,10 @@
 
     python benchmarks/overhead.py [--steps 40] [--repeats 3]
 
+A third series runs the Lightning side with the long-run callbacks `lit-score fit` adds to every run
+(ResumeState, NonFiniteGuard — one finiteness check of the loss and one of all gradients per step —,
+GracefulStop, FinalCheckpoint): its ratio to the bare Lightning side is what exact resume and the NaN checks cost.
+
 Both loops do the same work per step: draw t and ε, the DDPM ε-loss on the digits U-Net of
 configs/ddpm/digits.yaml, backward, gradient clipping to 1, Adam. The Lightning side is the real DDPM
 module under a Trainer with logging every 10 steps (CSV), the NaN check and no progress bar. Runs alternate
@@ -41,14 +45,17 @@ class StepTimer(pl.Callback):
             self.end = time.perf_counter()
 
 
-def lit_step_time(data: Digits, steps: int, warmup: int) -> float:
+def lit_step_time(data: Digits, steps: int, warmup: int, long_run: bool = False) -> float:
+    from lit_score.callbacks import FinalCheckpoint, GracefulStop, NonFiniteGuard, ResumeState
+
     torch.manual_seed(0)
     model = DDPM(network=UNet(**NET), sample_shape=data.sample_shape)
     timer = StepTimer(warmup)
+    extra = [FinalCheckpoint(), ResumeState(), NonFiniteGuard(), GracefulStop()] if long_run else []
     with tempfile.TemporaryDirectory() as tmp:
         trainer = pl.Trainer(accelerator="cpu", max_steps=warmup + steps, gradient_clip_val=1.0, logger=CSVLogger(tmp),
                              log_every_n_steps=10, enable_progress_bar=False, enable_checkpointing=False,
-                             enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
+                             enable_model_summary=False, limit_val_batches=0, callbacks=[timer, *extra])
         trainer.fit(model, datamodule=data)
     return (timer.end - timer.start) / timer.steps
 
@@ -90,11 +97,14 @@ if __name__ == "__main__":
     args = parser.parse_args()
     data = Digits(image_size=16, batch_size=128)
     data.setup("fit")
-    plain, lit = [], []
+    plain, lit, long_run = [], [], []
     for _ in range(args.repeats):
         plain.append(plain_step_time(data, args.steps, args.warmup))
         lit.append(lit_step_time(data, args.steps, args.warmup))
-    p, q = statistics.median(plain), statistics.median(lit)
+        long_run.append(lit_step_time(data, args.steps, args.warmup, long_run=True))
+    p, q, r = statistics.median(plain), statistics.median(lit), statistics.median(long_run)
     print(f"plain PyTorch step: {1000 * p:.1f} ms (runs: {', '.join(f'{1000 * v:.1f}' for v in plain)})")
     print(f"lit-score fit step: {1000 * q:.1f} ms (runs: {', '.join(f'{1000 * v:.1f}' for v in lit)})")
+    print(f"lit-score + long-run callbacks: {1000 * r:.1f} ms (runs: {', '.join(f'{1000 * v:.1f}' for v in long_run)})")
     print(f"overhead ratio lit/plain = {q / p:.3f}  (target <= 1.10; batch 128, 16x16 digits U-Net, CPU)")
+    print(f"long-run callbacks (resume state, NaN checks, signals) / bare lit = {r / q:.3f}")

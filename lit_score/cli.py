@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from jsonargparse import ArgumentParser
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
@@ -78,11 +79,24 @@ def import_class(class_path: str, source: str = "the checkpoint") -> type:
 
 
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
-    """Load a checkpoint as the class that wrote it (not as the base class)."""
+    """Load a checkpoint as the class that wrote it (not as the base class); weights that are not finite (a
+    diverged run) are refused in one line."""
     cls = import_class(checkpoint_class_path(ckpt_path), f"checkpoint {ckpt_path}")
     if not (isinstance(cls, type) and issubclass(cls, GenerativeModule)):
         raise UserError(f"checkpoint {ckpt_path} holds a {cls!r}, not a lit-score model")
-    return cls.load_from_checkpoint(ckpt_path, map_location=map_location)
+    model = cls.load_from_checkpoint(ckpt_path, map_location=map_location)
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise UserError(f"checkpoint {ckpt_path} has non-finite weights ({bad[0]}{' …' if len(bad) > 1 else ''}): the"
+                        " run diverged before it was written; sample an earlier checkpoint")
+    return model
+
+
+def check_sampler(model: GenerativeModule, sampler: Sampler) -> None:
+    """Refuse, in one line, a sampler the model cannot serve (by the capability each declares)."""
+    if not model.can_use(sampler):
+        raise UserError(f"{type(sampler).__name__} cannot sample a {type(model).__name__}: it needs a noise process and"
+                        f" {type(model).__name__} has none; use a sampler such as Langevin (or the model's own)")
 
 
 def _used_ema(ckpt_path: str | Path) -> bool:
@@ -97,19 +111,17 @@ class LitScoreSaveConfig(SaveConfigCallback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":  # validate/test/predict write no run of their own: nothing to record or overwrite
             return
-        if getattr(self, "resuming", False) and not self.already_saved:  # a resumed run keeps the first config
-            directory = Path(trainer.log_dir or ".")  # log_dir broadcasts: every rank computes it
-            if (directory / self.config_filename).exists():
-                k = 1
-                while (directory / f"config_resume_{k}.yaml").exists():
-                    k += 1
-                self.config_filename = f"config_resume_{k}.yaml"
-        wandb = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        if not wandb:
-            return super().setup(trainer, pl_module, stage)
         if self.already_saved:
             return
-        directory = run_dir(trainer)  # broadcasts: every rank calls it
+        wandb = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        directory = run_dir(trainer) if wandb else Path(trainer.log_dir or ".")  # both broadcast: every rank calls
+        if (directory / self.config_filename).exists() and getattr(self, "resuming", False):
+            k = 1  # a resumed run keeps the first config beside its own
+            while (directory / f"config_resume_{k}.yaml").exists():
+                k += 1
+            self.config_filename = f"config_resume_{k}.yaml"
+        if not wandb:
+            return super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero:
             for target in (directory, Path(wandb[0].experiment.dir)):
                 target.mkdir(parents=True, exist_ok=True)
@@ -131,16 +143,60 @@ class LitScoreCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {**no_exit, **{name: dict(no_exit) for name in self.subcommands()}})
         super().__init__(*args, **kwargs)
 
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            hint = did_you_mean(parser, list(args or sys.argv[1:]), str(err))
+            if not hint:
+                raise
+            raise ArgumentError(None, f"{one_line(err)}{hint}") from err
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
             "data", "model.init_args.sample_shape", compute_fn=lambda data: data.sample_shape, apply_on="instantiate"
         )
 
     def before_fit(self) -> None:
-        if self.config_init["fit"].get("ckpt_path"):  # tell the config writer it may continue an existing run folder
-            for cb in self.trainer.callbacks:
-                if isinstance(cb, LitScoreSaveConfig):
-                    cb.resuming = True
+        """Before anything is written: a new run must not land in a folder that holds another run; a resumed one
+        tells the config writer it continues its folder."""
+        resuming = bool(self.config_init["fit"].get("ckpt_path"))
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, LitScoreSaveConfig):
+                cb.resuming = resuming
+        if not resuming and self.trainer.loggers and not isinstance(self.trainer.loggers[0], WandbLogger):
+            directory = Path(self.trainer.log_dir or ".")  # no broadcast before the process group exists
+            if (directory / "config.yaml").exists() or list(directory.glob("checkpoints/*.ckpt")):
+                raise UserError(f"{directory} already holds a run: drop the logger's version to start a new one,"
+                                " or continue it with --ckpt_path last")
+        self._new_run_dir = self._planned_run_dir()
+
+    def _planned_run_dir(self) -> tuple[Path, list[Path]] | None:
+        """The run folder this fit will create, and which of its parents do not exist yet (for clean-up)."""
+        if not self.trainer.loggers or isinstance(self.trainer.loggers[0], WandbLogger):
+            return None
+        directory = Path(self.trainer.log_dir or ".")
+        if directory.exists():
+            return None
+        missing = [p for p in [directory, *directory.parents] if not p.exists()]
+        return directory, missing
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """A fit that fails before writing any checkpoint leaves no run folder behind."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            planned = getattr(self, "_new_run_dir", None) if subcommand == "fit" else None
+            if planned is not None and self.trainer.is_global_zero:
+                directory, missing = planned
+                if directory.exists() and not list(directory.rglob("*.ckpt")):
+                    import shutil
+
+                    shutil.rmtree(directory, ignore_errors=True)
+                    for parent in missing[1:]:
+                        if parent.exists() and not any(parent.iterdir()):
+                            parent.rmdir()
+            raise
 
     def before_predict(self) -> None:
         """``predict`` writes what it generates: ``<run>/predictions/<ckpt>_<sampler>_n<N>_seed<S>.npz`` (+ a PNG),
@@ -295,6 +351,22 @@ def resume_differences(configured: dict | None, saved: dict, mutable: tuple[str,
     return out
 
 
+def check_writable(folder: Path) -> None:
+    """The output folder can be made and written to, or one line saying so (before any long work)."""
+    import tempfile
+
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to {folder} ({err.strerror or err}): pass --output somewhere writable") from err
+    finally:
+        if created and folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()  # no empty folder left behind; save_samples makes it again
+
+
 def _sample_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="lit-score sample", description="Draw samples from a lit-score checkpoint.", exit_on_error=False
@@ -316,12 +388,13 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     parser = _sample_parser()
     cfg = parser.parse_args(argv)
     sampler: Sampler | None = parser.instantiate_classes(cfg).sampler
-    if cfg.num_samples < 1:
-        raise UserError(f"--num_samples must be >= 1, got {cfg.num_samples}")
+    if cfg.num_samples < 1 or (cfg.batch_size is not None and cfg.batch_size < 1):
+        raise UserError(f"need --num_samples >= 1 and --batch_size >= 1, got {cfg.num_samples} and {cfg.batch_size}")
     device = torch.device("cuda" if cfg.accelerator == "auto" and torch.cuda.is_available() else (
         "cpu" if cfg.accelerator == "auto" else cfg.accelerator))
     model = load_model(cfg.ckpt_path, map_location=device)
     sampler = sampler if sampler is not None else model.sampler
+    check_sampler(model, sampler)
     ckpt = Path(cfg.ckpt_path)
     stem = Path(cfg.output) if cfg.output else (
         ckpt.parent.parent / "samples" / f"{ckpt.stem}_{type(sampler).__name__}_n{cfg.num_samples}_seed{cfg.seed}"
@@ -329,6 +402,7 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     existing = [p for p in (stem.with_suffix(".png"), stem.with_suffix(".npz")) if p.exists()]
     if existing and not cfg.overwrite:
         raise UserError(f"{existing[0]} exists: pass --output elsewhere or --overwrite true")
+    check_writable(stem.parent)  # before any sampling, not after it
     batches = SeedBatches(cfg.num_samples, cfg.batch_size or min(cfg.num_samples, 1000), cfg.seed)  # = evaluate's
     chunks, nfe = [], 0
     for k in tqdm(range(len(batches)), desc="batches", disable=len(batches) == 1):
@@ -377,10 +451,48 @@ def print_help(file=sys.stdout) -> None:
     print("\n".join(lines), file=file)
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` exists and is valid YAML, or one line naming the file, the line and the reason."""
+    import yaml
+
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            inline = ":" in name or name.lstrip().startswith(("{", "["))
+            if inline and path.suffix not in (".yaml", ".yml", ".json"):
+                continue  # an inline config string, which jsonargparse parses itself
+            raise UserError(f"config file {name} does not exist: pass the path of a YAML file"
+                            " (e.g. configs/ddpm/toy.yaml)")
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise UserError(f"config file {name}{where}: {reason} — fix the YAML there") from err
+
+
+def did_you_mean(parser, argv: list[str], message: str) -> str:
+    """" — did you mean --x?" for an unrecognized ``--key`` close to one the subcommand's parser knows."""
+    import difflib
+
+    match = re.search(r"unrecognized arguments: --([\w.]+)", message)
+    if not match:
+        return ""
+    subparsers = getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {})
+    sub = subparsers.get(argv[0]) if argv else None
+    keys = [a.dest for a in (sub or parser)._actions if a.dest and a.dest != "help"]
+    close = difflib.get_close_matches(match.group(1), keys, n=1, cutoff=0.75)
+    return f" — did you mean --{close[0]}?" if close else ""
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lit-score``."""
     argv = list(sys.argv[1:] if args is None else args)
     try:
+        check_config_files(argv)
         if not argv or argv[0] in ("-h", "--help"):
             print_help(sys.stdout if argv else sys.stderr)
             if not argv:
@@ -400,6 +512,14 @@ def main(args: list[str] | None = None) -> None:
             compare_main(argv[1:])
             return
         LitScoreCLI(args=args)
+    except MisconfigurationException as err:
+        if os.environ.get("LIT_SCORE_DEBUG"):
+            raise
+        text = " ".join(str(err).split())
+        hint = (" — on this machine use --trainer.accelerator cpu (or auto) and drop GPU presets such as"
+                " configs/trainer/gpu.yaml" if any(w in text for w in ("not available", "CUDA", "gpu backend")) else "")
+        print(f"lit-score: error: {text}{hint}", file=sys.stderr)
+        raise SystemExit(1) from err
     except TrainingStopped as err:
         print(f"lit-score: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from err
@@ -407,7 +527,8 @@ def main(args: list[str] | None = None) -> None:
             ArgumentError) as err:
         if os.environ.get("LIT_SCORE_DEBUG"):
             raise
-        hint = " (see `lit-score --help`)" if isinstance(err, ArgumentError) else ""
+        command = f"lit-score {argv[0]}" if argv and argv[0] in SUBCOMMANDS else "lit-score"
+        hint = f" (see `{command} --help`)" if isinstance(err, ArgumentError) else ""
         print(f"lit-score: error: {one_line(err)}{hint}", file=sys.stderr)
         raise SystemExit(1 if not isinstance(err, ArgumentError) else 2) from err
 

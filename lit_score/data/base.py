@@ -154,6 +154,11 @@ class GenerativeDataModule(pl.LightningDataModule):
         self, batch_size: int = 128, num_workers: int = 0, val_size: int | float = 0.1, seed: int = 0
     ) -> None:
         super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got batch_size={batch_size},"
+                             f" num_workers={num_workers}")
+        if (isinstance(val_size, float) and not 0 <= val_size < 1) or (isinstance(val_size, int) and val_size < 0):
+            raise ValueError(f"val_size is a count >= 0 or a fraction in [0, 1), got {val_size}")
         batch_seed(seed, 0)  # predict's seed set is this seed: refuse one it cannot use now, not at predict time
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -39,9 +39,10 @@ from lit_score.visualize import save_picture
 
 def checkpoint_datamodule(ckpt_path: str | Path) -> GenerativeDataModule:
     """The datamodule a checkpoint was trained on, rebuilt from its ``datamodule_hyper_parameters``."""
+    from lit_score.checkpointing import read_checkpoint
     from lit_score.cli import import_class
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    ckpt = read_checkpoint(ckpt_path)  # one line for a missing, corrupt or pickled file
     hparams = dict(ckpt.get("datamodule_hyper_parameters") or {})
     class_path = hparams.pop("_class_path", None)
     if class_path is None:
@@ -62,9 +63,11 @@ def checkpoint_summary(ckpt_path: str | Path, weights: str) -> dict[str, Any]:
 def load_for_evaluation(ckpt_path: str | Path, weights: str, device: torch.device):
     """The checkpoint's model with its EMA weights (``ema``), its raw weights (``raw``) or whichever it has
     (``auto``: EMA when the run averaged weights); returns (model, weights actually loaded)."""
+    from lit_score.checkpointing import checked_hyperparameters, read_checkpoint
     from lit_score.cli import load_model
 
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    ckpt = read_checkpoint(ckpt_path)  # one line for a missing, corrupt or pickled file
+    checked_hyperparameters(ckpt_path, ckpt)  # every class it names is allowed, before anything is imported
     has_ema = "current_model_state" in ckpt
     if weights not in ("auto", "ema", "raw"):
         raise EvaluationError(f"--weights must be auto, ema or raw, got {weights!r}")
@@ -195,6 +198,10 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
         if len(samples) != len(seeds):
             seeds = list(range(len(samples)))
     effective_sampler = sampler if sampler is not None else (model.sampler if model is not None else None)
+    if model is not None and effective_sampler is not None:
+        from lit_score.cli import check_sampler
+
+        check_sampler(model, effective_sampler)
     ignored = ("output", "overwrite", "progress", "logger", "sampler", "config", "__path__")
     settings = {**{k: v for k, v in cfg.items() if k.split(".")[0] not in ignored}, "ckpt": checkpoint,
                 "sampler": describe_sampler(effective_sampler)}

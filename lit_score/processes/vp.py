@@ -140,6 +140,11 @@ def ddpm_betas(
     num_timesteps: int, schedule: str, beta_start: float, beta_end: float, cosine_s: float = 0.008
 ) -> Tensor:
     """DDPM's β table in float64: linear (Ho et al. 2020), scaled_linear, or cosine (Nichol & Dhariwal 2021, eq. 17)."""
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    if schedule in ("linear", "scaled_linear") and not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"DDPM betas need 0 < beta_start <= beta_end < 1, got beta_start={beta_start},"
+                         f" beta_end={beta_end}: the paper uses 1e-4 and 0.02")
     if schedule == "linear":
         return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
     if schedule == "scaled_linear":
@@ -166,6 +171,8 @@ class DiscreteVP(NoiseProcess):
         schedule: Literal["linear", "scaled_linear", "cosine"] = "linear",
         cosine_s: float = 0.008,
     ) -> None:
+        if num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
         super().__init__(1.0 / num_timesteps, 1.0)
         self.num_timesteps = num_timesteps
         self.schedule = schedule
