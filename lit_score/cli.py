@@ -367,6 +367,21 @@ def check_writable(folder: Path) -> None:
             folder.rmdir()  # no empty folder left behind; save_samples makes it again
 
 
+def _reference_beside(ckpt: Path, x: torch.Tensor) -> torch.Tensor | None:
+    """Real data to draw beside non-image samples, from the checkpoint's own data module (None for images, or when
+    the checkpoint records no data module)."""
+    if x.ndim != 2:
+        return None
+    from lit_score.evaluation.cli import EvaluationError, checkpoint_datamodule
+
+    try:
+        data = checkpoint_datamodule(ckpt)
+    except (EvaluationError, UserError):
+        return None
+    data.setup("fit")
+    return data.reference_samples(min(x.shape[0], 2000), torch.Generator().manual_seed(0))
+
+
 def _sample_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="lit-score sample", description="Draw samples from a lit-score checkpoint.", exit_on_error=False
@@ -418,7 +433,7 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
         "ema": _used_ema(ckpt),
     }
     title = f"{type(model).__name__} · {type(sampler).__name__} · NFE {nfe}"
-    paths = save_samples(x, stem, title=title, metadata=metadata)
+    paths = save_samples(x, stem, title=title, metadata=metadata, reference=_reference_beside(ckpt, x))
     finite = torch.isfinite(x).all().item()
     print(f"wrote {paths['png']} and {paths['npz']} ({cfg.num_samples} samples, NFE {nfe}, EMA {metadata['ema']})")
     if not finite:

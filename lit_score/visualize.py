@@ -20,17 +20,29 @@ def image_grid(x: Tensor, data_range: tuple[float, float] = (-1.0, 1.0), nrow: i
     return (grid * 255).round().to(torch.uint8).permute(1, 2, 0)
 
 
-def save_image_grid(x: Tensor, path: Path, data_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
-    """Save images x (B, C, H, W) as one PNG grid."""
+MIN_GRID_SIDE = 512  # px: small images (8x8 digits, 32x32 CIFAR) are upscaled to a size a person can read
+
+
+def save_image_grid(x: Tensor, path: Path, data_range: tuple[float, float] = (-1.0, 1.0),
+                    min_side: int = MIN_GRID_SIDE) -> Path:
+    """Save images x (B, C, H, W) as one PNG grid, upscaled by an integer factor (nearest neighbour: every pixel
+    stays a sharp square) until its longer side is at least ``min_side`` pixels; the .npz keeps the raw tensors."""
     from PIL import Image
 
     grid = image_grid(x, data_range).numpy()
+    factor = max(1, math.ceil(min_side / max(grid.shape[:2])))
+    if factor > 1:
+        grid = grid.repeat(factor, axis=0).repeat(factor, axis=1)
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
     return path
 
 
 def save_scatter(x: Tensor, path: Path, reference: Tensor | None = None, title: str | None = None) -> Path:
-    """Scatter plot of the first two coordinates of x (B, D), beside ``reference`` data when given."""
+    """Scatter plot of the first two coordinates of x (B, D), beside ``reference`` data when given.
+
+    The view spans the 0.5–99.5 percentiles of samples and data together (so a few far samples do not shrink the
+    picture to a dot); each panel's title counts the points outside the view (with the largest |coordinate|) and
+    the non-finite ones, so no sample goes unseen."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,11 +55,13 @@ def save_scatter(x: Tensor, path: Path, reference: Tensor | None = None, title: 
     both = both[np.isfinite(both).all(axis=1)]
     lo, hi = (np.percentile(both, 0.5, axis=0), np.percentile(both, 99.5, axis=0)) if len(both) else (-3, 3)
     pad = 0.1 * (np.asarray(hi) - np.asarray(lo)) + 1e-3
+    view_lo, view_hi = np.asarray(lo) - pad, np.asarray(hi) + pad
     for ax, (name, _), pts in zip(axes[0], panels, points):
-        ax.scatter(pts[:, 0], pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts)), s=2, alpha=0.5)
-        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-        ax.set_title(name)
+        xy = np.stack([pts[:, 0], pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts))], axis=1)
+        ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.5)
+        ax.set_xlim(view_lo[0], view_hi[0])
+        ax.set_ylim(view_lo[1], view_hi[1])
+        ax.set_title(f"{name} (n={len(xy)}){outside_note(xy, view_lo, view_hi)}", fontsize=9)
         ax.set_aspect("equal")
     if title:
         fig.suptitle(title)
@@ -55,6 +69,18 @@ def save_scatter(x: Tensor, path: Path, reference: Tensor | None = None, title: 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def outside_note(xy: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> str:
+    """", 7 outside the view (max |x| 71.2), 2 non-finite" for the points a scatter's axes leave out."""
+    finite = np.isfinite(xy).all(axis=1)
+    out = finite & ((xy < lo) | (xy > hi)).any(axis=1)
+    note = ""
+    if out.any():
+        note += f", {int(out.sum())} outside the view (max |x| {np.abs(xy[out]).max():.3g})"
+    if (~finite).any():
+        note += f", {int((~finite).sum())} non-finite"
+    return note
 
 
 def save_picture(

@@ -139,3 +139,20 @@ def test_bad_input_is_one_line_and_changes_nothing(world, index, capsys):
     assert len(lines) == 1 and "Traceback" not in captured.err, (name, captured.err[-1500:])
     assert says in lines[0], (name, lines[0])
     assert snapshot(world) == before, name  # nothing overwritten, no debris (no empty run folder either)
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict", "sample", "evaluate", "compare"])
+def test_every_subcommand_has_its_own_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code in (0, None) and "usage:" in out and "--help" in out
+    if command in ("sample", "evaluate", "compare"):
+        assert "--ckpt" in out or "--config" in out
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "sample", "evaluate", "compare"):
+        assert f"\n  {command} " in out

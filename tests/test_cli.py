@@ -93,7 +93,8 @@ def test_sample_from_checkpoint_with_any_sampler(toy_run, capsys):
          "--sampler.class_path", "lit_score.samplers.DDIM", "--sampler.init_args.num_steps", 10])
     data = np.load(out.with_suffix(".npz"))
     assert data["samples"].shape == (100, 2) and int(data["nfe"]) == 10
-    assert out.with_suffix(".png").is_file()
+    width, height = Image.open(out.with_suffix(".png")).size
+    assert width > 1.8 * height  # two panels: the samples beside the checkpoint's own data
     # the model's own sampler by default (ancestral over the 50-step chain), written next to the run
     run(["sample", "--ckpt_path", ckpt, "--num_samples", 20])
     default = toy_run / "samples" / "last_Ancestral_n20_seed0.npz"
