@@ -68,6 +68,8 @@ class VP(_LinearBeta, NoiseProcess):
     ) -> None:
         if schedule not in ("linear", "cosine"):
             raise ValueError(f"unknown VP schedule {schedule!r}: use linear or cosine")
+        if schedule == "linear" and not 0 <= beta_min < beta_max:
+            raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}: score_sde uses 0.1 and 20")
         super().__init__(t_min, t_max if t_max is not None else (1.0 if schedule == "linear" else 0.9946))
         self.schedule, self.beta_min, self.beta_max, self.cosine_s = schedule, beta_min, beta_max, cosine_s
         self._log_cos0 = math.log(math.cos(math.pi / 2 * cosine_s / (1 + cosine_s)))
@@ -112,6 +114,8 @@ class SubVP(_LinearBeta, NoiseProcess):
     """Sub-VP SDE (Song et al. 2021, eq. 29): σ(t) = 1 − α(t)², g² = β(t)(1 − α(t)⁴)."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
+        if not 0 <= beta_min < beta_max:
+            raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}: score_sde uses 0.1 and 20")
         super().__init__(t_min, t_max)
         self.beta_min, self.beta_max = beta_min, beta_max
 
