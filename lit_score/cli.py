@@ -182,14 +182,15 @@ class LitScoreCLI(LightningCLI):
         return directory, missing
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """A fit that fails before writing any checkpoint leaves no run folder behind."""
+        """A fit that fails before its first training step leaves no run folder behind (one that trained keeps
+        its logs)."""
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
             planned = getattr(self, "_new_run_dir", None) if subcommand == "fit" else None
             if planned is not None and self.trainer.is_global_zero:
                 directory, missing = planned
-                if directory.exists() and not list(directory.rglob("*.ckpt")):
+                if directory.exists() and self.trainer.global_step == 0 and not list(directory.rglob("*.ckpt")):
                     import shutil
 
                     shutil.rmtree(directory, ignore_errors=True)

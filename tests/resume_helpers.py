@@ -12,12 +12,13 @@ class SignalAt(Callback):
     """Send ``signal_name`` to this process at the end of training step ``step`` (SIGKILL: die at once, as a
     pre-empted job does; SIGTERM / SIGINT: what a scheduler or Ctrl-C sends)."""
 
-    def __init__(self, step: int, signal_name: str = "SIGKILL") -> None:
-        self.step, self.signal_name = step, signal_name
+    def __init__(self, step: int, signal_name: str = "SIGKILL", times: int = 1) -> None:
+        self.step, self.signal_name, self.times = step, signal_name, times
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), getattr(signal, self.signal_name))
+            for _ in range(self.times):
+                os.kill(os.getpid(), getattr(signal, self.signal_name))
 
 
 class StopAt(Callback):

@@ -113,6 +113,17 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_exit_non_zero(tmp_path):
         assert torch.load(ckpt, weights_only=True)["global_step"] == 7
 
 
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+    twice = {"class_path": "resume_helpers.SignalAt", "init_args": {"step": 7, "signal_name": "SIGINT", "times": 2}}
+    result = fit(tmp_path, "configs/ddpm/toy.yaml", "twice", "--data.init_args.num_samples", 2000,
+                 "--data.init_args.batch_size", 100, "--model.init_args.process.init_args.num_timesteps", 100,
+                 callbacks=[EPOCHLY, twice])
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "lit-score: stopped by a second Ctrl-C, at once: no checkpoint was written" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "twice").rglob("*.ckpt"))
+
+
 def test_a_stop_between_checkpoints_writes_last_ckpt_of_the_final_weights(tmp_path):
     stop = {"class_path": "resume_helpers.StopAt", "init_args": {"step": 23}}  # as max_time does, mid-epoch
     save_last = EPOCHLY

@@ -171,8 +171,8 @@ class GracefulStop(Callback):
     """On SIGTERM / SIGUSR1 / Ctrl-C: finish the step, save ``last.ckpt``, exit with 128 + the signal.
 
     The decision is taken by all ranks together, at the end of an optimizer step (not inside gradient accumulation:
-    accumulated gradients are not part of a checkpoint). A second Ctrl-C stops at once without saving (Lightning's
-    interrupt path, exit 1). Under SLURM with auto-requeue SIGUSR1 is left to Lightning (save + requeue).
+    accumulated gradients are not part of a checkpoint). A second Ctrl-C stops at once without saving (exit 130).
+    Under SLURM with auto-requeue SIGUSR1 is left to Lightning (save + requeue).
 
     Args:
         signals: the signals that stop a run with a checkpoint (names from :mod:`signal`).
@@ -199,8 +199,9 @@ class GracefulStop(Callback):
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame) -> None:
-        if self._received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        if self._received is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now, without a checkpoint
+            raise TrainingStopped("stopped by a second Ctrl-C, at once: no checkpoint was written for this step;"
+                                  " resume from the last one with --ckpt_path last", signum)
         self._received = signum
         hint = " (Ctrl-C again to stop at once, without saving)" if signum == signal.SIGINT else ""
         print(f"lit-score: {signal.Signals(signum).name} received: saving a checkpoint after this step{hint}",
