@@ -121,9 +121,14 @@ def find_last_checkpoint(root: str | Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
-def _nonfinite_weights(checkpoint: dict) -> list[str]:
-    return [name for name, value in checkpoint.get("state_dict", {}).items()
-            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+def nonfinite_names(named_tensors) -> list[str]:
+    """Names of the floating-point tensors in ``(name, tensor)`` pairs that hold a NaN or an infinity (one host
+    synchronisation for all of them). The one check behind writing, loading and saving weights."""
+    named = [(name, t.detach()) for name, t in named_tensors if torch.is_tensor(t) and t.is_floating_point()]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite) if not ok]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -131,7 +136,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     that are not finite are refused. Remote URLs go through Lightning's own writer."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        bad = _nonfinite_weights(checkpoint)
+        bad = nonfinite_names(checkpoint.get("state_dict", {}).items())
         if bad:
             raise NonFiniteWeightsError(
                 f"refusing to write {path}: weights {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} are not"

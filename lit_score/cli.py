@@ -39,6 +39,7 @@ from lit_score.checkpointing import (
     check_allowed,
     checked_hyperparameters,
     find_last_checkpoint,
+    nonfinite_names,
 )
 from lit_score.data import GenerativeDataModule
 from lit_score.evaluation.generation import SampleCollector, SeedBatches, draw_seed_batch
@@ -85,7 +86,7 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
     if not (isinstance(cls, type) and issubclass(cls, GenerativeModule)):
         raise UserError(f"checkpoint {ckpt_path} holds a {cls!r}, not a lit-score model")
     model = cls.load_from_checkpoint(ckpt_path, map_location=map_location)
-    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    bad = nonfinite_names(model.named_parameters())
     if bad:
         raise UserError(f"checkpoint {ckpt_path} has non-finite weights ({bad[0]}{' …' if len(bad) > 1 else ''}): the"
                         " run diverged before it was written; sample an earlier checkpoint")
@@ -164,22 +165,15 @@ class LitScoreCLI(LightningCLI):
         for cb in self.trainer.callbacks:
             if isinstance(cb, LitScoreSaveConfig):
                 cb.resuming = resuming
-        if not resuming and self.trainer.loggers and not isinstance(self.trainer.loggers[0], WandbLogger):
-            directory = Path(self.trainer.log_dir or ".")  # no broadcast before the process group exists
-            if (directory / "config.yaml").exists() or list(directory.glob("checkpoints/*.ckpt")):
-                raise UserError(f"{directory} already holds a run: drop the logger's version to start a new one,"
-                                " or continue it with --ckpt_path last")
-        self._new_run_dir = self._planned_run_dir()
-
-    def _planned_run_dir(self) -> tuple[Path, list[Path]] | None:
-        """The run folder this fit will create, and which of its parents do not exist yet (for clean-up)."""
+        self._new_run_dir = None  # (folder, its missing parents): what a fit failing at once removes again
         if not self.trainer.loggers or isinstance(self.trainer.loggers[0], WandbLogger):
-            return None
-        directory = Path(self.trainer.log_dir or ".")
-        if directory.exists():
-            return None
-        missing = [p for p in [directory, *directory.parents] if not p.exists()]
-        return directory, missing
+            return
+        directory = Path(self.trainer.log_dir or ".")  # no broadcast before the process group exists
+        if not resuming and ((directory / "config.yaml").exists() or list(directory.glob("checkpoints/*.ckpt"))):
+            raise UserError(f"{directory} already holds a run: drop the logger's version to start a new one,"
+                            " or continue it with --ckpt_path last")
+        if not directory.exists():
+            self._new_run_dir = directory, [p for p in [directory, *directory.parents] if not p.exists()]
 
     def _run_subcommand(self, subcommand: str) -> None:
         """A fit that fails before its first training step leaves no run folder behind (one that trained keeps

@@ -43,7 +43,9 @@ STOP_SIGNALS = tuple(name for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasatt
 
 # --- random state ----------------------------------------------------------------------------------------------
 def collect_rng_state() -> dict:
-    """This process's RNG streams as plain types and tensors (a checkpoint loads them weights-only)."""
+    """This process's RNG streams as plain types and tensors (a checkpoint loads them weights-only). Lightning's
+    private ``_collect_rng_states`` gathers the same streams but keeps numpy's state as an ndarray, which a
+    weights-only load refuses."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     state = {
@@ -257,10 +259,10 @@ class FinalCheckpoint(Callback):
         self._saved_step: int | None = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        bad = [name for name, p in pl_module.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
-        if any_rank(trainer, bool(bad)):
-            from lit_score.checkpointing import NonFiniteWeightsError
+        from lit_score.checkpointing import NonFiniteWeightsError, nonfinite_names
 
+        bad = nonfinite_names(pl_module.named_parameters())
+        if any_rank(trainer, bool(bad)):
             raise NonFiniteWeightsError(
                 f"refusing to write a checkpoint at step {trainer.global_step}: weights"
                 f" {', '.join(bad[:3]) or 'on another rank'} are not finite (the run diverged); the previous"

@@ -63,11 +63,10 @@ def checkpoint_summary(ckpt_path: str | Path, weights: str) -> dict[str, Any]:
 def load_for_evaluation(ckpt_path: str | Path, weights: str, device: torch.device):
     """The checkpoint's model with its EMA weights (``ema``), its raw weights (``raw``) or whichever it has
     (``auto``: EMA when the run averaged weights); returns (model, weights actually loaded)."""
-    from lit_score.checkpointing import checked_hyperparameters, read_checkpoint
+    from lit_score.checkpointing import read_checkpoint
     from lit_score.cli import load_model
 
-    ckpt = read_checkpoint(ckpt_path)  # one line for a missing, corrupt or pickled file
-    checked_hyperparameters(ckpt_path, ckpt)  # every class it names is allowed, before anything is imported
+    ckpt = read_checkpoint(ckpt_path)  # one line for a missing, corrupt or pickled file (load_model checks classes)
     has_ema = "current_model_state" in ckpt
     if weights not in ("auto", "ema", "raw"):
         raise EvaluationError(f"--weights must be auto, ema or raw, got {weights!r}")
