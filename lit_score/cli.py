@@ -94,10 +94,33 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def check_sampler(model: GenerativeModule, sampler: Sampler) -> None:
-    """Refuse, in one line, a sampler the model cannot serve (by the capability each declares)."""
+    """Refuse, in one line, a sampler the model cannot serve, and warn, in one line, about one that runs but does not
+    carry the prior to the data (each by the capability it declares)."""
     if not model.can_use(sampler):
         raise UserError(f"{type(sampler).__name__} cannot sample a {type(model).__name__}: it needs a noise process and"
                         f" {type(model).__name__} has none; use a sampler such as Langevin (or the model's own)")
+    if model.process is not None and not sampler.traverses_noise_levels:
+        print(f"lit-score: warning: {type(sampler).__name__} runs one chain at t_min = {model.process.t_min:g} from the"
+              f" prior and never visits the noise levels {type(model).__name__} was trained on, so its samples are"
+              f" not the model's; use the model's own sampler ({type(model.sampler).__name__}) or AnnealedLangevin",
+              file=sys.stderr)
+
+
+def resolve_sampler(parser: ArgumentParser, argv: list[str], cfg, model: GenerativeModule) -> Sampler:
+    """The sampler of a ``sample`` / ``evaluate`` run: the model's own without ``--sampler``; with it, the class it
+    names, where every setting the user did not give is the model's when that class is the model's sampler's
+    (``--sampler.init_args.num_steps 200`` on an EBM keeps its step size, noise and clamp), the class default
+    otherwise."""
+    chosen: Sampler | None = parser.instantiate_classes(cfg).sampler
+    if chosen is None:
+        return model.sampler
+    if type(chosen) is not type(model.sampler):
+        return chosen
+    given = parser.parse_args(argv, defaults=False).get("sampler")
+    given_args = given.get("init_args") if given is not None else None
+    keys = set(vars(given_args)) if given_args is not None else set()
+    settings = chosen.settings()
+    return model.sampler.with_settings(**{k: settings[k] for k in keys if k in settings})
 
 
 def _used_ema(ckpt_path: str | Path) -> bool:
@@ -226,6 +249,7 @@ class LitScoreCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
+        check_wandb_login(trainer.loggers)
         for cls in (ResumeState, NonFiniteGuard, GracefulStop):  # after the config's (so after an EMA update)
             if not any(isinstance(cb, cls) for cb in trainer.callbacks):
                 trainer.callbacks.append(cls())
@@ -346,6 +370,30 @@ def resume_differences(configured: dict | None, saved: dict, mutable: tuple[str,
     return out
 
 
+def check_wandb_login(loggers) -> None:
+    """Refuse an online WandbLogger that wandb could not log in, before any run folder exists.
+
+    Without credentials and without a terminal to ask on, ``wandb.init`` raises deep inside Lightning's setup. The
+    sources looked at are wandb's own (``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE``, the netrc file that
+    ``wandb login`` writes: ``$NETRC``, ``~/.netrc`` or ``~/_netrc``); where any exists, or where wandb can prompt,
+    wandb decides. Offline and disabled runs need no login.
+    """
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        mode = str(logger._wandb_init.get("mode") or os.environ.get("WANDB_MODE") or "online").lower()
+        if logger._offline or mode in ("offline", "dryrun", "disabled"):
+            continue
+        if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+            continue
+        netrc = [Path(os.environ["NETRC"]).expanduser()] if os.environ.get("NETRC") else [
+            Path("~/.netrc").expanduser(), Path("~/_netrc").expanduser()]
+        if any(path.is_file() for path in netrc) or (sys.stdin is not None and sys.stdin.isatty()):
+            continue
+        raise UserError("the WandbLogger has no API key and no terminal to ask for one: run `wandb login` or set"
+                        " WANDB_API_KEY, or log offline with WANDB_MODE=offline (upload later with `wandb sync`)")
+
+
 def check_writable(folder: Path) -> None:
     """The output folder can be made and written to, or one line saying so (before any long work)."""
     import tempfile
@@ -397,13 +445,12 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     """``lit-score sample``: load a checkpoint, sample, write PNG + NPZ next to the run."""
     parser = _sample_parser()
     cfg = parser.parse_args(argv)
-    sampler: Sampler | None = parser.instantiate_classes(cfg).sampler
     if cfg.num_samples < 1 or (cfg.batch_size is not None and cfg.batch_size < 1):
         raise UserError(f"need --num_samples >= 1 and --batch_size >= 1, got {cfg.num_samples} and {cfg.batch_size}")
     device = torch.device("cuda" if cfg.accelerator == "auto" and torch.cuda.is_available() else (
         "cpu" if cfg.accelerator == "auto" else cfg.accelerator))
     model = load_model(cfg.ckpt_path, map_location=device)
-    sampler = sampler if sampler is not None else model.sampler
+    sampler = resolve_sampler(parser, argv, cfg, model)
     check_sampler(model, sampler)
     ckpt = Path(cfg.ckpt_path)
     stem = Path(cfg.output) if cfg.output else (
@@ -541,6 +588,11 @@ def main(args: list[str] | None = None) -> None:
         hint = f" (see `{command} --help`)" if isinstance(err, ArgumentError) else ""
         print(f"lit-score: error: {one_line(err)}{hint}", file=sys.stderr)
         raise SystemExit(1 if not isinstance(err, ArgumentError) else 2) from err
+    except Exception as err:
+        if type(err).__module__.startswith("wandb.") and not os.environ.get("LIT_SCORE_DEBUG"):
+            print(f"lit-score: error: wandb: {one_line(err)} (or log offline with WANDB_MODE=offline)", file=sys.stderr)
+            raise SystemExit(1) from err
+        raise
 
 
 if __name__ == "__main__":

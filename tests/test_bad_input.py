@@ -67,6 +67,15 @@ def cases(w: Path) -> list[tuple[str, list, str, int]]:
         ("VP beta range", ["fit", "--config", ROOT / "configs/sde/vp_toy.yaml", *logs, *SHORT[:6],
                            "--model.init_args.process.init_args.beta_min", "-1"], "0 <= beta_min < beta_max", 1),
         ("negative batch size", [*fit, "--data.init_args.batch_size", "-1"], "batch_size >= 1", 1),
+        ("probability above 1", ["fit", "--config", ROOT / "configs/ebm/toy.yaml", *logs, *SHORT[:6],
+                                 "--model.init_args.reuse_prob", "1.5"],
+         "reuse_prob must be a finite number >= 0 and <= 1, got 1.5", 1),
+        ("negative step size", [*sample, ebm, "--sampler.class_path", "lit_score.samplers.Langevin",
+                                "--sampler.init_args.step_size", "-1"], "step_size must be a finite number > 0", 1),
+        ("NaN step size", [*sample, ebm, "--sampler.class_path", "lit_score.samplers.Langevin",
+                           "--sampler.init_args.step_size", "nan"], "sampler.step_size: Expected a <class 'float'>", 2),
+        ("sampler with zero steps", [*sample, ddpm, "--sampler.class_path", "lit_score.samplers.DDIM",
+                                     "--sampler.init_args.num_steps", "0"], "num_steps must be an integer >= 1", 1),
         ("negative workers", [*fit, "--data.init_args.num_workers", "-2"], "num_workers >= 0", 1),
         ("zero timesteps", [*fit, "--model.init_args.process.init_args.num_timesteps", "0"], "num_timesteps", 1),
         ("data of the wrong shape", [*fit, "--model.init_args.network.init_args.data_dim", "3"],
@@ -155,3 +164,17 @@ def test_top_level_help_lists_every_subcommand(capsys):
     out = capsys.readouterr().out
     for command in ("fit", "validate", "test", "predict", "sample", "evaluate", "compare"):
         assert f"\n  {command} " in out
+
+
+def test_online_wandb_without_an_api_key_is_one_line_before_any_run_folder(tmp_path, monkeypatch, capsys):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc; pytest's stdin is not a terminal
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", TOY, "--config", str(ROOT / "configs/logger/wandb.yaml"),
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), *SHORT])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lit-score: error:")]
+    assert info.value.code == 1 and len(lines) == 1 and "Traceback" not in err
+    assert "no API key" in lines[0] and "wandb login" in lines[0] and "WANDB_MODE=offline" in lines[0]
+    assert not (tmp_path / "runs").exists()

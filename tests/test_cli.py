@@ -270,3 +270,38 @@ def test_predict_generates_one_sample_per_seed_index(toy_run):
     assert samples.shape == (70, 2) and torch.isfinite(samples).all()
     again = torch.cat(trainer.predict(model, datamodule=data))
     torch.testing.assert_close(samples, again)  # seeded by index: reproducible
+
+
+def test_a_named_sampler_keeps_the_models_settings_and_a_single_level_one_is_warned_about(toy_run, tmp_path, capsys):
+    # The EBM toy config samples with Langevin(step 0.01, noise 0.1414, no clip, clamp ±3); the class defaults are
+    # the image EBM's (step 10, noise 0.005, clip 0.03, clamp ±1). Naming the class to change one setting keeps
+    # the rest.
+    run(["fit", "--config", ROOT / "configs/ebm/toy.yaml", *logs(tmp_path), "--trainer.max_steps", "2",
+         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false", "--trainer.callbacks",
+         '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": true}}]',
+         "--data.init_args.num_samples", "300", "--model.init_args.sampler.init_args.num_steps", "2",
+         "--model.init_args.buffer_size", "300"])
+    ckpt = tmp_path / "ebm_toy/version_0/checkpoints/last.ckpt"
+    out = tmp_path / "langevin"
+    run(["sample", "--ckpt_path", ckpt, "--num_samples", 10, "--output", out,
+         "--sampler.class_path", "lit_score.samplers.Langevin", "--sampler.init_args.num_steps", 7])
+    data = np.load(out.with_suffix(".npz"))
+    recorded = str(data["sampler"])
+    assert int(data["nfe"]) == 7 and "num_steps=7" in recorded
+    assert "step_size=0.01," in recorded and "noise_scale=0.1414" in recorded and "grad_clip=None" in recorded
+    assert "clamp=(-3.0, 3.0)" in recorded
+    assert np.abs(data["samples"]).max() <= 3.0 and np.abs(data["samples"]).max() > 1.0  # not the ±1 image clamp
+    # another class than the model's: its own defaults, as given
+    run(["sample", "--ckpt_path", ckpt, "--num_samples", 10, "--output", tmp_path / "explicit",
+         "--sampler.class_path", "lit_score.samplers.Langevin", "--sampler.init_args.num_steps", 3,
+         "--sampler.init_args.step_size", 0.5])
+    assert "step_size=0.5," in str(np.load(tmp_path / "explicit.npz")["sampler"])
+    capsys.readouterr()
+    # Langevin on a diffusion model runs at t_min only: it samples (exit 0) but says in one line it is not the model's
+    run(["sample", "--ckpt_path", toy_run / "checkpoints/last.ckpt", "--num_samples", 10, "--output",
+         tmp_path / "ddpm_langevin", "--sampler.class_path", "lit_score.samplers.Langevin",
+         "--sampler.init_args.num_steps", 2])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-score: warning:")]
+    assert len(warnings) == 1 and "never visits the noise levels DDPM was trained on" in warnings[0]
+    assert "use the model's own sampler (Ancestral)" in warnings[0]
+    assert (tmp_path / "ddpm_langevin.npz").is_file()

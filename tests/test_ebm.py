@@ -200,6 +200,20 @@ def test_watchdog_rolls_back_and_training_continues(tmp_path):
     assert model.energy_net.net[-1].weight.abs().max() < 100
 
 
+def test_a_resumed_run_rolls_back_to_the_snapshot_the_interrupted_run_had(tmp_path):
+    """Snapshots at steps 0, 4, 8 …: stopped at step 6 and resumed, a divergence at step 7 goes back to step 4 (the
+    uninterrupted run's target), not to the resume step 6, and to the weights saved at step 4."""
+    make_trainer(tmp_path, 6, [SaveAtEnd(tmp_path)]).fit(make_ebm(max_energy=100.0, snapshot_every=4), make_data())
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["ebm_replay_buffer"]["snapshot"]
+    assert saved["step"] == 4 and saved["optimizers"]
+    model = make_ebm(max_energy=100.0, snapshot_every=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, 8, [BlowUp({7})]).fit(model, make_data(), ckpt_path=tmp_path / "last.ckpt")
+    messages = [str(w.message) for w in caught if "rolled back" in str(w.message)]
+    assert len(messages) == 1 and "diverged at step 7" in messages[0] and "rolled back to step 4" in messages[0]
+
+
 def test_watchdog_stops_after_max_rollbacks(tmp_path):
     model = make_ebm(max_energy=100.0, snapshot_every=1, max_rollbacks=2)
     with pytest.raises(EBMDivergedError, match="after 2 rollbacks"), warnings.catch_warnings():

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from lit_score.callbacks.samples import ValidationSampling, generate_across_ranks
+from lit_score.checks import check_number
 from lit_score.evaluation.generation import SeedBatches
 from lit_score.visualize import save_samples
 
@@ -68,6 +69,7 @@ class EnergyHistogram(ValidationSampling):
     ) -> None:
         super().__init__(every_n_epochs, dirpath)
         SeedBatches(num_samples, num_samples, seed)  # a bad seed or count fails here, not mid-training
+        check_number("bins", bins, ge=1, integer=True)
         self.num_samples, self.bins, self.seed = num_samples, bins, seed
         self.last_paths: dict[str, Path] = {}
         self.last_energies: dict[str, Tensor] = {}

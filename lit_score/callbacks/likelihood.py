@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.metrics.likelihood import log_likelihood
 
 
@@ -48,8 +49,13 @@ class LikelihoodCallback(pl.Callback):
         ddp_fixed_steps: int = 100,
         seed: int = 0,
     ) -> None:
-        if every_n_epochs < 1 or num_samples < 1:
-            raise ValueError(f"need every_n_epochs >= 1 and num_samples >= 1, got {every_n_epochs}, {num_samples}")
+        for name, value in (("every_n_epochs", every_n_epochs), ("num_samples", num_samples),
+                            ("num_probes", num_probes), ("ddp_fixed_steps", ddp_fixed_steps)):
+            check_number(name, value, ge=1, integer=True)
+        check_number("fixed_steps", fixed_steps, ge=1, integer=True, allow_none=True)
+        check_number("rtol", rtol, gt=0.0)
+        check_number("atol", atol, ge=0.0)
+        check_number("seed", seed, ge=0, integer=True)
         self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
         self.options = {"divergence": divergence, "probe": probe, "num_probes": num_probes, "rtol": rtol,
                         "atol": atol, "fixed_method": fixed_method, "dequantize": dequantize}

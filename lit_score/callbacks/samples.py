@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.evaluation.generation import SeedBatches, generate_across_ranks
 from lit_score.samplers import Sampler
 from lit_score.visualize import save_samples
@@ -37,6 +38,7 @@ class ValidationSampling(pl.Callback):
     subdir = "samples"
 
     def __init__(self, every_n_epochs: int = 1, dirpath: str | None = None) -> None:
+        check_number("every_n_epochs", every_n_epochs, ge=1, integer=True)
         self.every_n_epochs = every_n_epochs
         self.dirpath = Path(dirpath) if dirpath is not None else None
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.data.base import GenerativeDataModule, TensorData, num_held_out
 
 
@@ -35,6 +36,7 @@ class Digits(GenerativeDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=float(val_fraction), seed=seed)
+        check_number("image_size", image_size, ge=1, integer=True)
         self.save_hyperparameters()
         self.image_size = image_size
         self.flip = flip

@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
+from lit_score.checks import check_number
 from lit_score.data.base import GenerativeDataModule, num_held_out
 
 ImageDatasetName = Literal["mnist", "fashion_mnist", "cifar10", "celeba", "folder"]
@@ -114,6 +115,7 @@ class ImageData(GenerativeDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, seed=seed)
         if dataset != "folder" and dataset not in _KNOWN:
             raise ValueError(f"unknown dataset {dataset!r}; choose folder or one of {sorted(_KNOWN)}")
+        check_number("image_size", image_size, ge=1, integer=True, allow_none=True)
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         self.save_hyperparameters()

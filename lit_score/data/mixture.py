@@ -14,6 +14,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.data.base import GenerativeDataModule, TensorData
 from lit_score.utils import append_dims
 
@@ -175,6 +176,11 @@ class GaussianMixture(GenerativeDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, seed=seed)
+        check_number("num_components", num_components, ge=1, integer=True)
+        check_number("dim", dim, ge=1, integer=True)
+        check_number("radius", radius, ge=0.0)
+        check_number("std", std, gt=0.0)
+        check_number("num_samples", num_samples, ge=1, integer=True)
         self.save_hyperparameters()
         self.num_samples = num_samples
         self.distribution = GaussianMixtureDistribution.ring(num_components, radius, std, dim)

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.data.base import GenerativeDataModule, TensorData
 
 ToyName = Literal["swissroll", "moons", "rings", "checkerboard", "8gaussians", "pinwheel"]
@@ -125,6 +126,7 @@ class Toy2D(GenerativeDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, seed=seed)
         if name not in TOY_DISTRIBUTIONS:
             raise ValueError(f"unknown toy distribution {name!r}; choose one of {sorted(TOY_DISTRIBUTIONS)}")
+        check_number("num_samples", num_samples, ge=1, integer=True)
         self.save_hyperparameters()
         self.name = name
         self.num_samples = num_samples

@@ -196,10 +196,11 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
         source["nfe"] = loaded[0][1].get("nfe")
         if len(samples) != len(seeds):
             seeds = list(range(len(samples)))
-    effective_sampler = sampler if sampler is not None else (model.sampler if model is not None else None)
-    if model is not None and effective_sampler is not None:
-        from lit_score.cli import check_sampler
+    effective_sampler = sampler
+    if model is not None:
+        from lit_score.cli import check_sampler, resolve_sampler
 
+        sampler = effective_sampler = resolve_sampler(parser, argv, cfg, model)
         check_sampler(model, effective_sampler)
     ignored = ("output", "overwrite", "progress", "logger", "sampler", "config", "__path__")
     settings = {**{k: v for k, v in cfg.items() if k.split(".")[0] not in ignored}, "ckpt": checkpoint,

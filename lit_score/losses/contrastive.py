@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from lit_score.checks import check_number
+
 
 class ContrastiveDivergence:
     """Per-sample CD loss E(x⁺) − E(x⁻) + α·(E(x⁺)² + E(x⁻)²) (Du & Mordatch 2019, eq. 3 and §3.3).
@@ -13,8 +15,7 @@ class ContrastiveDivergence:
     """
 
     def __init__(self, alpha: float = 0.1) -> None:
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        check_number("alpha", alpha, ge=0.0)
         self.alpha = float(alpha)
 
     def __call__(self, energy_real: Tensor, energy_fake: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.utils import batch_sum, randn_like
 
 
@@ -44,6 +45,8 @@ class ExactScoreMatching:
     """Hyvärinen (2005): ½‖s‖² + tr ∇ₓs, the trace by one backward pass per dimension (only for D ≤ ``max_dim``)."""
 
     def __init__(self, t: float | None = None, perturb: bool = False, max_dim: int = 64) -> None:
+        check_number("t", t, ge=0.0, allow_none=True)
+        check_number("max_dim", max_dim, ge=1, integer=True)
         self.t, self.perturb, self.max_dim = t, perturb, max_dim
 
     def __call__(self, score_model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -79,8 +82,8 @@ class SlicedScoreMatching:
     ) -> None:
         if distribution not in ("gaussian", "rademacher"):
             raise ValueError(f"unknown projection distribution {distribution!r}: use gaussian or rademacher")
-        if num_projections < 1:
-            raise ValueError(f"num_projections must be >= 1, got {num_projections}")
+        check_number("num_projections", num_projections, ge=1, integer=True)
+        check_number("t", t, ge=0.0, allow_none=True)
         self.num_projections, self.distribution, self.variance_reduced = num_projections, distribution, variance_reduced
         self.t, self.perturb = t, perturb
 

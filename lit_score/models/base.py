@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
+from lit_score.checks import check_number
 from lit_score.evaluation.generation import draw_seed_batch
 from lit_score.metrics.likelihood import LikelihoodEstimate
 from lit_score.processes import NoiseProcess
@@ -60,6 +61,11 @@ class GenerativeModule(pl.LightningModule):
         sample_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
+        check_number("warmup_steps", warmup_steps, ge=0, integer=True)
+        if sample_shape is not None and (
+            not sample_shape or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in sample_shape)
+        ):
+            raise ValueError(f"sample_shape must be a non-empty tuple of integers >= 1, got {sample_shape!r}")
         if warmup_steps and lr_scheduler is not None:
             raise ValueError("warmup_steps and lr_scheduler are exclusive: put the warm-up into a SequentialLR")
         self.sampler = sampler  # subclasses fill in default_sampler(process) once their parts exist

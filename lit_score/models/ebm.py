@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lit_score.checks import check_number, check_probability, check_range
 from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.metrics.likelihood import energy_nll
 from lit_score.models.base import GenerativeModule, NonFiniteLossError
@@ -78,13 +79,12 @@ class EBM(GenerativeModule):
         sample_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(sampler, optimizer, lr_scheduler, warmup_steps, sample_shape)
-        if not 0 <= reuse_prob <= 1 or buffer_size < 1 or snapshot_every < 1:
-            raise ValueError(
-                f"need 0 <= reuse_prob <= 1, buffer_size >= 1, snapshot_every >= 1, got "
-                f"{reuse_prob}, {buffer_size}, {snapshot_every}"
-            )
-        if not data_range[0] < data_range[1]:
-            raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range}")
+        check_probability("reuse_prob", reuse_prob)
+        check_number("buffer_size", buffer_size, ge=1, integer=True)
+        check_number("snapshot_every", snapshot_every, ge=1, integer=True)
+        check_number("max_rollbacks", max_rollbacks, ge=0, integer=True)
+        check_number("max_energy", max_energy, gt=0.0)
+        check_range("data_range", data_range)
         self.score_model = EnergyScore(energy_net)
         self.data_range = (float(data_range[0]), float(data_range[1]))
         self.sampler = sampler if sampler is not None else self.default_sampler(None)
@@ -95,6 +95,7 @@ class EBM(GenerativeModule):
         self.snapshot_every, self.max_rollbacks = snapshot_every, max_rollbacks
         self.replay_buffer: Tensor | None = None  # this rank's shard (buffer_size, *sample_shape)
         self.rollbacks, self._snapshot, self._generator = 0, None, None
+        self._snapshot_restored = False
         self._pending_generator_state: Tensor | None = None  # a resumed chain generator, set in on_fit_start
         self.save_config()
 
@@ -195,6 +196,9 @@ class EBM(GenerativeModule):
         if generators is not None and world > 1:  # every rank's chain generator, so a resume continues each chain
             generators = self.trainer.strategy.all_gather(generators.to(self.device)).cpu()
         checkpoint[_BUFFER_KEY] = {"shards": shards.cpu(), "rollbacks": self.rollbacks, "generators": generators}
+        if self._snapshot is not None:  # the rollback target (equal on every rank), so a resumed run rolls back alike
+            step, model_state, optimizer_states = self._snapshot
+            checkpoint[_BUFFER_KEY]["snapshot"] = {"step": step, "model": model_state, "optimizers": optimizer_states}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Each rank takes its own shard; with another world size the pooled shards are dealt out afresh."""
@@ -202,6 +206,10 @@ class EBM(GenerativeModule):
         if state is None:
             return
         shards, self.rollbacks = state["shards"], int(state["rollbacks"])
+        snapshot = state.get("snapshot")
+        if snapshot is not None:
+            self._snapshot = (int(snapshot["step"]), snapshot["model"], list(snapshot["optimizers"]))
+            self._snapshot_restored = True
         world = self.trainer.world_size if self._trainer is not None else 1
         generators = state.get("generators")
         if generators is not None and generators.shape[0] == world:
@@ -225,7 +233,9 @@ class EBM(GenerativeModule):
         self.check_network(self.energy_net, None)
 
     def on_train_start(self) -> None:
-        self._take_snapshot()
+        if not self._snapshot_restored:  # a resumed run keeps the rollback target the interrupted one had
+            self._take_snapshot()
+        self._snapshot_restored = False
 
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
         x_real = self.data_batch(batch)

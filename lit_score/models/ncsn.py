@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from lit_score.checks import check_number
 from lit_score.losses import DenoisingLoss
 from lit_score.models.diffusion import DiffusionModule
 from lit_score.processes import DiscreteVE, NoiseProcess
@@ -76,6 +77,7 @@ class NCSN(DiffusionModule):
         super().__init__(
             network, process, target, scale_by_sigma, loss, sampler, optimizer, lr_scheduler, warmup_steps, sample_shape
         )
+        check_number("sigma_max_samples", sigma_max_samples, ge=1, integer=True)
         self.sigma_max_from_data, self.sigma_max_samples = sigma_max_from_data, sigma_max_samples
         self.save_config()  # again, from this frame: records the family options too
 

@@ -10,6 +10,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from lit_score.checks import check_number
+
 
 def _maybe_sn(layer: nn.Module, enabled: bool) -> nn.Module:
     """Wrap a Linear / Conv2d in spectral normalisation (Miyato et al. 2018) when ``enabled``."""
@@ -36,6 +38,10 @@ class EnergyCNN(nn.Module):
         spectral_norm: bool = False,
     ) -> None:
         super().__init__()
+        check_number("in_channels", in_channels, ge=1, integer=True)
+        check_number("resolution", resolution, ge=1, integer=True)
+        if not channels or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in channels):
+            raise ValueError(f"channels must be a non-empty tuple of integers >= 1, got {channels!r}")
         layers: list[nn.Module] = []
         cur, res = in_channels, resolution
         for i, width in enumerate(channels):
@@ -65,6 +71,9 @@ class EnergyMLP(nn.Module):
 
     def __init__(self, data_dim: int, hidden: int = 128, depth: int = 3, spectral_norm: bool = False) -> None:
         super().__init__()
+        check_number("data_dim", data_dim, ge=1, integer=True)
+        check_number("hidden", hidden, ge=1, integer=True)
+        check_number("depth", depth, ge=0, integer=True)
         layers: list[nn.Module] = []
         cur = data_dim
         for _ in range(depth):

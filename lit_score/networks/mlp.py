@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lit_score.checks import check_number
 from lit_score.networks.embeddings import timestep_embedding
 
 Activation = Literal["silu", "gelu", "relu"]
@@ -64,6 +65,11 @@ class MLP(nn.Module):
         out_dim: int | None = None,
     ) -> None:
         super().__init__()
+        check_number("data_dim", data_dim, ge=1, integer=True)
+        check_number("hidden", hidden, ge=1, integer=True)
+        check_number("depth", depth, ge=0, integer=True)
+        check_number("time_embed_dim", time_embed_dim, ge=2, integer=True)
+        check_number("out_dim", out_dim, ge=1, integer=True, allow_none=True)
         self.data_dim = data_dim
         self.out_dim = data_dim if out_dim is None else out_dim
         self.time_embed = nn.Sequential(

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from lit_score.checks import check_number
 from lit_score.networks.embeddings import timestep_embedding
 
 
@@ -161,6 +162,13 @@ class UNet(nn.Module):
         skip_rescale: bool = True,
     ) -> None:
         super().__init__()
+        for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
+                            ("num_res_blocks", num_res_blocks), ("resolution", resolution), ("num_groups", num_groups)):
+            check_number(name, value, ge=1, integer=True)
+        check_number("out_channels", out_channels, ge=1, integer=True, allow_none=True)
+        check_number("dropout", dropout, ge=0.0, lt=1.0)
+        if not channel_mult or any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in channel_mult):
+            raise ValueError(f"channel_mult must be a non-empty tuple of integers >= 1, got {channel_mult!r}")
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
         ch, temb_dim = base_channels, 4 * base_channels

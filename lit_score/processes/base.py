@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lit_score.checks import check_number
 from lit_score.processes.grids import karras_log_snr, quadratic_grid, uniform_grid, uniform_log_snr
 from lit_score.utils import append_dims, batch_sum
 
@@ -36,6 +37,8 @@ class NoiseProcess(nn.Module, ABC):
 
     def __init__(self, t_min: float, t_max: float) -> None:
         super().__init__()
+        check_number("t_min", t_min, ge=0.0)
+        check_number("t_max", t_max, gt=0.0)
         if not 0 <= t_min < t_max:
             raise ValueError(f"need 0 <= t_min < t_max, got t_min={t_min}, t_max={t_max}")
         self.t_min = float(t_min)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.processes.base import NoiseProcess
 
 
@@ -16,6 +17,8 @@ class EDM(NoiseProcess):
     def __init__(
         self, sigma_min: float = 0.002, sigma_max: float = 80.0, p_mean: float = -1.2, p_std: float = 1.2
     ) -> None:
+        check_number("p_mean", p_mean)
+        check_number("p_std", p_std, gt=0.0)
         super().__init__(sigma_min, sigma_max)
         self.p_mean, self.p_std = p_mean, p_std
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.processes.base import NoiseProcess
 
 
@@ -70,6 +71,7 @@ class VP(_LinearBeta, NoiseProcess):
             raise ValueError(f"unknown VP schedule {schedule!r}: use linear or cosine")
         if schedule == "linear" and not 0 <= beta_min < beta_max:
             raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}: score_sde uses 0.1 and 20")
+        check_number("cosine_s", cosine_s, ge=0.0)
         super().__init__(t_min, t_max if t_max is not None else (1.0 if schedule == "linear" else 0.9946))
         self.schedule, self.beta_min, self.beta_max, self.cosine_s = schedule, beta_min, beta_max, cosine_s
         self._log_cos0 = math.log(math.cos(math.pi / 2 * cosine_s / (1 + cosine_s)))
@@ -175,8 +177,8 @@ class DiscreteVP(NoiseProcess):
         schedule: Literal["linear", "scaled_linear", "cosine"] = "linear",
         cosine_s: float = 0.008,
     ) -> None:
-        if num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+        check_number("num_timesteps", num_timesteps, ge=1, integer=True)
+        check_number("cosine_s", cosine_s, ge=0.0)
         super().__init__(1.0 / num_timesteps, 1.0)
         self.num_timesteps = num_timesteps
         self.schedule = schedule

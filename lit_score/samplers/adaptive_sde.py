@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess
 from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, require_process
 from lit_score.samplers.ode import time_bar
@@ -76,8 +77,12 @@ class AdaptiveSDE(Sampler):
         denoise: bool = True,
     ) -> None:
         super().__init__(1 + int(denoise), None, denoise)
-        if rtol < 0 or atol <= 0 or h_init <= 0:
-            raise ValueError(f"need rtol >= 0, atol > 0 and h_init > 0, got {rtol}, {atol}, {h_init}")
+        check_number("rtol", rtol, ge=0.0)
+        check_number("atol", atol, gt=0.0)
+        check_number("h_init", h_init, gt=0.0)
+        check_number("safety", safety, gt=0.0, le=1.0)
+        check_number("exponent", exponent, gt=0.0)
+        check_number("max_steps", max_steps, ge=1, integer=True)
         if error_norm not in ("auto", "sample", "batch"):
             raise ValueError(f"unknown error_norm {error_norm!r}: use auto, sample or batch")
         self.rtol, self.atol, self.h_init, self.safety, self.exponent = rtol, atol, h_init, safety, exponent

@@ -18,6 +18,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import (
     Sampler,
@@ -68,6 +69,7 @@ class Ancestral(Sampler):
         super().__init__(num_steps, spacing, denoise)
         if variance not in ("beta_tilde", "beta"):
             raise ValueError(f"unknown variance {variance!r}: use beta_tilde or beta")
+        check_number("clip_denoised", clip_denoised, gt=0.0, allow_none=True)
         self.variance, self.clip_denoised = variance, clip_denoised
 
     def update(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
@@ -104,8 +106,8 @@ class DDIM(Sampler):
         clip_denoised: float | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        check_number("eta", eta, ge=0.0)
+        check_number("clip_denoised", clip_denoised, gt=0.0, allow_none=True)
         self.eta, self.clip_denoised = eta, clip_denoised
 
     def update(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):

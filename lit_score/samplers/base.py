@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
 from lit_score.utils import append_dims
 
@@ -96,8 +97,12 @@ class Sampler(ABC):
 
     #: whether the sampler needs a noise process (every sampler but plain Langevin, which runs on an EBM's −∇E)
     requires_process: bool = True
+    #: whether it carries the prior sample through the process's noise levels t_max → t_min (every sampler but
+    #: plain Langevin, which runs one chain at t_min: from the prior it cannot reach a diffusion model's data)
+    traverses_noise_levels: bool = True
 
     def __init__(self, num_steps: int = 100, spacing: Spacing | None = None, denoise: bool = True) -> None:
+        check_number("num_steps", num_steps, ge=1, integer=True)
         if num_steps < 1 + int(denoise):
             raise ValueError(f"num_steps must be >= {1 + int(denoise)} (denoise={denoise}), got {num_steps}")
         self.num_steps, self.spacing, self.denoise = num_steps, spacing, denoise
@@ -140,6 +145,25 @@ class Sampler(ABC):
         if not self.denoise:
             return x
         return clip_x0(predict_x0_eps(score_fn, process, x, full_like_t(x, t_min))[0], clip)
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this sampler: ``type(s)(**s.settings())`` is ``s`` again.
+
+        Read from the attributes named like ``__init__``'s parameters (every lit-score sampler stores them so);
+        ``with_settings`` builds a copy with some of them changed.
+        """
+        import inspect
+
+        names = [n for n, p in inspect.signature(type(self).__init__).parameters.items()
+                 if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        missing = [n for n in names if not hasattr(self, n)]
+        if missing:
+            raise TypeError(f"{type(self).__name__} does not store {missing}: override settings()")
+        return {n: getattr(self, n) for n in names}
+
+    def with_settings(self, **changes: Any) -> Sampler:
+        """A new sampler of this class with this one's settings, ``changes`` applied on top."""
+        return type(self)(**{**self.settings(), **changes})
 
     @staticmethod
     def steps(n: int, progress: bool, desc: str) -> Iterable[int]:

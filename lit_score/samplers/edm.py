@@ -23,6 +23,7 @@ import math
 import torch
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, predict_x0_eps, require_process
 from lit_score.samplers.ode import heun_step
@@ -68,8 +69,11 @@ class EDMHeun(Sampler):
         denoise: bool = True,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
-        if S_churn < 0 or S_noise < 0:
-            raise ValueError(f"need S_churn >= 0 and S_noise >= 0, got {S_churn}, {S_noise}")
+        check_number("S_churn", S_churn, ge=0.0)
+        check_number("S_noise", S_noise, ge=0.0)
+        check_number("S_min", S_min, ge=0.0)
+        check_number("S_max", S_max, ge=S_min, allow_inf=True)
+        check_number("rho", rho, gt=0.0)
         self.S_churn, self.S_min, self.S_max, self.S_noise, self.rho = S_churn, S_min, S_max, S_noise, rho
 
     def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_score.checks import check_number, check_range
 from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, require_process
 from lit_score.utils import append_dims, randn_like
@@ -61,6 +62,7 @@ class Langevin(Sampler):
     """
 
     requires_process = False
+    traverses_noise_levels = False
 
     def __init__(
         self,
@@ -72,10 +74,10 @@ class Langevin(Sampler):
         denoise: bool = False,
     ) -> None:
         super().__init__(num_steps, None, denoise)
-        if step_size <= 0 or noise_scale < 0:
-            raise ValueError(f"need step_size > 0 and noise_scale >= 0, got {step_size}, {noise_scale}")
-        if grad_clip is not None and grad_clip <= 0:
-            raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
+        check_number("step_size", step_size, gt=0.0)
+        check_number("noise_scale", noise_scale, ge=0.0)
+        check_number("grad_clip", grad_clip, gt=0.0, allow_none=True)
+        check_range("clamp", clamp, allow_none=True)
         self.step_size, self.noise_scale, self.grad_clip = float(step_size), float(noise_scale), grad_clip
         self.clamp = tuple(float(c) for c in clamp) if clamp is not None else None
 
@@ -125,10 +127,9 @@ class AnnealedLangevin(Sampler):
         spacing: Spacing | None = None,
     ) -> None:
         super().__init__(steps_per_level, spacing, denoise=False)
-        if eps <= 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        if num_levels is not None and num_levels < 2:
-            raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+        check_number("eps", eps, gt=0.0)
+        check_number("num_levels", num_levels, ge=2, integer=True, allow_none=True)
+        check_range("clamp", clamp, allow_none=True)
         self.steps_per_level, self.eps, self.denoise, self.num_levels = steps_per_level, float(eps), denoise, num_levels
         self.clamp = tuple(float(c) for c in clamp) if clamp is not None else None
 

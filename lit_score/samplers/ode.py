@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess
 from lit_score.samplers.base import (
     Sampler,
@@ -227,6 +228,9 @@ class AdaptiveODE(Sampler):
         max_steps: int = 10_000,
         denoise: bool = True,
     ) -> None:
+        check_number("rtol", rtol, gt=0.0)
+        check_number("atol", atol, ge=0.0)
+        check_number("max_steps", max_steps, ge=1, integer=True)
         super().__init__(1 + int(denoise), None, denoise)
         if method not in _TABLEAUS:
             raise ValueError(f"unknown method {method!r}: use dopri5 or bosh3")

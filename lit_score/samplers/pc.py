@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn
 from lit_score.samplers.langevin import langevin_step
@@ -75,8 +76,8 @@ class LangevinCorrector(Sampler):
         norm: Literal["batch", "sample"] = "batch",
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
-        if snr <= 0 or n_steps < 0:
-            raise ValueError(f"need snr > 0 and n_steps >= 0, got snr={snr}, n_steps={n_steps}")
+        check_number("snr", snr, gt=0.0)
+        check_number("n_steps", n_steps, ge=0, integer=True)
         if norm not in ("batch", "sample"):
             raise ValueError(f"unknown norm {norm!r}: use batch or sample")
         self.snr, self.n_steps, self.norm = float(snr), int(n_steps), norm
