@@ -96,9 +96,11 @@ def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") 
 def check_sampler(model: GenerativeModule, sampler: Sampler) -> None:
     """Refuse, in one line, a sampler the model cannot serve, and warn, in one line, about one that runs but does not
     carry the prior to the data (each by the capability it declares)."""
-    if not model.can_use(sampler):
-        raise UserError(f"{type(sampler).__name__} cannot sample a {type(model).__name__}: it needs a noise process and"
-                        f" {type(model).__name__} has none; use a sampler such as Langevin (or the model's own)")
+    problem = model.sampler_problem(sampler)
+    if problem is not None:
+        hint = "Langevin or ULA" if sampler.requires_energy else "Langevin"
+        raise UserError(f"{type(sampler).__name__} cannot sample a {type(model).__name__}: {problem}; use a sampler"
+                        f" such as {hint} (or the model's own, {type(model.sampler).__name__})")
     if model.process is not None and not sampler.traverses_noise_levels:
         print(f"lit-score: warning: {type(sampler).__name__} runs one chain at t_min = {model.process.t_min:g} from the"
               f" prior and never visits the noise levels {type(model).__name__} was trained on, so its samples are"
@@ -466,8 +468,10 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
         chunks.append(draw_seed_batch(model, batches[k], sampler, progress=True).cpu())
         nfe = model.last_nfe
     x = torch.cat(chunks)
+    measured = {k: getattr(sampler, k) for k in sampler.run_state if k != "nfe" and getattr(sampler, k) is not None}
     metadata = {
         "nfe": nfe,
+        **measured,  # what the sampler measured on the last batch (an MCMC kernel's acceptance and adapted step)
         "sampler": repr(sampler),
         "model": type(model).__name__,
         "ckpt_path": str(ckpt),
@@ -477,7 +481,8 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     title = f"{type(model).__name__} · {type(sampler).__name__} · NFE {nfe}"
     paths = save_samples(x, stem, title=title, metadata=metadata, reference=_reference_beside(ckpt, x))
     finite = torch.isfinite(x).all().item()
-    print(f"wrote {paths['png']} and {paths['npz']} ({cfg.num_samples} samples, NFE {nfe}, EMA {metadata['ema']})")
+    extra = "".join(f", {k} {v:.4g}" for k, v in measured.items())
+    print(f"wrote {paths['png']} and {paths['npz']} ({cfg.num_samples} samples, NFE {nfe}{extra}, EMA {metadata['ema']})")
     if not finite:
         print("lit-score: warning: some samples are not finite (the model or sampler diverged)", file=sys.stderr)
     return paths

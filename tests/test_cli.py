@@ -296,6 +296,14 @@ def test_a_named_sampler_keeps_the_models_settings_and_a_single_level_one_is_war
          "--sampler.class_path", "lit_score.samplers.Langevin", "--sampler.init_args.num_steps", 3,
          "--sampler.init_args.step_size", 0.5])
     assert "step_size=0.5," in str(np.load(tmp_path / "explicit.npz")["sampler"])
+    # a Metropolis-adjusted kernel records what it measured: the acceptance and the step its warm-up adapted
+    run(["sample", "--ckpt_path", ckpt, "--num_samples", 50, "--output", tmp_path / "mala",
+         "--sampler.class_path", "lit_score.samplers.MALA", "--sampler.init_args.num_steps", 20,
+         "--sampler.init_args.adapt_steps", 30, "--sampler.init_args.bounds", "[-3, 3]"])
+    mala = np.load(tmp_path / "mala.npz")
+    assert int(mala["nfe"]) == 51 and 0.3 < float(mala["acceptance_rate"]) < 0.85
+    assert float(mala["adapted_step_size"]) > 0 and np.abs(mala["samples"]).max() <= 3.0
+    assert "acceptance_rate" not in str(mala["sampler"])  # settings only in the description
     capsys.readouterr()
     # Langevin on a diffusion model runs at t_min only: it samples (exit 0) but says in one line it is not the model's
     run(["sample", "--ckpt_path", toy_run / "checkpoints/last.ckpt", "--num_samples", 10, "--output",

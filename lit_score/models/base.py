@@ -110,9 +110,21 @@ class GenerativeModule(pl.LightningModule):
             )
         return self.sample_shape
 
+    #: whether ``score_model`` offers the energy E(x) (``energy`` / ``energy_and_score``), not only its gradient
+    has_energy: bool = False
+
     def can_use(self, sampler: Sampler) -> bool:
-        """Whether ``sampler`` can run on this model (a sampler that needs a noise process needs a model with one)."""
-        return not sampler.requires_process or self.process is not None
+        """Whether ``sampler`` can run on this model: one that needs a noise process needs a model with one, one
+        that needs the energy (MALA, HMC) a model that has it."""
+        return self.sampler_problem(sampler) is None
+
+    def sampler_problem(self, sampler: Sampler) -> str | None:
+        """Why ``sampler`` cannot run on this model, in words (None: it can)."""
+        if sampler.requires_process and self.process is None:
+            return f"it needs a noise process and {type(self).__name__} has none"
+        if sampler.requires_energy and not self.has_energy:
+            return f"it needs the energy E(x) for its accept/reject test and {type(self).__name__} has only a score"
+        return None
 
     def sample(
         self,

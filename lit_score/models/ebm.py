@@ -62,6 +62,8 @@ class EBM(GenerativeModule):
         optimizer: default Adam(lr=1e-4, betas=(0.0, 0.999)) (β₁ = 0 as Du & Mordatch).
     """
 
+    has_energy = True
+
     def __init__(
         self,
         energy_net: nn.Module,

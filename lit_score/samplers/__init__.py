@@ -12,6 +12,7 @@ from lit_score.samplers.base import (
 from lit_score.samplers.dpm_solver import DPMSolver
 from lit_score.samplers.edm import EDMHeun
 from lit_score.samplers.langevin import AnnealedLangevin, Langevin, langevin_step
+from lit_score.samplers.mcmc import HMC, MALA, ULA, DualAveraging, MCMCSampler, hmc_step, mala_step
 from lit_score.samplers.ode import AdaptiveODE, Euler, Heun, solve_ode, solve_ode_fixed
 from lit_score.samplers.pc import LangevinCorrector, PredictorCorrector
 from lit_score.samplers.sde import EulerMaruyama, ReverseDiffusion
@@ -27,14 +28,21 @@ __all__ = [
     "EDMHeun",
     "Euler",
     "EulerMaruyama",
+    "HMC",
     "Heun",
     "Langevin",
     "LangevinCorrector",
+    "MALA",
+    "MCMCSampler",
     "PredictorCorrector",
     "ReverseDiffusion",
+    "ULA",
+    "DualAveraging",
     "Sampler",
     "ScoreFn",
+    "hmc_step",
     "langevin_step",
+    "mala_step",
     "predict_x0_eps",
     "probability_flow_velocity",
     "solve_ode",

@@ -38,7 +38,7 @@ class CountingScore:
 
     def __getattr__(self, name: str):
         attr = getattr(self.score_fn, name)
-        if name not in ("predict", "velocity", "denoise", "eps", "energy"):
+        if name not in ("predict", "velocity", "denoise", "eps", "energy", "energy_and_score"):
             return attr
 
         def counted(*args, **kwargs):
@@ -100,6 +100,10 @@ class Sampler(ABC):
     #: whether it carries the prior sample through the process's noise levels t_max → t_min (every sampler but
     #: plain Langevin, which runs one chain at t_min: from the prior it cannot reach a diffusion model's data)
     traverses_noise_levels: bool = True
+    #: whether it needs the energy E(x) itself, not only the score (the Metropolis–Hastings kernels MALA and HMC)
+    requires_energy: bool = False
+    #: attributes that hold what the last call measured (not settings): left out of repr and of descriptions
+    run_state: tuple[str, ...] = ("nfe",)
 
     def __init__(self, num_steps: int = 100, spacing: Spacing | None = None, denoise: bool = True) -> None:
         check_number("num_steps", num_steps, ge=1, integer=True)
@@ -171,5 +175,5 @@ class Sampler(ABC):
         return tqdm(range(n), desc=desc, leave=False, dynamic_ncols=True) if progress else range(n)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "nfe")
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in self.run_state)
         return f"{type(self).__name__}({args})"

@@ -81,6 +81,11 @@ class Langevin(Sampler):
         self.step_size, self.noise_scale, self.grad_clip = float(step_size), float(noise_scale), grad_clip
         self.clamp = tuple(float(c) for c in clamp) if clamp is not None else None
 
+    @property
+    def temperature(self) -> float:
+        """T = s_z²/(2η): the chain is ULA on π_T ∝ exp(−E/T) (see :mod:`lit_score.samplers.mcmc`)."""
+        return self.noise_scale**2 / (2 * self.step_size)
+
     def _score(self, score_fn: ScoreFn, x: Tensor, t: Tensor | None) -> Tensor:
         score = score_fn(x, t)
         return score if self.grad_clip is None else score.clamp(-self.grad_clip, self.grad_clip)

@@ -29,6 +29,11 @@ class EnergyScore(nn.Module):
         """E(x), shape (B,)."""
         return self.energy_net(x, t)
 
+    def energy_and_score(self, x: Tensor, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(E(x, t), −∇ₓE(x, t)) from one forward and one backward pass (what MALA and HMC need per step)."""
+        energy, grad = energy_gradient(self.energy, x, t, create_graph=self.create_graph)
+        return (energy if self.create_graph else energy.detach()), -grad
+
     def score(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         """−∇ₓE(x, t)."""
         return -energy_gradient(self.energy, x, t, create_graph=self.create_graph)[1]

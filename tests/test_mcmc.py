@@ -1,0 +1,130 @@
+"""MCMC kernels against closed-form Gaussian answers; diagnostics against iid and AR(1) traces."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lit_score.metrics.mcmc import effective_sample_size, split_rhat
+from lit_score.models import DDPM, EBM
+from lit_score.networks import MLP, EnergyMLP
+from lit_score.samplers import HMC, MALA, ULA, Langevin
+
+L = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [-0.3, 0.5, 0.4]])
+SIGMA = L @ L.T
+A = torch.linalg.inv(SIGMA)
+
+
+class Gaussian:
+    """E(x) = ½ xᵀAx: π_T = N(0, T·A⁻¹), score −Ax."""
+
+    def __init__(self, precision: torch.Tensor = A) -> None:
+        self.precision = precision
+
+    def energy(self, x, t=None):
+        return 0.5 * ((x @ self.precision) * x).sum(1)
+
+    def __call__(self, x, t=None):
+        return -(x @ self.precision)
+
+    def energy_and_score(self, x, t=None):
+        return self.energy(x), self(x)
+
+
+def covariance_tolerance(cov: torch.Tensor, n: int) -> torch.Tensor:
+    """4 standard errors of a sample covariance of n independent Gaussian draws: √((Σ_ii Σ_jj + Σ_ij²)/n)."""
+    var = torch.diag(cov)
+    return 4 * ((var[:, None] * var[None, :] + cov**2) / n).sqrt()
+
+
+@pytest.mark.parametrize("sampler", [MALA(num_steps=300, step_size=0.1),
+                                     HMC(num_steps=100, step_size=0.2, leapfrog_steps=5)], ids=["MALA", "HMC"])
+@pytest.mark.parametrize("temperature", [1.0, 0.25])
+def test_mala_and_hmc_recover_the_mean_and_covariance_of_a_gaussian(sampler, temperature):
+    n = 4000  # independent chains: their final states are independent draws once the chains have mixed
+    sampler = sampler.with_settings(temperature=temperature)
+    g = torch.Generator().manual_seed(0)
+    x = sampler(Gaussian(), 3 * torch.randn(n, 3, generator=g), generator=g)
+    cov = temperature * SIGMA
+    assert (x.mean(0).abs() <= 4 * (torch.diag(cov) / n).sqrt()).all()
+    assert ((torch.cov(x.T) - cov).abs() <= covariance_tolerance(cov, n)).all()
+    assert 0.3 < sampler.acceptance_rate <= 1.0
+
+
+def test_adapted_mala_acceptance_converges_to_0574():
+    g = torch.Generator().manual_seed(1)
+    for dim in (3, 20):
+        precision = torch.diag(torch.linspace(0.5, 4.0, dim))
+        sampler = MALA(num_steps=200, step_size=1e-3, adapt_steps=300)
+        sampler(Gaussian(precision), torch.randn(2000, dim, generator=g), generator=g)
+        assert abs(sampler.acceptance_rate - 0.574) < 0.03, (dim, sampler.acceptance_rate)
+        assert sampler.adapted_step_size > 1e-2  # moved far from the poor starting step
+
+
+def test_ula_at_temperature_t_has_the_ar1_stationary_covariance():
+    """ULA on E = ½xᵀAx, A diagonal with a_i: x ← (1 − ηa)x + √(2ηT)z has stationary variance T/(a(1 − ηa/2)),
+    i.e. T·A⁻¹ only to first order in η; the test tells the two apart."""
+    a = torch.tensor([0.5, 2.0, 8.0])
+    eta, temperature, n = 0.1, 0.5, 20000
+    g = torch.Generator().manual_seed(2)
+    x = ULA(num_steps=200, step_size=eta, temperature=temperature)(Gaussian(torch.diag(a)), torch.zeros(n, 3),
+                                                                    generator=g)
+    exact = temperature / (a * (1 - eta * a / 2))
+    var = x.var(0)
+    assert ((var - exact).abs() <= 4 * exact * math.sqrt(2 / n)).all()
+    assert (var[2] - temperature / a[2]).abs() > 10 * exact[2] * math.sqrt(2 / n)  # the O(η) bias is real
+
+
+def test_a_langevin_config_is_ula_at_the_matching_temperature():
+    langevin = Langevin(num_steps=30, step_size=0.05, noise_scale=0.2, grad_clip=None, clamp=None)
+    assert langevin.temperature == pytest.approx(0.2**2 / (2 * 0.05))
+    assert Langevin().temperature == pytest.approx(1.25e-6)  # Du & Mordatch's step 10, noise 0.005
+    ula = ULA(num_steps=30, step_size=0.05, temperature=langevin.temperature)
+    x0 = torch.randn(64, 3, generator=torch.Generator().manual_seed(3))
+    a = langevin(Gaussian(), x0, generator=torch.Generator().manual_seed(4))
+    b = ula(Gaussian(), x0, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ula_with_a_target_snr_sets_the_step_per_chain():
+    steps = []
+    ULA(num_steps=3, snr=0.16)(Gaussian(), torch.randn(8, 3), callback=lambda info: steps.append(info["step_size"]))
+    assert len(steps) == 3 and steps[0].shape == (8,) and (steps[0] > 0).all() and not torch.allclose(steps[0],
+                                                                                                      steps[0][:1])
+
+
+def test_bounds_are_the_support_mala_never_leaves_it():
+    g = torch.Generator().manual_seed(5)
+    x = MALA(num_steps=200, step_size=0.5, bounds=(-0.5, 0.5))(Gaussian(), torch.zeros(2000, 3), generator=g)
+    assert x.abs().max() <= 0.5
+    # on [−0.5, 0.5]³ a unit-scale Gaussian is nearly flat: the marginals are close to uniform (variance 1/12)
+    assert ((x.var(0) - 1 / 12).abs() < 0.02).all()
+
+
+def test_mala_and_hmc_need_an_energy_and_say_so():
+    ebm = EBM(EnergyMLP(data_dim=2), sample_shape=(2,))
+    ddpm = DDPM(MLP(data_dim=2), sample_shape=(2,))
+    assert ebm.can_use(MALA()) and ebm.can_use(HMC()) and ebm.can_use(ULA())
+    assert not ddpm.can_use(MALA()) and "has only a score" in ddpm.sampler_problem(HMC())
+    assert ddpm.can_use(ULA())
+    x = ebm.sample(16, sampler=MALA(num_steps=5, step_size=0.01, bounds=ebm.data_range),
+                   generator=torch.Generator().manual_seed(0))
+    assert x.shape == (16, 2) and x.abs().max() <= 1.0
+
+
+def test_rhat_and_ess_on_iid_and_ar1_traces():
+    g = torch.Generator().manual_seed(6)
+    iid = torch.randn(4, 2000, generator=g, dtype=torch.float64)
+    assert abs(split_rhat(iid) - 1) < 0.01
+    assert 0.85 * 8000 < effective_sample_size(iid) < 1.15 * 8000
+    rho, n = 0.9, 20000
+    z = torch.randn(4, n, generator=g, dtype=torch.float64)
+    ar = torch.zeros(4, n, dtype=torch.float64)
+    for i in range(1, n):
+        ar[:, i] = rho * ar[:, i - 1] + math.sqrt(1 - rho**2) * z[:, i]
+    expected = 4 * n * (1 - rho) / (1 + rho)  # τ = (1 + ρ)/(1 − ρ) for AR(1)
+    assert 0.8 * expected < effective_sample_size(ar) < 1.2 * expected
+    shifted = ar + torch.tensor([0.0, 0.0, 0.0, 3.0], dtype=torch.float64)[:, None]  # one chain elsewhere
+    assert split_rhat(shifted) > 1.1
