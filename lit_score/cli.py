@@ -560,6 +560,12 @@ def main(args: list[str] | None = None) -> None:
             if not argv:
                 raise SystemExit(2)
             return
+        if argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+            import difflib
+
+            close = difflib.get_close_matches(argv[0], list(SUBCOMMANDS), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ArgumentError(None, f"unknown subcommand {argv[0]!r}: {hint}choose from {', '.join(SUBCOMMANDS)}")
         if argv[0] == "sample":
             sample_main(argv[1:])
             return

@@ -305,7 +305,7 @@ class QuadraticEnergy(nn.Module):
 def test_ebm_normalised_nll_equals_the_exact_gaussian_nll():
     a = torch.tensor([[2.0, 0.6], [0.6, 1.0]])
     model = EBM(energy_net=QuadraticEnergy(a), data_range=(-9.0, 9.0), sample_shape=(2,))
-    assert model.likelihood_estimators() == ("quadrature",)
+    assert model.likelihood_estimators() == ("quadrature", "ais")
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0)) * 0.8
     estimate = model.likelihood(x)
     gaussian = torch.distributions.MultivariateNormal(torch.zeros(2), precision_matrix=a)
@@ -313,8 +313,11 @@ def test_ebm_normalised_nll_equals_the_exact_gaussian_nll():
     record = estimate.to_dict()
     assert record["estimator"] == "quadrature" and record["bits_per_dim"] == pytest.approx(
         float((-gaussian.log_prob(x)).mean()) / (2 * math.log(2)), abs=1e-4)
-    assert record["log_partition"] == pytest.approx(math.log(2 * math.pi) - 0.5 * math.log(torch.det(a).item()),
-                                                    abs=1e-5)
+    exact = math.log(2 * math.pi) - 0.5 * math.log(torch.det(a).item())
+    assert record["log_partition"] == pytest.approx(exact, abs=1e-5)
+    ais = model.likelihood(x, estimator="ais", generator=torch.Generator().manual_seed(0), num_levels=300).to_dict()
+    low, high = ais["log_partition_interval"]
+    assert ais["estimator"] == "ais" and low <= exact <= high and high - low < 0.4  # box [−9, 9]²: a far base
 
 
 def test_every_family_declares_its_likelihood_estimators():
