@@ -437,6 +437,9 @@ def _sample_parser() -> ArgumentParser:
     parser.add_argument("--batch_size", type=int | None, default=None,
                         help="generation batch (default min(N, 1000), as evaluate: the same seed, the same samples)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    parser.add_argument("--start", type=str | None, default=None,
+                        help="where chains start: the model's default (prior, or an EBM's noise) or one it declares"
+                             " (an EBM's buffer: continue the checkpoint's replay-buffer chains)")
     parser.add_argument("--output", type=str | None, default=None, help="output stem (default: <run>/samples/…)")
     parser.add_argument("--accelerator", type=str, default="auto", help="auto, cpu or cuda")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace existing output files")
@@ -452,6 +455,7 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     device = torch.device("cuda" if cfg.accelerator == "auto" and torch.cuda.is_available() else (
         "cpu" if cfg.accelerator == "auto" else cfg.accelerator))
     model = load_model(cfg.ckpt_path, map_location=device)
+    model.set_sample_start(cfg.start)
     sampler = resolve_sampler(parser, argv, cfg, model)
     check_sampler(model, sampler)
     ckpt = Path(cfg.ckpt_path)
@@ -471,6 +475,7 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     measured = {k: getattr(sampler, k) for k in sampler.run_state if k != "nfe" and getattr(sampler, k) is not None}
     metadata = {
         "nfe": nfe,
+        "start": model.sample_start,
         **measured,  # what the sampler measured on the last batch (an MCMC kernel's acceptance and adapted step)
         "sampler": repr(sampler),
         "model": type(model).__name__,
@@ -482,7 +487,8 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     paths = save_samples(x, stem, title=title, metadata=metadata, reference=_reference_beside(ckpt, x))
     finite = torch.isfinite(x).all().item()
     extra = "".join(f", {k} {v:.4g}" for k, v in measured.items())
-    print(f"wrote {paths['png']} and {paths['npz']} ({cfg.num_samples} samples, NFE {nfe}{extra}, EMA {metadata['ema']})")
+    print(f"wrote {paths['png']} and {paths['npz']} ({cfg.num_samples} samples from {model.sample_start}, NFE {nfe}"
+          f"{extra}, EMA {metadata['ema']})")
     if not finite:
         print("lit-score: warning: some samples are not finite (the model or sampler diverged)", file=sys.stderr)
     return paths

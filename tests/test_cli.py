@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +305,15 @@ def test_a_named_sampler_keeps_the_models_settings_and_a_single_level_one_is_war
     assert int(mala["nfe"]) == 51 and 0.3 < float(mala["acceptance_rate"]) < 0.85
     assert float(mala["adapted_step_size"]) > 0 and np.abs(mala["samples"]).max() <= 3.0
     assert "acceptance_rate" not in str(mala["sampler"])  # settings only in the description
+    # chains continued from the checkpoint's replay buffer: named in what sample and evaluate write
+    run(["sample", "--ckpt_path", ckpt, "--num_samples", 10, "--output", tmp_path / "buffer", "--start", "buffer"])
+    assert str(np.load(tmp_path / "buffer.npz")["start"]) == "buffer"
+    assert str(np.load(out.with_suffix(".npz"))["start"]) == "noise"
+    run(["evaluate", "--ckpt_path", ckpt, "--num_samples", 50, "--metrics", "distances", "--start", "buffer",
+         "--output", tmp_path / "eval_buffer", "--progress", "false"])
+    report = json.loads((tmp_path / "eval_buffer" / "metrics.json").read_text())
+    assert report["protocol"]["start"] == "buffer"
+    assert any("replay buffer (IGEBM-style numbers), not fresh chains" in n for n in report["protocol"]["notes"])
     capsys.readouterr()
     # Langevin on a diffusion model runs at t_min only: it samples (exit 0) but says in one line it is not the model's
     run(["sample", "--ckpt_path", toy_run / "checkpoints/last.ckpt", "--num_samples", 10, "--output",

@@ -232,3 +232,49 @@ def test_cli_fast_dev_run(tmp_path, config):
             "16", "--model.init_args.sampler.init_args.num_steps", "5"]  # fmt: skip
     main(argv)
     assert (tmp_path / "ebm" / "epoch=0000_energy.png").is_file()
+
+
+def test_chain_regimes_short_run_keeps_no_buffer_and_cd_starts_at_the_data(tmp_path):
+    short = make_ebm(chain_init="noise")
+    make_trainer(tmp_path, 3).fit(short, make_data())
+    assert short.replay_buffer is None  # non-persistent: nothing to keep, nothing checkpointed
+    short._generator = torch.Generator().manual_seed(0)
+    fakes = short.fake_samples(16)
+    assert fakes.shape == (16, 2) and fakes.abs().max() <= 3.0
+    # CD-k: the chains start at the data batch; with a vanishing step the fakes are the data
+    cd = make_ebm(chain_init="data", sampler=Langevin(num_steps=1, step_size=1e-9, noise_scale=0.0, grad_clip=None,
+                                                       clamp=None))
+    cd._generator = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 2)
+    torch.testing.assert_close(cd.fake_samples(16, x), x)
+    with pytest.raises(ValueError, match="chain_init data"):
+        cd.fake_samples(16)
+    with pytest.raises(ValueError, match="unknown chain_init 'replay'"):
+        make_ebm(chain_init="replay")
+
+
+def test_data_noise_perturbs_the_real_batch_by_sigma():
+    model = make_ebm(data_noise=0.03)
+    model._generator = torch.Generator().manual_seed(0)
+    x = torch.zeros(4000, 2)
+    noisy = model.real_samples(x)
+    assert abs(float(noisy.std()) - 0.03) < 0.002
+    assert torch.equal(make_ebm().real_samples(x), x)
+
+
+def test_sampling_can_continue_the_buffer_chains_and_says_so(tmp_path):
+    model = make_ebm()
+    make_trainer(tmp_path, 3).fit(model, make_data())
+    assert model.sample_starts == ("noise", "buffer") and model.sample_start == "noise"
+    model.set_sample_start("buffer")
+    start = model.initial_state(10, torch.Generator().manual_seed(0))
+    rows = {tuple(r.tolist()) for r in model.replay_buffer}
+    assert all(tuple(r.tolist()) in rows for r in start) and len({tuple(r.tolist()) for r in start}) == 10
+    with pytest.raises(ValueError, match="buffer of 64"):
+        model.initial_state(65)
+    with pytest.raises(ValueError, match="cannot start chains from 'data': choose from noise, buffer"):
+        model.set_sample_start("data")
+    fresh = make_ebm(chain_init="noise")
+    fresh.set_sample_start("buffer")
+    with pytest.raises(ValueError, match="holds no replay buffer"):
+        fresh.initial_state(4)

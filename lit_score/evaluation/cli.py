@@ -138,6 +138,8 @@ def evaluate_parser() -> ArgumentParser:
                         help="evaluate samples made elsewhere: one .npz or image folder per seed set")
     parser.add_argument("--batch_size", type=int | None, default=None, help="generation batch (default min(N, 1000))")
     parser.add_argument("--weights", type=str, default="auto", help="auto, ema or raw weights of the checkpoint")
+    parser.add_argument("--start", type=str | None, default=None,
+                        help="where chains start: the model's default or one it declares (an EBM's buffer)")
     parser.add_subclass_arguments(GenerativeDataModule, "data", required=False,
                                   help="data to compare against (default: the checkpoint's own)")
     parser.add_argument("--likelihood_samples", type=int, default=1000, help="held-out samples for bpd")
@@ -183,6 +185,7 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
     model, checkpoint = None, None
     if cfg.ckpt_path is not None:
         model, weights = load_for_evaluation(cfg.ckpt_path, cfg.weights, device)
+        model.set_sample_start(cfg.start)
         checkpoint = checkpoint_summary(cfg.ckpt_path, weights)
         datamodule = datamodule if datamodule is not None else checkpoint_datamodule(cfg.ckpt_path)
         if tuple(datamodule.sample_shape) != tuple(model.require_shape()):

@@ -293,6 +293,9 @@ def evaluate(
     for row in per_seed:
         if row["nonfinite"]:
             notes.append(f"seed {row['seed']}: {row['nonfinite']} of {len(sets[0])} samples are not finite")
+    if model is not None and samples is None and model.sample_start == "buffer":
+        notes.append("chains continued from the checkpoint's replay buffer (IGEBM-style numbers), not fresh chains"
+                     " from noise: they describe training's persistent chains, not what the model generates alone")
 
     if image_metrics:
         ref = fidelity.dataset_to_uint8(datamodule.split_dataset(reference), datamodule.data_range)
@@ -421,6 +424,7 @@ def _protocol(model, datamodule, sampler, seeds, sets, generation, reference, ex
         "generation_batch_size": generation[0].get("batch_size"),
         "sampler": describe_sampler(sampler),
         "nfe": float(np.mean(nfes)) if nfes else None,
+        "start": None if model is None or samples_source is not None else model.sample_start,
         "model": None if model is None else f"{type(model).__module__}.{type(model).__qualname__}",
         "parameters": None if model is None else sum(p.numel() for p in model.parameters()),
         "weights": (checkpoint or {}).get("weights"),

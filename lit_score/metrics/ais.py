@@ -3,9 +3,9 @@ r"""Annealed importance sampling (Neal 2001) for the log partition function of a
 | symbol | meaning |
 |---|---|
 | E(x) | the energy; the target density is p(x) = exp(−E(x)) / Z on ℝᴰ or on the box [lo, hi]ᴰ |
-| p₀(x) = exp(−U₀(x)) | a normalised base: N(0, σ₀²I) (U₀ = ‖x‖²/2σ₀² + (D/2)·log 2πσ₀²) or uniform on the box (U₀ = D·log(hi − lo)) |
+| p₀(x) = exp(−U₀(x)) | normalised base: N(0, σ₀²I), U₀ = ‖x‖²/2σ₀² + (D/2)·log 2πσ₀²; or uniform, U₀ = D·log(hi − lo) |
 | 0 = β₀ < β₁ < … < β_K = 1 | the ladder; f_k(x) = exp(−β_k E(x) − (1 − β_k) U₀(x)), so Z₀ = 1 and Z_K = Z |
-| log w = Σ_k (β_k − β_{k−1})·(U₀(x_{k−1}) − E(x_{k−1})) | a chain's log weight; x_k is drawn by MALA kernels leaving f_k invariant |
+| log w = Σ_k (β_k − β_{k−1})·(U₀(x_{k−1}) − E(x_{k−1})) | log weight of a chain; x_k from MALA leaving f_k invariant |
 | log Ẑ = log mean exp(log w) | over M chains: E[Ẑ] = Z, so E[log Ẑ] ≤ log Z (Jensen): a stochastic lower bound |
 
 The interval is the 2.5–97.5 % percentile range of log Ẑ over bootstrap resamples of the chains: it measures the Monte
@@ -129,7 +129,7 @@ def ais_log_partition(
 
         proposed: dict[str, Tensor] = {}
 
-        def level(y: Tensor, beta=beta) -> tuple[Tensor, Tensor]:
+        def level(y: Tensor, beta=beta, proposed=proposed) -> tuple[Tensor, Tensor]:
             e, g = target(y)
             b, gb = base_energy(y)
             proposed.update(e=e, g=g, b=b, gb=gb)  # kept, so an accepted move needs no second evaluation

@@ -99,6 +99,21 @@ class GenerativeModule(pl.LightningModule):
         """∇ₓ log p_t(x) under the model."""
         return self.score_model(x, t)
 
+    #: where sampling chains can start (the first is the default); a family with more than its prior declares them
+    sample_starts: tuple[str, ...] = ("prior",)
+
+    @property
+    def sample_start(self) -> str:
+        """Where :meth:`initial_state` starts chains now (set by :meth:`set_sample_start`)."""
+        return getattr(self, "_sample_start", None) or self.sample_starts[0]
+
+    def set_sample_start(self, start: str | None) -> None:
+        """Choose one of :attr:`sample_starts` for later sampling (None: the default)."""
+        if start is not None and start not in self.sample_starts:
+            raise ValueError(f"{type(self).__name__} cannot start chains from {start!r}: choose from"
+                             f" {', '.join(self.sample_starts)}")
+        self._sample_start = start
+
     def initial_state(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Where sampling starts: a draw from the process prior."""
         return self.process.prior_sample((n, *self.require_shape()), generator=generator, device=self.device)

@@ -67,6 +67,12 @@ class DiffusionModule(GenerativeModule):
         return self.score_model.process
 
     @property
+    def has_energy(self) -> bool:
+        """True when the network is a noise-conditional energy (``NoiseConditionalEnergy``) under a target that
+        makes its output a gradient field: MALA, HMC and ``MALACorrector`` can then run on this model."""
+        return self.score_model.has_energy
+
+    @property
     def network(self) -> nn.Module:
         return self.score_model.network
 

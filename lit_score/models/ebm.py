@@ -14,6 +14,7 @@ import copy
 import functools
 import math
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -26,7 +27,7 @@ from lit_score.metrics.likelihood import energy_nll
 from lit_score.models.base import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Langevin, Sampler
 from lit_score.scores import EnergyScore
-from lit_score.utils import rand
+from lit_score.utils import rand, randn_like
 
 _BUFFER_KEY = "ebm_replay_buffer"
 
@@ -57,6 +58,12 @@ class EBM(GenerativeModule):
         reuse_prob: probability that a chain starts from the buffer rather than fresh uniform noise.
         data_range: (lo, hi) of the data; fresh chains start uniform in it.
         max_energy: the watchdog rolls back when a mean |E| of real or fake data exceeds this.
+        chain_init: where training chains start: ``buffer`` (persistent: the replay buffer, with fresh noise at
+            probability 1 − ``reuse_prob``; Du & Mordatch 2019), ``noise`` (short-run, non-persistent: fresh uniform
+            noise every step, no buffer; Nijkamp et al. 2019) or ``data`` (contrastive divergence from the data
+            batch, CD-k; Hinton 2002).
+        data_noise: σ of Gaussian noise added to each real batch before its energy is taken (Nijkamp et al. 2020 use
+            ~0.03 for short-run training; Du & Mordatch 0.005); 0: none.
         snapshot_every: keep a CPU copy of model + optimizer state every K good steps.
         max_rollbacks: stop with :class:`EBMDivergedError` after this many rollbacks.
         optimizer: default Adam(lr=1e-4, betas=(0.0, 0.999)) (β₁ = 0 as Du & Mordatch).
@@ -72,6 +79,8 @@ class EBM(GenerativeModule):
         buffer_size: int = 10000,
         reuse_prob: float = 0.95,
         data_range: tuple[float, float] = (-1.0, 1.0),
+        chain_init: Literal["buffer", "noise", "data"] = "buffer",
+        data_noise: float = 0.0,
         max_energy: float = 1e3,
         snapshot_every: int = 100,
         max_rollbacks: int = 5,
@@ -87,6 +96,10 @@ class EBM(GenerativeModule):
         check_number("max_rollbacks", max_rollbacks, ge=0, integer=True)
         check_number("max_energy", max_energy, gt=0.0)
         check_range("data_range", data_range)
+        if chain_init not in ("buffer", "noise", "data"):
+            raise ValueError(f"unknown chain_init {chain_init!r}: use buffer, noise or data")
+        check_number("data_noise", data_noise, ge=0.0)
+        self.chain_init, self.data_noise = chain_init, float(data_noise)
         self.score_model = EnergyScore(energy_net)
         self.data_range = (float(data_range[0]), float(data_range[1]))
         self.sampler = sampler if sampler is not None else self.default_sampler(None)
@@ -118,9 +131,23 @@ class EBM(GenerativeModule):
         lo, hi = self.data_range
         return lo + (hi - lo) * rand((n, *self.require_shape()), generator, self.device)
 
+    #: fresh chains from uniform noise (the default), or chains continued from the replay buffer a checkpoint holds
+    sample_starts = ("noise", "buffer")
+
     def initial_state(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Chains start from uniform noise over the data range (the EBM has no process prior)."""
-        return self.uniform_noise(n, generator)
+        """Chains start from uniform noise over the data range (the EBM has no process prior), or with
+        ``set_sample_start("buffer")`` from ``n`` distinct replay-buffer states (IGEBM-style sampling: its numbers
+        describe chains continued from training's persistent chains, not fresh ones)."""
+        if self.sample_start == "noise":
+            return self.uniform_noise(n, generator)
+        if self.replay_buffer is None:
+            raise ValueError("this EBM holds no replay buffer (trained with chain_init noise or data, or not trained):"
+                             " sample from noise instead")
+        if n > self.replay_buffer.shape[0]:
+            raise ValueError(f"{n} chains from a replay buffer of {self.replay_buffer.shape[0]}: sample fewer")
+        device = generator.device if generator is not None else self.replay_buffer.device
+        index = torch.randperm(self.replay_buffer.shape[0], generator=generator, device=device)[:n]
+        return self.replay_buffer[index.to(self.replay_buffer.device)].to(self.device)
 
     @contextmanager
     def frozen(self):
@@ -189,8 +216,15 @@ class EBM(GenerativeModule):
         seed = int(torch.randint(2**62, (1,)).item()) + 1_000_003 * self.global_rank
         return torch.Generator(self.device).manual_seed(seed)
 
-    def fake_samples(self, n: int) -> Tensor:
-        """Run the sampler from buffer / fresh starts, write the chains back, return the fakes (n, *shape)."""
+    def fake_samples(self, n: int, x_real: Tensor | None = None) -> Tensor:
+        """Run the sampler from the ``chain_init`` starts (buffer / fresh noise / the data batch ``x_real``), write
+        persistent chains back, return the fakes (n, *shape)."""
+        if self.chain_init != "buffer":
+            if self.chain_init == "data" and x_real is None:
+                raise ValueError("chain_init data starts the chains at the data batch: pass x_real")
+            x = self.uniform_noise(n, self._generator) if self.chain_init == "noise" else x_real[:n].detach()
+            with self.frozen():
+                return self.sampler(self.score_model, x, None, generator=self._generator).detach()
         if n > self.buffer_size:
             raise ValueError(f"a batch of {n} is larger than the replay buffer ({self.buffer_size}): raise buffer_size")
         buffer = self.replay_buffer.to(self.device)
@@ -210,7 +244,9 @@ class EBM(GenerativeModule):
         if pending is not None:  # resumed: each chain continues its own random stream
             self._generator.set_state(pending.to(self._generator.get_state().device))
             self._pending_generator_state = None
-        if self.replay_buffer is None or tuple(self.replay_buffer.shape) != (self.buffer_size, *self.require_shape()):
+        if self.chain_init != "buffer":
+            self.replay_buffer = None  # short-run and CD chains keep no buffer
+        elif self.replay_buffer is None or tuple(self.replay_buffer.shape) != (self.buffer_size, *self.require_shape()):
             self.reset_buffer()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -265,9 +301,16 @@ class EBM(GenerativeModule):
             self._take_snapshot()
         self._snapshot_restored = False
 
-    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+    def real_samples(self, batch) -> Tensor:
+        """The data batch the energy is trained on: with ``data_noise`` σ, x + σ·z (z from the chain generator)."""
         x_real = self.data_batch(batch)
-        x_fake = self.fake_samples(x_real.shape[0])
+        if self.data_noise > 0:
+            x_real = x_real + self.data_noise * randn_like(x_real, self._generator)
+        return x_real
+
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+        x_real = self.real_samples(batch)
+        x_fake = self.fake_samples(x_real.shape[0], x_real)
         e_real, e_fake = self.energy(x_real), self.energy(x_fake)
         loss = self.loss(e_real, e_fake).mean()
         if self._diverged(loss, e_real, e_fake):
@@ -348,9 +391,12 @@ class EBM(GenerativeModule):
         self.load_state_dict(model_state)
         for optimizer, state in zip(self.trainer.optimizers, optimizer_states):
             optimizer.load_state_dict(copy.deepcopy(state))
-        self.reset_buffer()
+        reseeded = ""
+        if self.chain_init == "buffer":
+            self.reset_buffer()
+            reseeded = " and reseeded the replay buffer"
         rank_zero_warn(
-            f"{what}; rolled back to step {step} and reseeded the replay buffer "
+            f"{what}; rolled back to step {step}{reseeded} "
             f"(rollback {self.rollbacks}/{self.max_rollbacks})"
         )
         self.log("train/rollbacks", float(self.rollbacks))

@@ -6,11 +6,15 @@ The score −∇ₓE is used inside training losses, so E is differentiated twic
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from lit_score.checks import check_number
+from lit_score.scores.energy import energy_gradient
 
 
 def _maybe_sn(layer: nn.Module, enabled: bool) -> nn.Module:
@@ -85,3 +89,41 @@ class EnergyMLP(nn.Module):
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         """x: (B, D) -> energies (B,)."""
         return rearrange(self.net(x), "b 1 -> b")
+
+
+class NoiseConditionalEnergy(nn.Module):
+    """A noise-conditional energy on any backbone: Ẽ(x, c) from ``backbone(x, c)``, and forward = −∇ₓẼ(x, c).
+
+    Used as the network of a diffusion family (target ``score`` or ``eps``), its output is a gradient field, so the
+    model's score is exactly −∇ₓE(x, t) of an energy (:meth:`NetworkScore.energy` converts Ẽ to E per target), every
+    sampler and the likelihood code run unchanged, and MALA / HMC / ``MALACorrector`` can use E for their
+    accept/reject test. The ordinary denoising loss trains it by double backpropagation (the gradient is taken with
+    ``create_graph`` whenever autograd records). Salimans & Ho (2021) compare this parameterisation with a free score.
+
+    Args:
+        backbone: ``backbone(x, c)`` returning (B,) (``head="sum"``; e.g. an energy CNN/MLP taking ``t``) or an
+            output shaped like x (``head="norm"``: Ẽ = ½‖F(x, c)‖², e.g. the MLP or U-Net).
+        head: how the backbone's output becomes the scalar Ẽ.
+    """
+
+    has_energy = True
+
+    def __init__(self, backbone: nn.Module, head: Literal["norm", "sum"] = "norm") -> None:
+        super().__init__()
+        if head not in ("norm", "sum"):
+            raise ValueError(f"unknown energy head {head!r}: use norm or sum")
+        self.backbone, self.head = backbone, head
+
+    def energy(self, x: Tensor, c: Tensor) -> Tensor:
+        """Ẽ(x, c), shape (B,)."""
+        out = self.backbone(x, c)
+        if self.head == "norm":
+            return 0.5 * out.reshape(out.shape[0], -1).pow(2).sum(dim=1)
+        return out.reshape(out.shape[0], -1).sum(dim=1)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """−∇ₓẼ(x, c); differentiable in the parameters while autograd records (training), detached otherwise."""
+        train = torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and self.training
+        if train:  # x_t is data, not a parameter: differentiate w.r.t. a detached copy, keep the graph to θ
+            x = x.detach().requires_grad_(True)
+        return -energy_gradient(self.energy, x, c, create_graph=train)[1]

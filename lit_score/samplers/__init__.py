@@ -14,7 +14,7 @@ from lit_score.samplers.edm import EDMHeun
 from lit_score.samplers.langevin import AnnealedLangevin, Langevin, langevin_step
 from lit_score.samplers.mcmc import HMC, MALA, ULA, DualAveraging, MCMCSampler, hmc_step, mala_step
 from lit_score.samplers.ode import AdaptiveODE, Euler, Heun, solve_ode, solve_ode_fixed
-from lit_score.samplers.pc import LangevinCorrector, PredictorCorrector
+from lit_score.samplers.pc import LangevinCorrector, MALACorrector, PredictorCorrector
 from lit_score.samplers.sde import EulerMaruyama, ReverseDiffusion
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Langevin",
     "LangevinCorrector",
     "MALA",
+    "MALACorrector",
     "MCMCSampler",
     "PredictorCorrector",
     "ReverseDiffusion",

@@ -82,6 +82,15 @@ class LangevinCorrector(Sampler):
             raise ValueError(f"unknown norm {norm!r}: use batch or sample")
         self.snr, self.n_steps, self.norm = float(snr), int(n_steps), norm
 
+    #: a Metropolis-adjusted corrector's mean acceptance over its last call (None: no accept/reject test)
+    acceptance_rate: float | None = None
+
+    def reset(self) -> None:
+        """Before a sampling call (a corrector that measures something starts afresh)."""
+
+    def finish_call(self) -> None:
+        """After a sampling call."""
+
     def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """``n_steps`` Langevin steps at t, with α_i from the interval t → s; returns (x, x_mean)."""
         x_mean = x
@@ -94,6 +103,85 @@ class LangevinCorrector(Sampler):
                               desc="langevin corrector")
 
 
+def mala_corrector_step(
+    score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, snr: float,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One Metropolis-adjusted corrector step at t on p_t ∝ exp(−E(x, t)): (x, x_mean, accepted (B,)).
+
+    The step follows the SNR rule with the expected noise norm, per chain, ε(x) = 2·α_i·(r·√D / ‖s(x)‖)², so it depends
+    on the chain's own state only; the proposal x′ ~ N(x + ε(x)·s(x), 2ε(x)·I) and its reverse, with ε(x′), enter
+    the Metropolis–Hastings ratio with their own variances (a position-dependent MALA, exact for any ε).
+    """
+    from lit_score.samplers.mcmc import energy_and_score
+
+    dim = x[0].numel()
+    alpha = langevin_alpha(process, t, s)
+    tiny = torch.finfo(x.dtype).tiny
+
+    def step_size(score: Tensor) -> Tensor:
+        return 2 * alpha * (snr * dim**0.5 / per_sample_norm(score).clamp_min(tiny)) ** 2
+
+    energy, score = energy_and_score(score_fn, x, t)
+    eta = step_size(score)
+    mean = x + append_dims(eta, x) * score
+    proposal = mean + append_dims((2 * eta).sqrt(), x) * randn_like(x, generator)
+    energy_new, score_new = energy_and_score(score_fn, proposal, t)
+    eta_new = step_size(score_new)
+    log_forward = -per_sample_norm(proposal - mean) ** 2 / (4 * eta) - 0.5 * dim * torch.log(4 * torch.pi * eta)
+    back = x - proposal - append_dims(eta_new, x) * score_new
+    log_backward = -per_sample_norm(back) ** 2 / (4 * eta_new) - 0.5 * dim * torch.log(4 * torch.pi * eta_new)
+    log_alpha = energy - energy_new + log_backward - log_forward
+    u = torch.rand(log_alpha.shape, generator=generator, device=x.device, dtype=log_alpha.dtype)
+    accept = torch.nan_to_num(log_alpha, nan=-torch.inf) > u.log()
+    x = torch.where(append_dims(accept, x), proposal, x)
+    return x, x, accept
+
+
+class MALACorrector(LangevinCorrector):
+    """The Langevin corrector with a Metropolis–Hastings test at each level (needs the energy E(x, t) of a
+    noise-conditional energy model): every corrector step leaves p_t exactly invariant, and ``acceptance_rate``
+    reports how often its SNR-rule step is accepted. Two energy evaluations per step."""
+
+    requires_energy = True
+    run_state = ("nfe", "acceptance_rate")
+
+    def __init__(
+        self,
+        snr: float = 0.16,
+        n_steps: int = 1,
+        num_steps: int = 1000,
+        spacing: Spacing | None = None,
+        denoise: bool = True,
+    ) -> None:
+        super().__init__(snr, n_steps, num_steps, spacing, denoise, norm="sample")
+        self.acceptance_rate: float | None = None
+        self._accepted: list[Tensor] = []
+
+    def settings(self) -> dict:
+        return {k: getattr(self, k) for k in ("snr", "n_steps", "num_steps", "spacing", "denoise")}
+
+    def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        for _ in range(self.n_steps):
+            x, _, accept = mala_corrector_step(score_fn, process, x, t, s, self.snr, generator)
+            self._accepted.append(accept.float().mean())  # kept on the device: no host sync per step
+        return x, x
+
+    def reset(self) -> None:
+        self._accepted, self.acceptance_rate = [], None
+
+    def finish_call(self) -> None:
+        if self._accepted:
+            self.acceptance_rate = float(torch.stack(self._accepted).mean())
+
+    def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
+        self.reset()
+        out = sample_on_grid(self, score_fn, x, process, generator=generator, callback=callback, progress=progress,
+                             desc="mala corrector")
+        self.finish_call()
+        return out
+
+
 class PredictorCorrector(Sampler):
     """Predictor–corrector sampling (Song et al. 2021, Algorithm 1): corrector at t, then predictor t → s.
 
@@ -104,6 +192,8 @@ class PredictorCorrector(Sampler):
         predictor: any sampler with a ``step`` (default ``ReverseDiffusion()``).
         corrector: the corrector (default ``LangevinCorrector()``); ``n_steps=0`` gives the predictor alone.
     """
+
+    run_state = ("nfe", "acceptance_rate")
 
     def __init__(self, predictor: Sampler | None = None, corrector: LangevinCorrector | None = None) -> None:
         if predictor is None:
@@ -118,6 +208,16 @@ class PredictorCorrector(Sampler):
         super().__init__(predictor.num_steps, predictor.spacing, predictor.denoise)
         self.predictor, self.corrector = predictor, corrector
 
+    @property
+    def requires_energy(self) -> bool:
+        """A Metropolis-adjusted corrector needs the model's energy."""
+        return self.corrector.requires_energy
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """The corrector's acceptance over the last call (MALACorrector), else None."""
+        return self.corrector.acceptance_rate
+
     def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
         """The predictor's grid."""
         return self.predictor.grid(process, device)
@@ -128,8 +228,12 @@ class PredictorCorrector(Sampler):
         return self.predictor.step(score_fn, process, x, t, s, generator)
 
     def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
-        return sample_on_grid(self, score_fn, x, process, generator=generator, callback=callback, progress=progress,
-                              desc="predictor-corrector")
+        self.corrector.reset()
+        out = sample_on_grid(self, score_fn, x, process, generator=generator, callback=callback, progress=progress,
+                             desc="predictor-corrector")
+        self.corrector.finish_call()
+        return out
 
 
-__all__ = ["LangevinCorrector", "PredictorCorrector", "langevin_alpha", "langevin_corrector_step"]
+__all__ = ["LangevinCorrector", "MALACorrector", "PredictorCorrector", "langevin_alpha", "langevin_corrector_step",
+           "mala_corrector_step"]

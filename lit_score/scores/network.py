@@ -96,5 +96,31 @@ class NetworkScore(nn.Module):
         x0, eps = self.predict(x, t)
         return append_dims(self.process.alpha_dot(t), x) * x0 + append_dims(self.process.sigma_dot(t), x) * eps
 
+    # --- energies: a network that declares ``has_energy`` (NoiseConditionalEnergy) -------------------------------
+    @property
+    def has_energy(self) -> bool:
+        """Whether E(x, t) is available: the network declares an energy Ẽ whose −∇ₓẼ it returns, and the target is
+        one of those for which that output is a gradient field of the score (``score``, ``eps``)."""
+        return bool(getattr(self.network, "has_energy", False)) and self.target in ("score", "eps")
+
+    def energy(self, x: Tensor, t: Tensor) -> Tensor:
+        """E(x, t) with −∇ₓE = score(x, t), from the network's Ẽ (raw output −∇ₓẼ): ``score`` → Ẽ, ``score`` with
+        ``scale_by_sigma`` → Ẽ/σ, ``eps`` → −Ẽ/σ (since s = −ε̂/σ = ∇Ẽ/σ). This is the one place for that conversion."""
+        if not self.has_energy:
+            raise ValueError(f"{type(self.network).__name__} with target {self.target!r} defines no energy: use a"
+                             " NoiseConditionalEnergy network with target score or eps")
+        tilde = self.network.energy(x, self.process.c_noise(t))
+        sigma = self.process.sigma(t)
+        if self.target == "eps":
+            return -tilde / sigma
+        return tilde / sigma if self.scale_by_sigma else tilde
+
+    def energy_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(E(x, t), score(x, t)) with one backward pass, for Metropolis–Hastings tests."""
+        from lit_score.scores.energy import energy_gradient
+
+        energy, grad = energy_gradient(self.energy, x, t)
+        return energy.detach(), -grad
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.score(x, t)
