@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -278,3 +279,32 @@ def test_sampling_can_continue_the_buffer_chains_and_says_so(tmp_path):
     fresh.set_sample_start("buffer")
     with pytest.raises(ValueError, match="holds no replay buffer"):
         fresh.initial_state(4)
+
+
+def test_training_logs_the_chain_diagnostics_and_the_callback_r_hat(tmp_path):
+    """r_t, d_t's lag-1 autocorrelation (recomputed here from the kept d_t), an MH kernel's acceptance and step, and
+    split-R̂ / ESS of fresh chains' energy traces at validation."""
+    from lit_score.callbacks import ChainDiagnostics
+    from lit_score.samplers import MALA
+
+    model = make_ebm(sampler=MALA(num_steps=10, step_size=0.05, adapt_steps=5, bounds=RANGE))
+    diagnostics = ChainDiagnostics(num_chains=8)
+    trainer = make_trainer(tmp_path, 12, [diagnostics], limit_val_batches=1, val_check_interval=12)
+    trainer.fit(model, make_data())
+    metrics = trainer.callback_metrics
+    for key in ("train/chain_grad_norm", "train/energy_diff_autocorr", "train/chain_acceptance_rate",
+                "train/chain_adapted_step_size", "ebm/chain_rhat", "ebm/chain_ess", "ebm/chain_energy"):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    d = torch.tensor(list(model._energy_diffs), dtype=torch.float64)
+    d = d - d.mean()
+    assert len(model._energy_diffs) == 12
+    assert float(metrics["train/energy_diff_autocorr"]) == pytest.approx(float((d[1:] * d[:-1]).sum() / (d * d).sum()),
+                                                                         rel=1e-5)
+    assert 0 <= float(metrics["train/chain_acceptance_rate"]) <= 1
+    draws = 8 * (15 - 15 // 2)  # 8 chains, the second half of 5 warm-up + 10 sampling steps
+    assert diagnostics.last["chain_rhat"] >= 0.9 and 0 < diagnostics.last["chain_ess"] <= draws * math.log10(draws)
+    with pytest.raises(ValueError, match="needs a model with an energy and a one-level sampler"):
+        from lit_score.models import DDPM
+        from lit_score.networks import MLP
+
+        ChainDiagnostics().setup(None, DDPM(MLP(data_dim=2), sample_shape=(2,)), "fit")

@@ -1,13 +1,13 @@
 """Callbacks: sample grids, sample quality, likelihood, EBM diagnostics (they call pl_module.sample(), never redo it),
 and what makes a long run resumable and safe to stop (added to every `lit-score fit` run)."""
 
-from lit_score.callbacks.ebm import EnergyHistogram
+from lit_score.callbacks.ebm import ChainDiagnostics, EnergyHistogram
 from lit_score.callbacks.likelihood import LikelihoodCallback
 from lit_score.callbacks.quality import SampleQuality
 from lit_score.callbacks.resume import FinalCheckpoint, GracefulStop, NonFiniteGuard, ResumeState
 from lit_score.callbacks.samples import SampleGrid, generate_across_ranks, run_dir
 
 __all__ = [
-    "EnergyHistogram", "FinalCheckpoint", "GracefulStop", "LikelihoodCallback", "NonFiniteGuard", "ResumeState",
+    "ChainDiagnostics", "EnergyHistogram", "FinalCheckpoint", "GracefulStop", "LikelihoodCallback", "NonFiniteGuard", "ResumeState",
     "SampleGrid", "SampleQuality", "generate_across_ranks", "run_dir",
 ]

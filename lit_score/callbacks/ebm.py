@@ -114,3 +114,66 @@ class EnergyHistogram(ValidationSampling):
                 self.last_paths[name] = paths["png"]
         pl_module.log("ebm/ood_auroc_noise", energy_auroc(e["real data"], e["uniform noise"]), rank_zero_only=True)
         pl_module.log("ebm/ood_auroc_samples", energy_auroc(e["real data"], e["fresh chains"]), rank_zero_only=True)
+
+
+class ChainDiagnostics(ValidationSampling):
+    """Every ``every_n_epochs`` validation epochs: run ``num_chains`` fresh chains of the model's sampler from its
+    initial state, record every chain's energy at every step, and log the split-R̂ and the effective sample size of
+    the energy trace over its second half (``ebm/chain_rhat``, ``ebm/chain_ess``; Vehtari et al. 2021), with the
+    final mean energy (``ebm/chain_energy``) and, where the sampler measures one, its acceptance.
+
+    R̂ near 1 (< 1.01) says the chains agree on the distribution of E they reach; a large R̂ on fresh chains is the
+    signature of a non-mixing sampler for this energy (the chains stay where they started). The chains run on rank
+    zero only. For a model with an energy and a sampler that stays at one level (Langevin, ULA, MALA, HMC).
+
+    Args:
+        every_n_epochs: how often (in validation epochs).
+        num_chains: chains (M ≥ 2 for R̂).
+        seed: seed of the chains.
+        dirpath: unused (the callback writes no files); kept for the common signature.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, num_chains: int = 16, seed: int = 0, dirpath: str | None = None):
+        super().__init__(every_n_epochs, dirpath)
+        check_number("num_chains", num_chains, ge=2, integer=True)
+        check_number("seed", seed, ge=0, integer=True)
+        self.num_chains, self.seed = num_chains, seed
+        self.last: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if not pl_module.has_energy or pl_module.sampler.traverses_noise_levels:
+            raise ValueError(f"ChainDiagnostics needs a model with an energy and a one-level sampler; "
+                             f"{type(pl_module).__name__} with {type(pl_module.sampler).__name__} is not one")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self.due(trainer, batch_idx, dataloader_idx) or not trainer.is_global_zero:
+            return
+        from lit_score.metrics.mcmc import effective_sample_size, split_rhat
+
+        generator = torch.Generator(pl_module.device).manual_seed(self.seed)
+        trace: list[Tensor] = []
+        sampler = pl_module.sampler
+
+        def record(info: dict) -> None:
+            with torch.no_grad():
+                trace.append(pl_module.score_model.energy(info["x"], info.get("t")).float().cpu())
+
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                x = pl_module.initial_state(self.num_chains, generator)
+                sampler(pl_module.score_model, x, pl_module.process, generator=generator, callback=record)
+        finally:
+            pl_module.train(was_training)
+        energies = torch.stack(trace, dim=1)  # (chains, steps)
+        half = energies[:, energies.shape[1] // 2 :]
+        self.last = {"chain_energy": float(energies[:, -1].mean())}
+        if half.shape[1] >= 4:
+            self.last.update(chain_rhat=split_rhat(half), chain_ess=effective_sample_size(half))
+        for key in sampler.run_state:
+            value = getattr(sampler, key, None)
+            if key != "nfe" and value is not None:
+                self.last[f"chain_{key}"] = float(value)
+        for key, value in self.last.items():
+            pl_module.log(f"ebm/{key}", value, rank_zero_only=True)

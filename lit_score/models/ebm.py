@@ -10,6 +10,7 @@ when the loss turns non-finite or |E| exceeds ``max_energy``.
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import math
@@ -112,6 +113,8 @@ class EBM(GenerativeModule):
         self.rollbacks, self._snapshot, self._generator = 0, None, None
         self._snapshot_restored = False
         self._pending_generator_state: Tensor | None = None  # a resumed chain generator, set in on_fit_start
+        self._chain_grad_norm: Tensor | None = None
+        self._energy_diffs: collections.deque[float] = collections.deque(maxlen=100)
         self.save_config()
 
     def default_sampler(self, process=None) -> Sampler:
@@ -224,7 +227,8 @@ class EBM(GenerativeModule):
                 raise ValueError("chain_init data starts the chains at the data batch: pass x_real")
             x = self.uniform_noise(n, self._generator) if self.chain_init == "noise" else x_real[:n].detach()
             with self.frozen():
-                return self.sampler(self.score_model, x, None, generator=self._generator).detach()
+                return self.sampler(self.score_model, x, None, generator=self._generator,
+                                    callback=self._record_chain).detach()
         if n > self.buffer_size:
             raise ValueError(f"a batch of {n} is larger than the replay buffer ({self.buffer_size}): raise buffer_size")
         buffer = self.replay_buffer.to(self.device)
@@ -233,7 +237,7 @@ class EBM(GenerativeModule):
         fresh = fresh.reshape(n, *([1] * (buffer.ndim - 1)))
         x = torch.where(fresh, self.uniform_noise(n, self._generator), buffer[index])
         with self.frozen():
-            x = self.sampler(self.score_model, x, None, generator=self._generator).detach()
+            x = self.sampler(self.score_model, x, None, generator=self._generator, callback=self._record_chain).detach()
         buffer[index] = x
         self.replay_buffer = buffer
         return x
@@ -301,6 +305,31 @@ class EBM(GenerativeModule):
             self._take_snapshot()
         self._snapshot_restored = False
 
+    def _record_chain(self, info: dict) -> None:
+        """Sampler callback: keep the score norm of the chain's latest step (r_t of Nijkamp et al. 2020)."""
+        if "grad_norm" in info:
+            self._chain_grad_norm = info["grad_norm"]
+
+    def _log_chain_diagnostics(self, e_real: Tensor, e_fake: Tensor) -> None:
+        """The 'anatomy' signals (Nijkamp et al. 2020): r_t, the chain's last-step score norm; d_t = E[E(data)] −
+        E[E(fakes)] (``train/cd_gap``) and its lag-1 autocorrelation over the last 100 steps (a convergent,
+        stable run keeps d_t near 0 with a negative or small autocorrelation; drifting d_t marks an unstable one);
+        and what the sampler measured (an MH kernel's acceptance and adapted step)."""
+        if self._chain_grad_norm is not None:
+            self.log("train/chain_grad_norm", self._chain_grad_norm.float().mean())
+            self._chain_grad_norm = None
+        self._energy_diffs.append(float(e_real.mean() - e_fake.mean()))
+        if len(self._energy_diffs) >= 10:
+            d = torch.tensor(list(self._energy_diffs), dtype=torch.float64)
+            d = d - d.mean()
+            denominator = float((d * d).sum())
+            if denominator > 0:
+                self.log("train/energy_diff_autocorr", float((d[1:] * d[:-1]).sum()) / denominator)
+        for key in self.sampler.run_state:
+            value = getattr(self.sampler, key, None)
+            if key != "nfe" and value is not None:
+                self.log(f"train/chain_{key}", float(value))
+
     def real_samples(self, batch) -> Tensor:
         """The data batch the energy is trained on: with ``data_noise`` σ, x + σ·z (z from the chain generator)."""
         x_real = self.data_batch(batch)
@@ -322,6 +351,7 @@ class EBM(GenerativeModule):
             e_noise = self.energy(self.uniform_noise(x_real.shape[0], self._generator))
         self.log("train/loss", loss, prog_bar=True)
         self._log_energies("train", e_real.detach(), e_fake.detach(), e_noise)
+        self._log_chain_diagnostics(e_real.detach(), e_fake.detach())
         self.log("train/rollbacks", float(self.rollbacks))
         return loss
 

@@ -94,10 +94,12 @@ class Langevin(Sampler):
         t = full_like_t(x, process.t_min) if process is not None else None
         x = _clamp(x, self.clamp)
         for i in self.steps(self.num_steps - int(self.denoise), progress, "langevin"):
-            x = langevin_step(x, self._score(score_fn, x, t), self.step_size, self.noise_scale, generator)
+            score = self._score(score_fn, x, t)
+            x = langevin_step(x, score, self.step_size, self.noise_scale, generator)
             x = _clamp(x, self.clamp)
             if callback is not None:
-                callback({"step": i, "t": t, "x": x, "step_size": self.step_size, "noise_scale": self.noise_scale})
+                callback({"step": i, "t": t, "x": x, "step_size": self.step_size, "noise_scale": self.noise_scale,
+                          "grad_norm": score.reshape(score.shape[0], -1).norm(dim=1)})
         if not self.denoise:
             return x
         if process is not None:
