@@ -8,6 +8,6 @@ from lit_score.callbacks.resume import FinalCheckpoint, GracefulStop, NonFiniteG
 from lit_score.callbacks.samples import SampleGrid, generate_across_ranks, run_dir
 
 __all__ = [
-    "ChainDiagnostics", "EnergyHistogram", "FinalCheckpoint", "GracefulStop", "LikelihoodCallback", "NonFiniteGuard", "ResumeState",
-    "SampleGrid", "SampleQuality", "generate_across_ranks", "run_dir",
+    "ChainDiagnostics", "EnergyHistogram", "FinalCheckpoint", "GracefulStop", "LikelihoodCallback", "NonFiniteGuard",
+    "ResumeState", "SampleGrid", "SampleQuality", "generate_across_ranks", "run_dir",
 ]
