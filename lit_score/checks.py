@@ -20,15 +20,8 @@ from numbers import Integral, Real
 
 
 def _condition(gt, ge, lt, le, integer: bool) -> str:
-    parts = []
-    if ge is not None:
-        parts.append(f">= {ge:g}" if isinstance(ge, float) else f">= {ge}")
-    if gt is not None:
-        parts.append(f"> {gt:g}" if isinstance(gt, float) else f"> {gt}")
-    if lt is not None:
-        parts.append(f"< {lt:g}" if isinstance(lt, float) else f"< {lt}")
-    if le is not None:
-        parts.append(f"<= {le:g}" if isinstance(le, float) else f"<= {le}")
+    bounds = ((">=", ge), (">", gt), ("<", lt), ("<=", le))
+    parts = [f"{op} {v:g}" if isinstance(v, float) else f"{op} {v}" for op, v in bounds if v is not None]
     kind = "an integer" if integer else "a finite number"
     return f"{kind} {' and '.join(parts)}" if parts else kind
 

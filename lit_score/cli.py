@@ -108,12 +108,13 @@ def check_sampler(model: GenerativeModule, sampler: Sampler) -> None:
               file=sys.stderr)
 
 
-def resolve_sampler(parser: ArgumentParser, argv: list[str], cfg, model: GenerativeModule) -> Sampler:
+def resolve_sampler(
+    chosen: Sampler | None, parser: ArgumentParser, argv: list[str], model: GenerativeModule
+) -> Sampler:
     """The sampler of a ``sample`` / ``evaluate`` run: the model's own without ``--sampler``; with it, the class it
     names, where every setting the user did not give is the model's when that class is the model's sampler's
     (``--sampler.init_args.num_steps 200`` on an EBM keeps its step size, noise and clamp), the class default
-    otherwise."""
-    chosen: Sampler | None = parser.instantiate_classes(cfg).sampler
+    otherwise. ``chosen`` is the parsed ``--sampler``, instantiated with its class defaults."""
     if chosen is None:
         return model.sampler
     if type(chosen) is not type(model.sampler):
@@ -456,7 +457,7 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
         "cpu" if cfg.accelerator == "auto" else cfg.accelerator))
     model = load_model(cfg.ckpt_path, map_location=device)
     model.set_sample_start(cfg.start)
-    sampler = resolve_sampler(parser, argv, cfg, model)
+    sampler = resolve_sampler(parser.instantiate_classes(cfg).sampler, parser, argv, model)
     check_sampler(model, sampler)
     ckpt = Path(cfg.ckpt_path)
     stem = Path(cfg.output) if cfg.output else (

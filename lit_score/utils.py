@@ -31,6 +31,11 @@ def batch_mean(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
+def per_sample_norm(x: Tensor) -> Tensor:
+    """Euclidean norm of every sample, (B, ...) -> (B,)."""
+    return x.reshape(x.shape[0], -1).norm(dim=1)
+
+
 def batch_sum(x: Tensor) -> Tensor:
     """Sum over every dimension but the first: (B, ...) -> (B,)."""
     return x.reshape(x.shape[0], -1).sum(dim=1)

@@ -203,7 +203,7 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
     if model is not None:
         from lit_score.cli import check_sampler, resolve_sampler
 
-        sampler = effective_sampler = resolve_sampler(parser, argv, cfg, model)
+        sampler = effective_sampler = resolve_sampler(sampler, parser, argv, model)
         check_sampler(model, effective_sampler)
     ignored = ("output", "overwrite", "progress", "logger", "sampler", "config", "__path__")
     settings = {**{k: v for k, v in cfg.items() if k.split(".")[0] not in ignored}, "ckpt": checkpoint,

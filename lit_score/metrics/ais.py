@@ -122,7 +122,7 @@ def ais_log_partition(
     energy, grad = target(x)
     u0, grad0 = base_energy(x)
     log_w = torch.zeros(num_chains, dtype=torch.float64, device=x.device)
-    step, acceptances = float(step_size), []
+    step, accepted = float(step_size), torch.zeros((), device=x.device)
     for k in range(1, num_levels + 1):
         beta, previous = betas[k], betas[k - 1]
         log_w = log_w + (beta - previous) * (u0 - energy).double()
@@ -143,10 +143,9 @@ def ais_log_partition(
             wide = accept.reshape(-1, *([1] * (x.ndim - 1)))
             energy, u0 = torch.where(accept, proposed["e"], energy), torch.where(accept, proposed["b"], u0)
             grad, grad0 = torch.where(wide, proposed["g"], grad), torch.where(wide, proposed["gb"], grad0)
-            mean_alpha = float(alpha.mean())
-            acceptances.append(mean_alpha)
-            if adapt:
-                step = step * math.exp(0.1 * (mean_alpha - 0.574))
+            accepted = accepted + alpha.mean()
+            if adapt:  # the step is a host float: one sync per level, only when adapting
+                step = step * math.exp(0.1 * (float(alpha.mean()) - 0.574))
     log_z = float(torch.logsumexp(log_w, dim=0) - math.log(num_chains))
     weights = (log_w - log_w.max()).exp()
     ess = float(weights.sum() ** 2 / (weights**2).sum())
@@ -155,4 +154,5 @@ def ais_log_partition(
                 "base": base, "base_std": base_std if base == "gaussian" else None,
                 "bounds": list(bounds) if bounds is not None else None, "schedule": schedule, "kernel": "MALA",
                 "adapt": adapt, "final_step_size": step, "bootstrap": bootstrap}
-    return AISResult(log_z, interval, log_w.cpu(), ess, sum(acceptances) / len(acceptances), nfe, settings)
+    return AISResult(log_z, interval, log_w.cpu(), ess, float(accepted) / (num_levels * steps_per_level), nfe,
+                     settings)

@@ -114,7 +114,7 @@ class EBM(GenerativeModule):
         self._snapshot_restored = False
         self._pending_generator_state: Tensor | None = None  # a resumed chain generator, set in on_fit_start
         self._chain_grad_norm: Tensor | None = None
-        self._energy_diffs: collections.deque[float] = collections.deque(maxlen=100)
+        self._energy_diffs: collections.deque[Tensor] = collections.deque(maxlen=100)
         self.save_config()
 
     def default_sampler(self, process=None) -> Sampler:
@@ -318,13 +318,11 @@ class EBM(GenerativeModule):
         if self._chain_grad_norm is not None:
             self.log("train/chain_grad_norm", self._chain_grad_norm.float().mean())
             self._chain_grad_norm = None
-        self._energy_diffs.append(float(e_real.mean() - e_fake.mean()))
+        self._energy_diffs.append((e_real.mean() - e_fake.mean()).double())  # on the device: no host sync
         if len(self._energy_diffs) >= 10:
-            d = torch.tensor(list(self._energy_diffs), dtype=torch.float64)
+            d = torch.stack(list(self._energy_diffs))
             d = d - d.mean()
-            denominator = float((d * d).sum())
-            if denominator > 0:
-                self.log("train/energy_diff_autocorr", float((d[1:] * d[:-1]).sum()) / denominator)
+            self.log("train/energy_diff_autocorr", ((d[1:] * d[:-1]).sum() / (d * d).sum().clamp_min(1e-300)).float())
         for key in self.sampler.run_state:
             value = getattr(self.sampler, key, None)
             if key != "nfe" and value is not None:

@@ -21,7 +21,7 @@ from torch import Tensor
 from lit_score.checks import check_number, check_range
 from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, require_process
-from lit_score.utils import append_dims, randn_like
+from lit_score.utils import append_dims, per_sample_norm, randn_like
 
 
 def langevin_step(
@@ -99,7 +99,7 @@ class Langevin(Sampler):
             x = _clamp(x, self.clamp)
             if callback is not None:
                 callback({"step": i, "t": t, "x": x, "step_size": self.step_size, "noise_scale": self.noise_scale,
-                          "grad_norm": score.reshape(score.shape[0], -1).norm(dim=1)})
+                          "grad_norm": per_sample_norm(score)})
         if not self.denoise:
             return x
         if process is not None:

@@ -43,7 +43,7 @@ from torch import Tensor
 from lit_score.checks import check_number, check_range
 from lit_score.processes import NoiseProcess
 from lit_score.samplers.base import Sampler, ScoreFn, full_like_t
-from lit_score.utils import append_dims, batch_sum, rand, randn_like
+from lit_score.utils import append_dims, batch_sum, per_sample_norm, rand, randn_like
 
 EnergyAndScore = Callable[[Tensor], tuple[Tensor, Tensor]]
 
@@ -64,7 +64,7 @@ def _inside(x: Tensor, bounds: tuple[float, float] | None) -> Tensor:
     return ((flat >= bounds[0]) & (flat <= bounds[1])).all(dim=1)
 
 
-def _accept(log_alpha: Tensor, generator: torch.Generator | None) -> Tensor:
+def metropolis_accept(log_alpha: Tensor, generator: torch.Generator | None) -> Tensor:
     """(B,) bool: u < α per chain, u ~ U[0, 1) (NaN log α, e.g. from an infinite energy, rejects)."""
     u = rand(log_alpha.shape, generator, device=log_alpha.device, dtype=log_alpha.dtype)
     return torch.nan_to_num(log_alpha, nan=-math.inf) > u.log()
@@ -92,7 +92,7 @@ def mala_step(
     backward = batch_sum((x - proposal - step_size * score_new) ** 2)
     log_alpha = (energy - energy_new) / temperature - (backward - forward) / (2 * variance)
     log_alpha = torch.where(_inside(proposal, bounds), log_alpha, torch.full_like(log_alpha, -math.inf))
-    accept = _accept(log_alpha, generator)
+    accept = metropolis_accept(log_alpha, generator)
     alpha = log_alpha.clamp(max=0).exp().nan_to_num(0.0)
     return (_where(accept, proposal, x), torch.where(accept, energy_new, energy), _where(accept, score_new, score),
             accept, alpha)
@@ -122,7 +122,7 @@ def hmc_step(
     h_old = energy / temperature + 0.5 * batch_sum(p0**2)
     h_new = e / temperature + 0.5 * batch_sum(p**2)
     log_alpha = torch.where(inside, h_old - h_new, torch.full_like(h_old, -math.inf))
-    accept = _accept(log_alpha, generator)
+    accept = metropolis_accept(log_alpha, generator)
     alpha = log_alpha.clamp(max=0).exp().nan_to_num(0.0)
     return _where(accept, q, x), torch.where(accept, e, energy), _where(accept, s, score), accept, alpha
 
@@ -202,22 +202,20 @@ class MCMCSampler(Sampler):
 
         energy, score = fn(x)
         adapt = DualAveraging(self.step_size, self.target_accept or self.default_target_accept)
-        step, accepted, total = self.step_size, 0.0, 0
+        step, accepted = self.step_size, torch.zeros((), device=x.device)
         for i in self.steps(self.adapt_steps + self.num_steps, progress, type(self).__name__.lower()):
             warm = i < self.adapt_steps
             x, energy, score, accept, alpha = self.transition(fn, x, energy, score, step, generator)
-            mean_alpha = float(alpha.mean())  # one host sync per iteration (the adaptation needs it)
-            if warm:
-                step = adapt.update(mean_alpha)
+            if warm:  # the adaptation needs the mean acceptance on the host: one sync per warm-up iteration only
+                step = adapt.update(float(alpha.mean()))
                 if i == self.adapt_steps - 1:
                     step = adapt.final
             else:
-                accepted, total = accepted + mean_alpha, total + 1
+                accepted = accepted + alpha.mean()  # stays on the device while sampling
             if callback is not None:
-                callback({"step": i, "t": t, "x": x, "energy": energy, "accepted": accept, "acceptance": mean_alpha,
-                          "step_size": step, "warmup": warm,
-                          "grad_norm": score.reshape(score.shape[0], -1).norm(dim=1)})
-        self.adapted_step_size, self.acceptance_rate = step, accepted / max(total, 1)
+                callback({"step": i, "t": t, "x": x, "energy": energy, "accepted": accept, "acceptance": alpha.mean(),
+                          "step_size": step, "warmup": warm, "grad_norm": per_sample_norm(score)})
+        self.adapted_step_size, self.acceptance_rate = step, float(accepted) / max(self.num_steps, 1)
         return x
 
 
@@ -294,13 +292,13 @@ class ULA(MCMCSampler):
             if self.snr is None:
                 step = torch.full((x.shape[0],), self.step_size, device=x.device, dtype=x.dtype)
             else:
-                ratio = z.reshape(z.shape[0], -1).norm(dim=1) / score.reshape(score.shape[0], -1).norm(dim=1)
+                ratio = per_sample_norm(z) / per_sample_norm(score)
                 step = 2 * self.temperature * (self.snr * ratio) ** 2
             x = x + append_dims(step, x) * score + append_dims((2 * step * self.temperature).sqrt(), x) * z
             if self.bounds is not None:
                 x = x.clamp(*self.bounds)
             if callback is not None:
                 callback({"step": i, "t": t, "x": x, "step_size": step,
-                          "grad_norm": score.reshape(score.shape[0], -1).norm(dim=1)})
+                          "grad_norm": per_sample_norm(score)})
         self.adapted_step_size, self.acceptance_rate = None, None
         return x

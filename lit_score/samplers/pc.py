@@ -27,17 +27,12 @@ from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn
 from lit_score.samplers.langevin import langevin_step
 from lit_score.samplers.stepping import Stepper, sample_on_grid
-from lit_score.utils import append_dims, randn_like
+from lit_score.utils import append_dims, per_sample_norm, randn_like
 
 
 def langevin_alpha(process: NoiseProcess, t: Tensor, s: Tensor) -> Tensor:
     """α_i = (α_t/α_s)² of the interval t → s, (B,); score_sde's ``alphas`` (1 − β_i for VP, 1 for VE)."""
     return (process.log_alpha(t) - process.log_alpha(s)).mul(2).exp()
-
-
-def per_sample_norm(x: Tensor) -> Tensor:
-    """Euclidean norm of every sample, (B,)."""
-    return x.reshape(x.shape[0], -1).norm(dim=1)
 
 
 def batch_norm(x: Tensor) -> Tensor:
@@ -113,7 +108,7 @@ def mala_corrector_step(
     on the chain's own state only; the proposal x′ ~ N(x + ε(x)·s(x), 2ε(x)·I) and its reverse, with ε(x′), enter
     the Metropolis–Hastings ratio with their own variances (a position-dependent MALA, exact for any ε).
     """
-    from lit_score.samplers.mcmc import energy_and_score
+    from lit_score.samplers.mcmc import energy_and_score, metropolis_accept
 
     dim = x[0].numel()
     alpha = langevin_alpha(process, t, s)
@@ -132,8 +127,7 @@ def mala_corrector_step(
     back = x - proposal - append_dims(eta_new, x) * score_new
     log_backward = -per_sample_norm(back) ** 2 / (4 * eta_new) - 0.5 * dim * torch.log(4 * torch.pi * eta_new)
     log_alpha = energy - energy_new + log_backward - log_forward
-    u = torch.rand(log_alpha.shape, generator=generator, device=x.device, dtype=log_alpha.dtype)
-    accept = torch.nan_to_num(log_alpha, nan=-torch.inf) > u.log()
+    accept = metropolis_accept(log_alpha, generator)
     x = torch.where(append_dims(accept, x), proposal, x)
     return x, x, accept
 
