@@ -122,8 +122,12 @@ class NoiseConditionalEnergy(nn.Module):
         return out.reshape(out.shape[0], -1).sum(dim=1)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        """−∇ₓẼ(x, c); differentiable in the parameters while autograd records (training), detached otherwise."""
-        train = torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and self.training
-        if train:  # x_t is data, not a parameter: differentiate w.r.t. a detached copy, keep the graph to θ
+        """−∇ₓẼ(x, c); differentiable while autograd records and either the module trains (a graph to θ, for the
+        loss's double backpropagation) or the caller's x requires grad (a graph to x: the likelihood ODE's divergence
+        ∇ₓ·s needs the Hessian of Ẽ). Detached otherwise (sampling)."""
+        recording = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        keep_x = recording and x.requires_grad
+        train = recording and self.training
+        if train and not keep_x:  # x_t is data, not a parameter: differentiate w.r.t. a detached copy, keep θ's graph
             x = x.detach().requires_grad_(True)
-        return -energy_gradient(self.energy, x, c, create_graph=train)[1]
+        return -energy_gradient(self.energy, x, c, create_graph=train or keep_x)[1]
