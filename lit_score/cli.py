@@ -473,7 +473,7 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
         chunks.append(draw_seed_batch(model, batches[k], sampler, progress=True).cpu())
         nfe = model.last_nfe
     x = torch.cat(chunks)
-    measured = {k: getattr(sampler, k) for k in sampler.run_state if k != "nfe" and getattr(sampler, k) is not None}
+    measured = sampler.measured()
     metadata = {
         "nfe": nfe,
         "start": model.sample_start,

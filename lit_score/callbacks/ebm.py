@@ -171,9 +171,7 @@ class ChainDiagnostics(ValidationSampling):
         self.last = {"chain_energy": float(energies[:, -1].mean())}
         if half.shape[1] >= 4:
             self.last.update(chain_rhat=split_rhat(half), chain_ess=effective_sample_size(half))
-        for key in sampler.run_state:
-            value = getattr(sampler, key, None)
-            if key != "nfe" and value is not None:
-                self.last[f"chain_{key}"] = float(value)
+        for key, value in sampler.measured(scalars=True).items():
+            self.last[f"chain_{key}"] = float(value)
         for key, value in self.last.items():
             pl_module.log(f"ebm/{key}", value, rank_zero_only=True)

@@ -323,10 +323,8 @@ class EBM(GenerativeModule):
             d = torch.stack(list(self._energy_diffs))
             d = d - d.mean()
             self.log("train/energy_diff_autocorr", ((d[1:] * d[:-1]).sum() / (d * d).sum().clamp_min(1e-300)).float())
-        for key in self.sampler.run_state:
-            value = getattr(self.sampler, key, None)
-            if key != "nfe" and value is not None:
-                self.log(f"train/chain_{key}", float(value))
+        for key, value in self.sampler.measured(scalars=True).items():
+            self.log(f"train/chain_{key}", float(value))
 
     def real_samples(self, batch) -> Tensor:
         """The data batch the energy is trained on: with ``data_noise`` σ, x + σ·z (z from the chain generator)."""

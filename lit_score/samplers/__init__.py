@@ -12,7 +12,7 @@ from lit_score.samplers.base import (
 from lit_score.samplers.dpm_solver import DPMSolver
 from lit_score.samplers.edm import EDMHeun
 from lit_score.samplers.langevin import AnnealedLangevin, Langevin, langevin_step
-from lit_score.samplers.mcmc import HMC, MALA, ULA, DualAveraging, MCMCSampler, hmc_step, mala_step
+from lit_score.samplers.mcmc import HMC, MALA, ULA, AnnealedMCMC, DualAveraging, MCMCSampler, hmc_step, mala_step
 from lit_score.samplers.ode import AdaptiveODE, Euler, Heun, solve_ode, solve_ode_fixed
 from lit_score.samplers.pc import LangevinCorrector, MALACorrector, PredictorCorrector
 from lit_score.samplers.sde import EulerMaruyama, ReverseDiffusion
@@ -23,6 +23,7 @@ __all__ = [
     "AdaptiveSDE",
     "Ancestral",
     "AnnealedLangevin",
+    "AnnealedMCMC",
     "CountingScore",
     "DPMSolver",
     "EDMHeun",

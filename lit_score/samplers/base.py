@@ -169,6 +169,13 @@ class Sampler(ABC):
         """A new sampler of this class with this one's settings, ``changes`` applied on top."""
         return type(self)(**{**self.settings(), **changes})
 
+    def measured(self, scalars: bool = False) -> dict[str, Any]:
+        """What the last call measured beside its NFE (the ``run_state`` values that are set); with ``scalars`` only
+        the numbers (what a logger takes), not per-level lists."""
+        values = {k: getattr(self, k, None) for k in self.run_state if k != "nfe"}
+        return {k: v for k, v in values.items()
+                if v is not None and (not scalars or isinstance(v, (int, float)) and not isinstance(v, bool))}
+
     @staticmethod
     def steps(n: int, progress: bool, desc: str) -> Iterable[int]:
         """range(n), with a tqdm bar when ``progress``."""
