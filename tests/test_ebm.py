@@ -223,7 +223,7 @@ def test_watchdog_stops_after_max_rollbacks(tmp_path):
     assert model.rollbacks == 3
 
 
-@pytest.mark.parametrize("config", ["toy", "digits"])
+@pytest.mark.parametrize("config", ["toy", "digits", "toy_shortrun"])
 def test_cli_fast_dev_run(tmp_path, config):
     from lit_score.cli import main
 

@@ -9,11 +9,20 @@ import pytest
 import torch
 from test_samplers_oracle import MIXTURE, SAMPLERS, N
 
+from lit_score.losses import RecoveryLikelihood
 from lit_score.metrics.distances import energy_distance
 from lit_score.models import DDPM, ScoreSDE
 from lit_score.networks import MLP, NoiseConditionalEnergy
 from lit_score.processes import VP, DiscreteVP
-from lit_score.samplers import HMC, MALA, AnnealedMCMC, MALACorrector, PredictorCorrector, ReverseDiffusion
+from lit_score.samplers import (
+    HMC,
+    MALA,
+    AnnealedMCMC,
+    MALACorrector,
+    PredictorCorrector,
+    RecoverySampler,
+    ReverseDiffusion,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROCESS = VP()
@@ -113,3 +122,64 @@ def test_annealed_mala_adapts_every_noise_level_to_the_optimal_acceptance(floor)
     timid = AnnealedMCMC(MALA(step_size=0.2), num_levels=20, steps_per_level=5)
     assert distance(exact_model().sample(2 * N, sampler=timid, generator=torch.Generator().manual_seed(1))) > 2 * floor
     assert distance(samples) <= 2 * floor  # measured 1.29×
+
+
+# --- diffusion recovery likelihood ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("mh", [False, True])
+def test_recovery_chains_on_the_exact_energy_reproduce_the_mixture(mh, floor):
+    """With E = −log p_t of the mixture every recovery density p(x_s | x_t) is exact, so 6 recoveries of 30 steps from
+    the prior reproduce the mixture (measured 1.08× the floor with plain Langevin, 0.91× with MH at acceptance 0.88)."""
+    sampler = RecoverySampler(num_levels=6, steps_per_level=30, mh=mh)
+    samples = exact_model().sample(2 * N, sampler=sampler, generator=torch.Generator().manual_seed(1))
+    assert distance(samples) <= 2 * floor, f"{distance(samples) / floor:.2f}× the floor"
+    assert (sampler.acceptance_rate > 0.7) if mh else sampler.acceptance_rate is None
+    assert sampler.requires_energy == mh
+
+
+def test_the_recovery_loss_trains_energy_differences_at_the_ladders_levels():
+    """The loss is E(x_s, s) − E(x̃_s, s) at the ladder's levels: on the exact energy its negatives are (nearly)
+    distributed as the positives, so the mean is small next to the energies' spread; a model whose energies are
+    halved (a hotter density: negatives spread out) gets a mean twice as negative (measured −0.18 vs −0.35 ± 0.01);
+    the gradient reaches every weight of an energy network by plain backpropagation (no double backprop)."""
+    x0 = MIXTURE.sample(20000, torch.Generator().manual_seed(2))
+    loss = RecoveryLikelihood()
+    exact = loss(exact_model().score_model, x0, torch.Generator().manual_seed(3))
+
+    class Hot(torch.nn.Module):
+        def forward(self, x, c):
+            return -0.5 * NOISED.log_prob(x, c / 999.0)
+
+    hot = ScoreSDE(NoiseConditionalEnergy(Hot(), head="sum"), process=PROCESS, target="score", scale_by_sigma=False,
+                   sample_shape=(2,))
+    hotter = loss(hot.score_model, x0, torch.Generator().manual_seed(3))
+    assert exact.mean().abs() < 0.3 and hotter.mean() < exact.mean() - 0.1
+    model = ScoreSDE(NoiseConditionalEnergy(MLP(data_dim=2, hidden=32, depth=2)), process=VP(), loss=loss,
+                     sample_shape=(2,))
+    model.loss(model.score_model, x0[:64], torch.Generator().manual_seed(0)).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.network.parameters())
+    with pytest.raises(ValueError, match="trains an energy E"):
+        ScoreSDE(MLP(data_dim=2), process=VP(), loss=loss, sample_shape=(2,))
+
+
+@pytest.mark.parametrize("config, shorter", [
+    ("noise_conditional_toy", ["--model.init_args.sampler.init_args.predictor.init_args.num_steps", "4"]),
+    ("recovery_toy", ["--model.init_args.sampler.init_args.steps_per_level", "2",
+                      "--model.init_args.loss.init_args.num_steps", "2"]),
+])
+def test_the_noise_conditional_energy_configs_train_sample_and_score(tmp_path, config, shorter):
+    """One fast_dev_run of each config as written (only the chains shortened) trains, validates and writes a finite
+    grid of 2-D samples drawn with the config's own energy sampler."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from lit_score.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    main(["fit", "--config", str(root / f"configs/ebm/{config}.yaml"), "--trainer.fast_dev_run", "true",
+          "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path), "--data.init_args.batch_size",
+          "32", *shorter])
+    grids = sorted(tmp_path.rglob("samples/*.npz"))
+    assert grids, sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    samples = np.load(grids[-1])["samples"]
+    assert samples.ndim == 2 and samples.shape[1] == 2 and len(samples) > 0 and np.isfinite(samples).all()

@@ -1,15 +1,19 @@
 """Per-sample training objectives (B,); the modules reduce and log."""
 
+from lit_score.losses.base import DiffusionLoss
 from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.losses.denoising import DenoisingLoss
 from lit_score.losses.flow import FlowMatchingLoss, ot_permutation
+from lit_score.losses.recovery import RecoveryLikelihood
 from lit_score.losses.score_matching import ExactScoreMatching, SlicedScoreMatching
 
 __all__ = [
     "ContrastiveDivergence",
     "DenoisingLoss",
+    "DiffusionLoss",
     "ExactScoreMatching",
     "FlowMatchingLoss",
+    "RecoveryLikelihood",
     "SlicedScoreMatching",
     "ot_permutation",
 ]

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lit_score.losses.base import DiffusionLoss
 from lit_score.processes import NoiseProcess
 from lit_score.scores import NetworkScore
 from lit_score.utils import append_dims, batch_mean, batch_sum, rand, randn_like
@@ -44,7 +45,7 @@ def log_snr_importance_time(
     return t, 2 * (lam_hi - lam_lo) / (process.t_max - process.t_min)
 
 
-class DenoisingLoss:
+class DenoisingLoss(DiffusionLoss):
     """Per-sample denoising loss (B,).
 
     Args:

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lit_score.losses import DenoisingLoss
+from lit_score.losses import DenoisingLoss, DiffusionLoss
 from lit_score.metrics.likelihood import log_likelihood
 from lit_score.models.base import GenerativeModule
 from lit_score.processes import NoiseProcess
@@ -39,7 +39,7 @@ class DiffusionModule(GenerativeModule):
         process: NoiseProcess | None = None,
         target: Target | None = None,
         scale_by_sigma: bool | None = None,
-        loss: DenoisingLoss | None = None,
+        loss: DiffusionLoss | None = None,
         sampler: Sampler | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -54,6 +54,9 @@ class DiffusionModule(GenerativeModule):
         self.score_model = NetworkScore(network, process, target, scale_by_sigma)
         self.sampler = sampler if sampler is not None else self.default_sampler(process)
         self.loss = loss if loss is not None else self.default_loss()
+        if self.loss.requires_energy and not self.score_model.has_energy:
+            raise ValueError(f"{type(self.loss).__name__} trains an energy E(x, t): use a NoiseConditionalEnergy"
+                             f" network with target score or eps (got {type(network).__name__}, target {target!r})")
         self.save_config()
 
     def default_process(self) -> NoiseProcess:

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
-from lit_score.losses import DenoisingLoss
+from lit_score.losses import DenoisingLoss, DiffusionLoss
 from lit_score.models.diffusion import DiffusionModule
 from lit_score.processes import DiscreteVE, NoiseProcess
 from lit_score.samplers import Sampler
@@ -65,7 +65,7 @@ class NCSN(DiffusionModule):
         process: NoiseProcess | None = None,
         target: Target | None = None,
         scale_by_sigma: bool | None = None,
-        loss: DenoisingLoss | None = None,
+        loss: DiffusionLoss | None = None,
         sampler: Sampler | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,

@@ -7,7 +7,7 @@ from typing import Literal
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_score.losses import DenoisingLoss
+from lit_score.losses import DenoisingLoss, DiffusionLoss
 from lit_score.models.diffusion import DiffusionModule
 from lit_score.processes import VP, NoiseProcess
 from lit_score.samplers import Sampler
@@ -40,7 +40,7 @@ class ScoreSDE(DiffusionModule):
         process: NoiseProcess | None = None,
         target: Target | None = None,
         scale_by_sigma: bool | None = None,
-        loss: DenoisingLoss | None = None,
+        loss: DiffusionLoss | None = None,
         sampler: Sampler | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,

@@ -15,6 +15,7 @@ from lit_score.samplers.langevin import AnnealedLangevin, Langevin, langevin_ste
 from lit_score.samplers.mcmc import HMC, MALA, ULA, AnnealedMCMC, DualAveraging, MCMCSampler, hmc_step, mala_step
 from lit_score.samplers.ode import AdaptiveODE, Euler, Heun, solve_ode, solve_ode_fixed
 from lit_score.samplers.pc import LangevinCorrector, MALACorrector, PredictorCorrector
+from lit_score.samplers.recovery import RecoverySampler
 from lit_score.samplers.sde import EulerMaruyama, ReverseDiffusion
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "MALACorrector",
     "MCMCSampler",
     "PredictorCorrector",
+    "RecoverySampler",
     "ReverseDiffusion",
     "ULA",
     "DualAveraging",

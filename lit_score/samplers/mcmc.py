@@ -280,7 +280,7 @@ class ULA(MCMCSampler):
         self.snr = check_number("snr", snr, gt=0.0, allow_none=True)
         self.grad_clip = check_number("grad_clip", grad_clip, gt=0.0, allow_none=True)
 
-    def update(self, x: Tensor, score: Tensor, step_size: float, temperature: float, generator) -> tuple[Tensor, Tensor]:
+    def update(self, x: Tensor, score: Tensor, step_size: float, temperature: float, generator):
         """One ULA move from score s(x): (x′, η per chain (B,)); ``snr`` sets η per chain, ``bounds`` clamp x′."""
         if self.grad_clip is not None:
             score = score.clamp(-self.grad_clip, self.grad_clip)
@@ -398,8 +398,8 @@ class AnnealedMCMC(Sampler):
         self.temperature_max, self.denoise = float(temperature_max), denoise
         check_number("resample_threshold", resample_threshold, gt=0.0, le=1.0)
         if resample and ladder != "temperature":
-            raise ValueError("resample reweights between temperature levels: use ladder temperature (a learned"
-                             " E(x, t) has an unknown constant per noise level, so a noise ladder cannot be reweighted)")
+            raise ValueError("resample reweights between temperature levels: use ladder temperature (a learned E(x, t)"
+                             " has an unknown constant per noise level, so a noise ladder cannot be reweighted)")
         if resample and not self.kernel.requires_energy:
             raise ValueError("resample weighs chains by their energy: use a MALA or HMC kernel")
         self.resample, self.resample_threshold = resample, float(resample_threshold)
@@ -470,7 +470,7 @@ class AnnealedMCMC(Sampler):
                     step = adapt.update(float(alpha.mean()))
                 step = adapt.final
             accepted = torch.zeros((), device=x.device)
-            for j in range(self.steps_per_level):
+            for _ in range(self.steps_per_level):
                 x, energy, score, accept, alpha = k.transition(fn, x, energy, score, step, temperature, generator)
                 accepted = accepted + alpha.mean()
                 if callback is not None:
