@@ -130,3 +130,24 @@ def test_inapplicable_pairings_leave_the_table_and_are_listed_under_it(report):
     assert len(cells) == len(rows) and not any(c[0] == "ebm" for c in cells)
     assert any("Not applicable: DDIM-3 on ebm (DDIM needs a noise process" in line
                for line in protocol_lines([*rows, skipped], EVALUATION))
+
+
+def test_an_ebm_grid_entry_can_start_from_the_buffer_and_is_skipped_where_there_is_none(tmp_path):
+    """A samplers entry with ``start: buffer`` evaluates the persistent EBM's own chain continued from its replay
+    buffer (recorded as start buffer in the protocol); the short-run EBM has no buffer, so its cell is skipped with the
+    reason, not failed."""
+    runs = [{"name": name, "config": str(ROOT / f"configs/ebm/{config}.yaml"),
+             "overrides": {"model.init_args.sampler.init_args.num_steps": 3, "data.init_args.batch_size": 64,
+                           "model.init_args.energy_net.init_args.hidden": 16}}
+            for name, config in [("persistent", "toy"), ("shortrun", "toy_shortrun")]]
+    main(["compare", "--output", str(tmp_path / "r"), "--runs", json.dumps(runs), "--shared", json.dumps(
+        {k: v for k, v in TINY.items() if not k.startswith("model.")}), "--samplers", json.dumps(
+        [{"label": "own-from-buffer", "start": "buffer"}]), "--evaluation", json.dumps(EVALUATION),
+        "--progress", "false"])
+    rows = {(r["run"], r["sampler_label"]): r
+            for r in json.loads((tmp_path / "r" / "metrics.json").read_text())["evaluations"]}
+    assert rows["persistent", "own-from-buffer"]["status"] == "ok"
+    assert rows["persistent", "own-from-buffer"]["protocol"]["start"] == "buffer"
+    assert rows["persistent", "default"]["protocol"]["start"] == "noise"
+    assert rows["shortrun", "own-from-buffer"]["status"] == "skipped"
+    assert "no replay buffer" in rows["shortrun", "own-from-buffer"]["error"]

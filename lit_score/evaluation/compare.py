@@ -139,8 +139,12 @@ class Compare:
         """(label, sampler spec or None for the model's own, num_steps) for every evaluation of a run."""
         grid: list[tuple[str, dict | None, int | None]] = [("default", None, None)]
         for entry in self.samplers:
-            spec = entry["sampler"]
-            name = entry.get("label") or spec["class_path"].rpartition(".")[2]
+            spec = entry.get("sampler")
+            if spec is None and not entry.get("start"):
+                raise EvaluationError("a samplers entry needs a sampler, a start, or both")
+            name = entry.get("label") or (spec["class_path"].rpartition(".")[2] if spec else "default")
+            if entry.get("start") and not entry.get("label"):
+                name = f"{name}-from-{entry['start']}"
             for steps in entry.get("num_steps") or [None]:
                 grid.append((name if steps is None else f"{name}-{steps}", entry, steps))
         return grid
@@ -150,9 +154,12 @@ class Compare:
         the whole report."""
         from lit_score.evaluation.cli import checkpoint_datamodule, checkpoint_summary, load_for_evaluation
 
-        sampler = None if entry is None else build_sampler(entry["sampler"], steps, entry.get("steps_key", "num_steps"))
+        spec = None if entry is None else entry.get("sampler")
+        sampler = None if spec is None else build_sampler(spec, steps, entry.get("steps_key", "num_steps"))
+        start = None if entry is None else entry.get("start")
         settings = {k: v for k, v in self.evaluation.items()}
-        key = _key(trained["ckpt"], Path(trained["ckpt"]).stat().st_mtime_ns, describe_sampler(sampler), settings)
+        key = _key(trained["ckpt"], Path(trained["ckpt"]).stat().st_mtime_ns, describe_sampler(sampler), settings,
+                   *([start] if start else []))
         path = self.output / "evals" / trained["name"] / f"{label}_{key}.json"
         if path.is_file():
             return json.loads(path.read_text())
@@ -162,11 +169,16 @@ class Compare:
             model, weights = load_for_evaluation(trained["ckpt"], settings.pop("weights", "auto"), self.device)
             data = checkpoint_datamodule(trained["ckpt"])
             row["family"] = type(model).__name__
-            if sampler is not None and not model.can_use(sampler):
-                row.update({"status": "skipped", "error": f"{type(sampler).__name__} needs a noise process;"
-                                                          f" {row['family']} has none"})
+            problem = None if sampler is None else model.sampler_problem(sampler)
+            problem = None if problem is None else f"{type(sampler).__name__}: {problem}"
+            if problem is None and start:
+                problem = model.sample_start_problem(start)
+            if problem is not None:
+                row.update({"status": "skipped", "error": problem})
                 write_json(path, row)
                 return row
+            if start:
+                model.set_sample_start(start)
             if entry is not None:  # bits/dim does not depend on the sampler: measured with the default one only
                 metrics = settings.get("metrics")
                 settings["metrics"] = [m for m in metrics if m != "bpd"] if metrics else None

@@ -107,6 +107,12 @@ class GenerativeModule(pl.LightningModule):
         """Where :meth:`initial_state` starts chains now (set by :meth:`set_sample_start`)."""
         return getattr(self, "_sample_start", None) or self.sample_starts[0]
 
+    def sample_start_problem(self, start: str) -> str | None:
+        """Why chains cannot start from ``start`` now (None: they can)."""
+        if start not in self.sample_starts:
+            return f"{type(self).__name__} cannot start chains from {start!r}: choose from {', '.join(self.sample_starts)}"
+        return None
+
     def set_sample_start(self, start: str | None) -> None:
         """Choose one of :attr:`sample_starts` for later sampling (None: the default)."""
         if start is not None and start not in self.sample_starts:

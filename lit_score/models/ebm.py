@@ -137,6 +137,11 @@ class EBM(GenerativeModule):
     #: fresh chains from uniform noise (the default), or chains continued from the replay buffer a checkpoint holds
     sample_starts = ("noise", "buffer")
 
+    def sample_start_problem(self, start: str) -> str | None:
+        if start == "buffer" and self.replay_buffer is None:
+            return "this EBM holds no replay buffer (trained with chain_init noise or data): sample from noise"
+        return super().sample_start_problem(start)
+
     def initial_state(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Chains start from uniform noise over the data range (the EBM has no process prior), or with
         ``set_sample_start("buffer")`` from ``n`` distinct replay-buffer states (IGEBM-style sampling: its numbers
