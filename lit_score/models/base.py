@@ -110,7 +110,8 @@ class GenerativeModule(pl.LightningModule):
     def sample_start_problem(self, start: str) -> str | None:
         """Why chains cannot start from ``start`` now (None: they can)."""
         if start not in self.sample_starts:
-            return f"{type(self).__name__} cannot start chains from {start!r}: choose from {', '.join(self.sample_starts)}"
+            choices = ", ".join(self.sample_starts)
+            return f"{type(self).__name__} cannot start chains from {start!r}: choose from {choices}"
         return None
 
     def set_sample_start(self, start: str | None) -> None:
