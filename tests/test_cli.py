@@ -48,9 +48,9 @@ def test_every_family_config_parses(config, capsys):
 
 @pytest.mark.parametrize("config", COMPARE_CONFIGS, ids=lambda p: p.stem)
 def test_compare_configs_parse_and_every_run_config_exists(config):
-    from lit_score.evaluation.compare import Compare, compare_parser
-
     import yaml
+
+    from lit_score.evaluation.compare import Compare, compare_parser
 
     overlay = "runs" not in yaml.safe_load(config.read_text())  # a data overlay stacked on the config its header names
     base = [str(ROOT / "configs/compare/ebm_toy.yaml")] if overlay else []
