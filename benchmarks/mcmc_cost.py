@@ -48,7 +48,8 @@ def main() -> None:
     torch.manual_seed(0)
     cases = {
         "toy EnergyMLP, 2-D, 2000 chains": (EnergyMLP(data_dim=2, hidden=128, depth=3), (2000, 2)),
-        "digits EnergyCNN, 1x16x16, 256 chains": (EnergyCNN(in_channels=1, channels=(32, 64, 64), resolution=16), (256, 1, 16, 16)),
+        "digits EnergyCNN, 1x16x16, 256 chains": (EnergyCNN(in_channels=1, channels=(32, 64, 64), resolution=16),
+                                                  (256, 1, 16, 16)),
     }
     for name, (net, shape) in cases.items():
         score = EnergyScore(net.to(device).eval().requires_grad_(False))
