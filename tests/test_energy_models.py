@@ -128,7 +128,7 @@ def test_annealed_mala_adapts_every_noise_level_to_the_optimal_acceptance(floor)
 @pytest.mark.parametrize("mh", [False, True])
 def test_recovery_chains_on_the_exact_energy_reproduce_the_mixture(mh, floor):
     """With E = −log p_t of the mixture every recovery density p(x_s | x_t) is exact, so 6 recoveries of 30 steps from
-    the prior reproduce the mixture (measured 1.08× the floor with plain Langevin, 0.91× with MH at acceptance 0.88)."""
+    the prior reproduce the mixture (measured 0.87× the floor with plain Langevin, 1.40× with MH at acceptance 0.99)."""
     sampler = RecoverySampler(num_levels=6, steps_per_level=30, mh=mh)
     samples = exact_model().sample(2 * N, sampler=sampler, generator=torch.Generator().manual_seed(1))
     assert distance(samples) <= 2 * floor, f"{distance(samples) / floor:.2f}× the floor"
@@ -139,7 +139,7 @@ def test_recovery_chains_on_the_exact_energy_reproduce_the_mixture(mh, floor):
 def test_the_recovery_loss_trains_energy_differences_at_the_ladders_levels():
     """The loss is E(x_s, s) − E(x̃_s, s) at the ladder's levels: on the exact energy its negatives are (nearly)
     distributed as the positives, so the mean is small next to the energies' spread; a model whose energies are
-    halved (a hotter density: negatives spread out) gets a mean twice as negative (measured −0.18 vs −0.35 ± 0.01);
+    halved (a hotter density: negatives spread out) gets a clearly negative mean (measured −0.014 ± 0.006 vs −0.21);
     the gradient reaches every weight of an energy network by plain backpropagation (no double backprop)."""
     x0 = MIXTURE.sample(20000, torch.Generator().manual_seed(2))
     loss = RecoveryLikelihood()
@@ -152,7 +152,7 @@ def test_the_recovery_loss_trains_energy_differences_at_the_ladders_levels():
     hot = ScoreSDE(NoiseConditionalEnergy(Hot(), head="sum"), process=PROCESS, target="score", scale_by_sigma=False,
                    sample_shape=(2,))
     hotter = loss(hot.score_model, x0, torch.Generator().manual_seed(3))
-    assert exact.mean().abs() < 0.3 and hotter.mean() < exact.mean() - 0.1
+    assert exact.mean().abs() < 0.05 and hotter.mean() < exact.mean() - 0.1
     model = ScoreSDE(NoiseConditionalEnergy(MLP(data_dim=2, hidden=32, depth=2)), process=VP(), loss=loss,
                      sample_shape=(2,))
     model.loss(model.score_model, x0[:64], torch.Generator().manual_seed(0)).mean().backward()

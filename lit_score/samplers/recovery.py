@@ -7,13 +7,18 @@ loss that trains a noise-conditional energy with them and the sampler that gener
 | (s, t) = (t_i, t_{i+1}) | one recovery step; x_t = α_{t\|s}·x_s + σ_{t\|s}·ε (``transition_variances``) |
 | E(x, s) | the model's energy at level s (``score_model.energy``; −∇ₓE is its score) |
 | p(x_s \| x_t) ∝ exp(−E(x_s, s) − ‖x_t − α_{t\|s}x_s‖² / 2σ²_{t\|s}) | the recovery density: E plus a Gaussian anchor |
-| w = σ_{t\|s}/α_{t\|s} | the anchor's width in x_s; a chain starts at x_t/α_{t\|s} |
-| η = c·w² (``step_size`` c) | Langevin step: x ← x + η∇log p(x \| x_t) + √(2η)·z |
+| V_s = α_s²σ_d² + σ_s² | the variance of p_s were the data N(0, σ_d²·I) (σ_d = ``data_std``) |
+| k = α_{t\|s}V_s/D, P = V_sσ²_{t\|s}/D, D = α²_{t\|s}V_s + σ²_{t\|s} | that Gaussian's E[x_s \| x_t] = k·x_t, Var = P |
+| η = c·P (``step_size`` c) | Langevin step: x ← x + η∇log p(x \| x_t) + √(2η)·z, from x = k·x_t |
 
-Given x_t the recovery density is close to a Gaussian of width w (nearly unimodal for small steps), so a short chain
-of K steps samples it well; that is what makes the objective trainable with short chains from the anchor. The
-reference (its TensorFlow code) scales the energy by the step, E = −f/η, and Langevin moves y = α·x_s; here E is the
-model's own energy in x_s, and the step is stated in units of the anchor's width (c is dimensionless).
+Given x_t the recovery density is nearly unimodal for small steps, so a short chain of K steps samples it well; that
+is what makes the objective trainable with short chains. The reference (its TensorFlow code) scales the energy by the
+step, E = −f/η, moves y = α·x_s and starts at x_t/α_{t|s}; its ladder keeps α_{t|s} near 1 (six levels in the low-noise
+half of DDPM's schedule, then pure noise). On a ladder that spans a whole process, x_t/α_{t|s} is far outside p_s
+at the high levels (α_{t|s} ≈ 0.16 between VP's top two of six uniform levels) and the division compounds down the
+ladder (measured: samples of magnitude 10³). So here the chain starts at the Gaussian posterior mean k·x_t (x_t/α
+only as α_{t|s} → 1 and σ_s → 0) and the step is stated relative to that posterior's variance P (c dimensionless,
+η bounded by V_s at the top and → c·σ²_{t|s}/α²_{t|s} at the bottom).
 """
 
 from __future__ import annotations
@@ -34,26 +39,29 @@ def recovery_grid(process: NoiseProcess, num_levels: int, spacing: Spacing | Non
     return process.time_grid(num_levels, spacing, device=device).flip(0)
 
 
-def anchor(process: NoiseProcess, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """(α_{t|s}, σ²_{t|s}) of the step s → t, shape (B,)."""
+def anchor(process: NoiseProcess, s: Tensor, t: Tensor, data_std: float = 1.0) -> tuple[Tensor, ...]:
+    """(α_{t|s}, σ²_{t|s}, k, P) of the step s → t, shape (B,): the anchor, and the start gain and variance of the
+    Gaussian posterior for data N(0, σ_d²·I)."""
     alpha_ts, sigma_ts2, _ = transition_variances(process, t, s)
-    return alpha_ts, sigma_ts2
+    var_s = process.alpha(s) ** 2 * data_std**2 + process.sigma(s) ** 2
+    denom = alpha_ts**2 * var_s + sigma_ts2
+    return alpha_ts, sigma_ts2, alpha_ts * var_s / denom, var_s * sigma_ts2 / denom
 
 
 def recovery_chain(
     score_fn: ScoreFn,
     x_t: Tensor,
     s: Tensor,
-    alpha_ts: Tensor,
-    sigma_ts2: Tensor,
+    coefficients: tuple[Tensor, Tensor, Tensor, Tensor],
     num_steps: int,
     step_size: float,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """K unadjusted Langevin steps on p(x_s | x_t) from x_t/α_{t|s}; α, σ² and the step η = c·σ²/α² per chain (B,)."""
-    a, v = append_dims(alpha_ts, x_t), append_dims(sigma_ts2, x_t)
-    step = step_size * v / a**2
-    x = x_t / a
+    """K unadjusted Langevin steps on p(x_s | x_t) from k·x_t with η = c·P; ``coefficients`` = :func:`anchor`'s
+    (α_{t|s}, σ²_{t|s}, k, P), each per chain (B,)."""
+    a, v, gain, var = (append_dims(c, x_t) for c in coefficients)
+    step = step_size * var
+    x = gain * x_t
     for _ in range(num_steps):
         drift = score_fn(x, s) + a * (x_t - a * x) / v
         x = x + step * drift + (2 * step).sqrt() * randn_like(x, generator)
@@ -74,6 +82,7 @@ class RecoverySampler(Sampler):
         step_size: c, the step in units of the anchor's squared width.
         mh: Metropolis-adjust every step.
         spacing: the ladder's spacing (default: the process's own).
+        data_std: σ_d of the Gaussian that sets each chain's start and step (the loss's value).
     """
 
     run_state = ("nfe", "acceptance_rate")
@@ -85,8 +94,10 @@ class RecoverySampler(Sampler):
         step_size: float = 0.05,
         mh: bool = False,
         spacing: Spacing | None = None,
+        data_std: float = 1.0,
     ) -> None:
         super().__init__(steps_per_level, spacing, denoise=False)
+        self.data_std = check_number("data_std", data_std, gt=0.0)
         check_number("num_levels", num_levels, ge=1, integer=True)
         check_number("steps_per_level", steps_per_level, ge=1, integer=True)
         check_number("step_size", step_size, gt=0.0)
@@ -104,29 +115,29 @@ class RecoverySampler(Sampler):
         for k, i in enumerate(self.steps(len(grid) - 1, progress, "recovery")):
             level = len(grid) - 2 - i
             s, t = full_like_t(x, grid[level]), full_like_t(x, grid[level + 1])
-            alpha_ts, sigma_ts2 = anchor(process, s, t)
+            coefficients = anchor(process, s, t, self.data_std)
             if not self.mh:
-                x = recovery_chain(score_fn, x, s, alpha_ts, sigma_ts2, self.steps_per_level, self.step_size,
-                                   generator)
+                x = recovery_chain(score_fn, x, s, coefficients, self.steps_per_level, self.step_size, generator)
             else:
-                x, rate = self._mala(score_fn, x, s, float(alpha_ts[0]), float(sigma_ts2[0]), generator)
+                x, rate = self._mala(score_fn, x, s, [float(c[0]) for c in coefficients], generator)
                 accepted.append(rate)
             if callback is not None:
                 callback({"step": k, "level": level, "t": s, "x": x})
         self.acceptance_rate = float(torch.stack(accepted).mean()) if accepted else None
         return x
 
-    def _mala(self, score_fn, x_t, s, a: float, v: float, generator) -> tuple[Tensor, Tensor]:
-        """MALA on the recovery density (E plus the anchor), from x_t/α; the levels' steps are scalars here."""
+    def _mala(self, score_fn, x_t, s, coefficients: list[float], generator) -> tuple[Tensor, Tensor]:
+        """MALA on the recovery density (E plus the anchor), from k·x_t; the levels' steps are scalars here."""
+        a, v, gain, var = coefficients
 
         def fn(y: Tensor) -> tuple[Tensor, Tensor]:
             energy, score = energy_and_score(score_fn, y, s)
             diff = x_t - a * y
             return energy + diff.flatten(1).pow(2).sum(1) / (2 * v), score + a * diff / v
 
-        x = x_t / a
+        x = gain * x_t
         energy, score = fn(x)
-        total, step = torch.zeros((), device=x.device), self.step_size * v / a**2
+        total, step = torch.zeros((), device=x.device), self.step_size * var
         for _ in range(self.steps_per_level):
             x, energy, score, _, alpha = mala_step(fn, x, energy, score, step, 1.0, None, generator)
             total = total + alpha.mean()
