@@ -487,7 +487,7 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     title = f"{type(model).__name__} · {type(sampler).__name__} · NFE {nfe}"
     paths = save_samples(x, stem, title=title, metadata=metadata, reference=_reference_beside(ckpt, x))
     finite = torch.isfinite(x).all().item()
-    extra = "".join(f", {k} {v:.4g}" for k, v in measured.items())
+    extra = "".join(f", {k} {v:.4g}" for k, v in sampler.measured(scalars=True).items())
     print(f"wrote {paths['png']} and {paths['npz']} ({cfg.num_samples} samples from {model.sample_start}, NFE {nfe}"
           f"{extra}, EMA {metadata['ema']})")
     if not finite:
