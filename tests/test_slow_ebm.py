@@ -3,7 +3,7 @@
 Issue 12's bar: fresh chains from uniform noise within 2x the data-vs-data energy-distance floor on moons (the
 persistent toy.yaml's fresh chains sit at 11.9x), as the median over five sampling seeds of 2,000 chains. Measured:
 passes in 11 minutes on 2 busy CPU cores (training ~4 minutes when the machine is idle); per-seed ratios of the
-trained checkpoint 1.04 / 1.10 / 1.18 / 1.96 (and 2.38 for the evaluate command's seed-0 batches).
+trained checkpoint 1.04 / 1.10 / 1.18 / 1.96 for seeds 0-3 (and 2.38 for the evaluate command's seed-0 batches).
 """
 
 from __future__ import annotations

@@ -142,6 +142,8 @@ class Compare:
             spec = entry.get("sampler")
             if spec is None and not entry.get("start"):
                 raise EvaluationError("a samplers entry needs a sampler, a start, or both")
+            if spec is None and entry.get("num_steps"):
+                raise EvaluationError("a samplers entry without a sampler uses the model's own: drop its num_steps")
             name = entry.get("label") or (spec["class_path"].rpartition(".")[2] if spec else "default")
             if entry.get("start") and not entry.get("label"):
                 name = f"{name}-from-{entry['start']}"

@@ -33,7 +33,7 @@ class RecoveryLikelihood(DiffusionLoss):
     Args:
         num_levels: L level pairs (the reference: 6 on CIFAR-10).
         num_steps: K Langevin steps per negative sample (the reference: 30).
-        step_size: c, the Langevin step in units of the anchor's squared width σ²_{t|s}/α²_{t|s}.
+        step_size: c, the Langevin step in units of the Gaussian posterior's variance P (:func:`anchor`).
         spacing: the ladder's spacing (default: the process's own); the sampler must use the same.
         level_scale: weight level i by σ_{t₁|t₀}/σ_{t_{i+1}|t_i} (the reference); False: weight 1.
         data_std: σ_d of the Gaussian whose posterior sets each chain's start k·x_t and step c·P (see

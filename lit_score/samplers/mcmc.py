@@ -168,6 +168,8 @@ class MCMCSampler(Sampler):
     requires_process = False
     traverses_noise_levels = False
     default_target_accept = 0.574
+    #: how the step follows a length scale ℓ: ∝ ℓ² for Langevin kernels (noise variance 2η), ∝ ℓ for HMC's ε
+    step_scale_power = 2
     run_state = ("nfe", "adapted_step_size", "acceptance_rate")
 
     def __init__(
@@ -239,6 +241,7 @@ class HMC(MCMCSampler):
 
     requires_energy = True
     default_target_accept = 0.65
+    step_scale_power = 1
 
     def __init__(
         self,
@@ -332,9 +335,10 @@ class AnnealedMCMC(Sampler):
 
     ``ladder="noise"`` (a noise-conditional model; needs a process): for each of L levels t₁ … t_L of the process's
     grid (σ decreasing) ``steps_per_level`` transitions target p_{t_i} ∝ exp(−E(x, t_i)/T), with the step
-    η_i = c·σ_i², c = the kernel's ``step_size`` (Song & Ermon 2019's η_i ∝ σ_i², written relative to σ_i² rather
-    than to the last level, so c does not depend on σ_min: their ε = 2·10⁻⁵ at σ_L = 0.01 is c = 0.2). With MALA or
-    HMC every level's chain is an exact MH chain for p_{t_i}: Annealed Langevin with an accept/reject test.
+    η_i = c·σ_i² (HMC's leapfrog ε_i = c·σ_i: ``step_scale_power``), c = the kernel's ``step_size`` (Song & Ermon
+    2019's η_i ∝ σ_i², written relative to σ_i² rather than to the last level, so c does not depend on σ_min: their
+    ε = 2·10⁻⁵ at σ_L = 0.01 is c = 0.2). With MALA or HMC every level's chain is an exact MH chain for p_{t_i}:
+    Annealed Langevin with an accept/reject test.
 
     ``ladder="temperature"`` (any model with an energy, e.g. an EBM): L temperatures T_i geometric from
     ``temperature_max`` down to the kernel's ``temperature``, all at t_min (simulated tempering of the chain from
@@ -349,7 +353,7 @@ class AnnealedMCMC(Sampler):
     box is π_∞). A noise ladder cannot be reweighted (a learned E(x, t) carries an unknown constant per t).
 
     With the kernel's ``adapt_steps`` > 0 (MALA, HMC) each level first adapts its step by dual averaging toward the
-    kernel's target acceptance, starting from the previous level's step (times σ_i²/σ_{i−1}² on a noise ladder), then
+    kernel's target acceptance, starting from the previous level's step (times its ladder ratio on a noise ladder), then
     freezes it for ``steps_per_level`` transitions. ``level_acceptance`` and ``level_step_sizes`` hold each level's
     mean acceptance and step of the last call; ``acceptance_rate`` their mean. NFE: one evaluation per transition
     (HMC: ``leapfrog_steps``) plus one per level; the ladder's kernel needs the energy where the kernel does.
@@ -432,7 +436,7 @@ class AnnealedMCMC(Sampler):
         process = require_process(process, self)
         times = process.time_grid(self.num_levels - 1, self.spacing, device=device)
         sigma2 = process.sigma(times).double() ** 2
-        return times, torch.full_like(times, k.temperature), k.step_size * sigma2
+        return times, torch.full_like(times, k.temperature), k.step_size * sigma2 ** (k.step_scale_power / 2)
 
     def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
         k = self.kernel
@@ -460,7 +464,7 @@ class AnnealedMCMC(Sampler):
                     log_w, resamples = torch.zeros_like(log_w), resamples + 1
             if step is None:
                 step = float(steps[0])
-            elif self.ladder == "noise":  # the ladder's σ_i²/σ_{i−1}² on the step the previous level used
+            elif self.ladder == "noise":  # the ladder's (σ_i/σ_{i−1})^power on the step the previous level used
                 step = step * float(steps[level] / steps[level - 1])
             start = step
             if mh and k.adapt_steps:

@@ -79,7 +79,7 @@ class RecoverySampler(Sampler):
     Args:
         num_levels: L.
         steps_per_level: K, Langevin steps per recovery (the reference: 30).
-        step_size: c, the step in units of the anchor's squared width.
+        step_size: c, the step in units of the Gaussian posterior's variance P (:func:`anchor`).
         mh: Metropolis-adjust every step.
         spacing: the ladder's spacing (default: the process's own).
         data_std: σ_d of the Gaussian that sets each chain's start and step (the loss's value).
