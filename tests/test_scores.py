@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_score.processes import VE, VP, DiscreteVP, Interpolant, SubVP
+from lit_score.processes import EDM, VE, VP, DiscreteVP, Interpolant, SubVP
 from lit_score.scores import EnergyScore, NetworkScore
 
 
@@ -22,8 +22,9 @@ class Oracle(nn.Module):
         return self.score_model.training_target(self.x0, self.noise, self.t)
 
 
-@pytest.mark.parametrize("target", ["eps", "x0", "v", "score", "velocity"])
-@pytest.mark.parametrize("process", [VP(), SubVP(), VE(), DiscreteVP(), Interpolant()], ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("target", ["eps", "x0", "v", "score", "velocity", "edm"])
+@pytest.mark.parametrize("process", [VP(), SubVP(), VE(), DiscreteVP(), Interpolant(), EDM()],
+                         ids=lambda p: type(p).__name__)
 @pytest.mark.parametrize("shape", [(4, 2), (4, 1, 3, 3)])
 def test_parameterisations_round_trip(target, process, shape):
     gen = torch.Generator().manual_seed(0)

@@ -28,6 +28,7 @@ class DiffusionModule(GenerativeModule):
         scale_by_sigma: divide a ``score`` output by σ(t) (Song & Ermon 2020, technique 3); None: the family's
             default (``default_scale_by_sigma``), applied only to target ``score``.
         loss: the per-sample objective (family default when None).
+        sigma_data: σ_d of target ``edm`` (EDM's preconditioning; the data's standard deviation).
     """
 
     default_target: Target = "eps"
@@ -45,13 +46,14 @@ class DiffusionModule(GenerativeModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 0,
         sample_shape: tuple[int, ...] | None = None,
+        sigma_data: float = 0.5,
     ) -> None:
         super().__init__(sampler, optimizer, lr_scheduler, warmup_steps, sample_shape)
         process = process if process is not None else self.default_process()
         target = target or self.default_target
         if scale_by_sigma is None:
             scale_by_sigma = self.default_scale_by_sigma and target == "score"
-        self.score_model = NetworkScore(network, process, target, scale_by_sigma)
+        self.score_model = NetworkScore(network, process, target, scale_by_sigma, sigma_data)
         self.sampler = sampler if sampler is not None else self.default_sampler(process)
         self.loss = loss if loss is not None else self.default_loss()
         if self.loss.requires_energy and not self.score_model.has_energy:

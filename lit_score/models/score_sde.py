@@ -46,6 +46,7 @@ class ScoreSDE(DiffusionModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 0,
         sample_shape: tuple[int, ...] | None = None,
+        sigma_data: float = 0.5,
         likelihood_weighting: bool = False,
         importance_sampling: bool = False,
         reduce: Literal["mean", "sum"] = "mean",
@@ -57,7 +58,8 @@ class ScoreSDE(DiffusionModule):
             weighting = "likelihood" if likelihood_weighting else "sigma2"
             loss = DenoisingLoss(weighting=weighting, reduce=reduce, importance_sampling=importance_sampling)
         super().__init__(
-            network, process, target, scale_by_sigma, loss, sampler, optimizer, lr_scheduler, warmup_steps, sample_shape
+            network, process, target, scale_by_sigma, loss, sampler, optimizer, lr_scheduler, warmup_steps,
+            sample_shape, sigma_data=sigma_data,
         )
         self.save_config()  # again, from this frame: records the family options too
 
