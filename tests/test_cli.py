@@ -62,6 +62,15 @@ def test_compare_configs_parse_and_every_run_config_exists(config):
     families = {Path(r["config"]).parent.name for r in runs}
     if config.stem.startswith("ebm"):  # the EBM regimes
         assert families == {"ebm"} and len(runs) == 4
+    elif config.stem.startswith("objectives"):  # issue 9's objectives: each run's config + overrides parses as fit
+        from lit_score.evaluation.compare import cli_overrides
+
+        assert families <= {"ddpm", "ncsn", "sde", "edm", "vdm"} and len(runs) > 1
+        for r in runs:
+            overrides = cli_overrides({**cfg.shared, **(r.get("overrides") or {})})
+            with pytest.raises(SystemExit) as info:
+                run(["fit", "--config", r["config"], *overrides, "--print_config"])
+            assert info.value.code in (0, None), r["name"]
     else:
         assert families == {"ddpm", "ncsn", "sde", "ebm", "flow"}  # every family that exists
 
