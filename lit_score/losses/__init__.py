@@ -4,6 +4,7 @@ from lit_score.losses.base import DiffusionLoss
 from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.losses.denoising import DenoisingLoss
 from lit_score.losses.flow import FlowMatchingLoss, ot_permutation
+from lit_score.losses.hybrid import HybridLoss
 from lit_score.losses.recovery import RecoveryLikelihood
 from lit_score.losses.score_matching import ExactScoreMatching, SlicedScoreMatching
 
@@ -13,6 +14,7 @@ __all__ = [
     "DiffusionLoss",
     "ExactScoreMatching",
     "FlowMatchingLoss",
+    "HybridLoss",
     "RecoveryLikelihood",
     "SlicedScoreMatching",
     "ot_permutation",

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from lit_score.processes import DiscreteVP, NoiseProcess
-from lit_score.samplers.ancestral import posterior_mean, transition_variances
+from lit_score.samplers.ancestral import learned_range_variance, posterior_mean, transition_variances
 from lit_score.samplers.base import ScoreFn, full_like_t, predict_x0_eps, probability_flow_velocity
 from lit_score.samplers.ode import solve_ode, solve_ode_fixed
 from lit_score.utils import append_dims, batch_sum, randn_like
@@ -250,12 +250,61 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, std: Tensor) ->
     )
 
 
+def vlb_step_bpd(
+    process: NoiseProcess,
+    x0: Tensor,
+    x_t: Tensor,
+    x0_hat: Tensor,
+    n: Tensor,
+    num_steps: int,
+    *,
+    variance: Literal["beta_tilde", "beta", "learned"] = "beta_tilde",
+    frac: Tensor | None = None,
+    decoder: Literal["discretized", "gaussian"] = "discretized",
+) -> Tensor:
+    """One term of DDPM's bound per sample, in bits/dim (B,): L_{n−1} = KL(q(x_{n−1} | x_n, x₀) ‖ p(x_{n−1} | x_n)) for
+    n ≥ 2 and the decoder −log p(x₀ | x₁) for n = 1, on the grid t = n/N; the one place both :func:`ddpm_vlb` and
+    :class:`~lit_score.losses.HybridLoss` compute it.
+
+    The model's mean is μ̃(x_n, x̂₀); its variance β̃_n, β_n (σ²_{t|s}), or the learned interpolation between them
+    (``frac``, :func:`~lit_score.samplers.ancestral.learned_range_variance`). The decoder is N(x̂₀, β̃₂) (fixed) or its
+    variance interpolated between β₁ and β̃₂ (improved-diffusion's clipped log β̃₁), as a discretised Gaussian on the
+    8-bit grid or, for continuous data, a Gaussian density.
+    """
+    if variance == "learned" and frac is None:
+        raise ValueError("variance='learned' needs the model's interpolation fraction frac")
+    step = lambda k: (k / num_steps).to(x0.dtype)  # noqa: E731
+    t_kl = step(n.clamp_min(2))  # the n = 1 rows are replaced by the decoder below: keep their KL finite
+    s_kl = t_kl - 1 / num_steps
+    _, sigma_ts2, beta_tilde = transition_variances(process, t_kl, s_kl)
+    true_mean = posterior_mean(process, x_t, x0, t_kl, s_kl)
+    model_mean = posterior_mean(process, x_t, x0_hat, t_kl, s_kl)
+    if variance == "learned":
+        model_var = learned_range_variance(frac, sigma_ts2, beta_tilde)
+    else:
+        model_var = _wide(beta_tilde if variance == "beta_tilde" else sigma_ts2, x0)
+    kl = normal_kl(true_mean, _wide(beta_tilde, x0), model_mean, model_var)
+    one, two, zero = (torch.full_like(t_kl, k / num_steps) for k in (1, 2, 0))
+    beta_tilde_2 = transition_variances(process, two, one)[2]
+    if variance == "learned":
+        dec_var = learned_range_variance(frac, process.sigma(one) ** 2, beta_tilde_2)
+    else:
+        dec_var = _wide(beta_tilde_2, x0)
+    dec_mean = posterior_mean(process, x_t, x0_hat, one, zero)  # = x̂₀ (α₀ = 1, σ₀ = 0)
+    if decoder == "discretized":
+        nll = -discretized_gaussian_log_likelihood(x0, dec_mean, dec_var.sqrt())
+    else:
+        nll = 0.5 * (torch.log(2 * math.pi * dec_var) + (x0 - dec_mean) ** 2 / dec_var)
+    terms = torch.where(append_dims(n == 1, x0), nll, kl)
+    return batch_sum(terms) / (x0[0].numel() * math.log(2))
+
+
 def ddpm_vlb(
     score_model: ScoreFn,
     process: DiscreteVP,
     x0: Tensor,
     *,
-    variance: Literal["beta_tilde", "beta"] = "beta_tilde",
+    variance: Literal["beta_tilde", "beta", "learned"] = "beta_tilde",
     clip_denoised: bool = True,
     generator: torch.Generator | None = None,
 ) -> VLBResult:
@@ -263,13 +312,17 @@ def ddpm_vlb(
 
     ``process`` is a DiscreteVP (step n at t = n/N). Each KL term uses one draw of x_n ~ q(x_n | x₀) (drawn
     from ``generator`` for n = N, …, 1) and the model posterior mean μ̃(x_n, x̂₀) with the fixed variance
-    β̃_n (``beta_tilde``) or β_n (``beta``); the decoder is the discretised Gaussian at x̂₀ with variance β̃₂
-    (improved-diffusion's clipped β̃₁). The prior term is KL(q(x_N | x₀) ‖ N(0, σ_N² I)), the process prior that
-    the samplers start from (DDPM's N(0, I) differs by < 1e-5 bits/dim on its linear schedule).
+    β̃_n (``beta_tilde``) or β_n (``beta``), or the model's own (``learned``: a model with a learned variance,
+    whose network evaluation gives mean and variance together); the decoder is the discretised Gaussian at x̂₀ with
+    variance β̃₂ (improved-diffusion's clipped β̃₁) or the learned one (:func:`vlb_step_bpd`). The prior term is
+    KL(q(x_N | x₀) ‖ N(0, σ_N² I)), the process prior that the samplers start from (DDPM's N(0, I) differs by < 1e-5
+    bits/dim on its linear schedule).
     """
-    if variance not in ("beta_tilde", "beta"):
-        raise ValueError(f"unknown variance {variance!r}: use beta_tilde or beta")
-    num_steps = getattr(process, "num_timesteps", None)
+    if variance not in ("beta_tilde", "beta", "learned"):
+        raise ValueError(f"unknown variance {variance!r}: use beta_tilde, beta or learned")
+    if variance == "learned" and not getattr(score_model, "learned_variance", False):
+        raise ValueError("ddpm_vlb(variance='learned') needs a model with a learned variance: use beta_tilde or beta")
+    num_steps = process.num_timesteps
     if num_steps is None or num_steps < 2:
         raise ValueError(f"ddpm_vlb needs a discrete VP process (DiscreteVP, N >= 2), got {process!r}")
     batch, scale = x0.shape[0], x0[0].numel() * math.log(2)
@@ -280,20 +333,16 @@ def ddpm_vlb(
     terms = torch.zeros(batch, num_steps, device=x0.device, dtype=x0.dtype)
     with torch.no_grad():
         for n in range(num_steps, 0, -1):
-            t, s = step(n), step(n - 1)
+            t = step(n)
             x_t = process.perturb(x0, t, randn_like(x0, generator))
-            x0_hat = predict_x0_eps(score_model, process, x_t, t)[0]
-            x0_hat = x0_hat.clamp(-1, 1) if clip_denoised else x0_hat
-            model_mean = posterior_mean(process, x_t, x0_hat, t, s)
-            if n > 1:
-                _, sigma_ts2, beta_tilde = transition_variances(process, t, s)
-                model_var = beta_tilde if variance == "beta_tilde" else sigma_ts2
-                kl = normal_kl(posterior_mean(process, x_t, x0, t, s), _wide(beta_tilde, x0), model_mean,
-                               _wide(model_var, x0))
-                terms[:, n - 1] = batch_sum(kl) / scale
+            frac = None
+            if variance == "learned":
+                x0_hat, _, frac = score_model.predict_with_variance(x_t, t)
             else:
-                std = _wide(transition_variances(process, step(2), step(1))[2].sqrt(), x0)
-                terms[:, 0] = -batch_sum(discretized_gaussian_log_likelihood(x0, model_mean, std)) / scale
+                x0_hat = predict_x0_eps(score_model, process, x_t, t)[0]
+            x0_hat = x0_hat.clamp(-1, 1) if clip_denoised else x0_hat
+            index = torch.full((batch,), n, device=x0.device)
+            terms[:, n - 1] = vlb_step_bpd(process, x0, x_t, x0_hat, index, num_steps, variance=variance, frac=frac)
         t_max = step(num_steps)
         prior_var = torch.full_like(x0, process.prior_std**2)
         mean_n = _wide(process.alpha(t_max), x0) * x0

@@ -242,8 +242,9 @@ class GenerativeModule(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def check_network(self, network: nn.Module, t: Tensor | None) -> None:
-        """Run the network once on zeros of the sample shape and fail clearly if the output shape is wrong."""
+    def check_network(self, network: nn.Module, t: Tensor | None, channels_factor: int = 1) -> None:
+        """Run the network once on zeros of the sample shape and fail clearly if the output shape is wrong
+        (``channels_factor`` = 2: a learned variance's second half of channels)."""
         if self.sample_shape is None:
             return
         x = torch.zeros((2, *self.sample_shape), device=self.device)
@@ -255,10 +256,11 @@ class GenerativeModule(pl.LightningModule):
                 f"the network cannot take data of sample shape {self.sample_shape}: {str(err).splitlines()[0]}"
                 " — set the network's channels / data_dim / resolution to match the data"
             ) from err
-        expected = x.shape if out.ndim == x.ndim else (2,)
+        expected = (2, x.shape[1] * channels_factor, *x.shape[2:]) if out.ndim == x.ndim else (2,)
         if tuple(out.shape) != tuple(expected):
             raise ValueError(
                 f"the network maps data of shape {tuple(x.shape)} to {tuple(out.shape)}, expected {tuple(expected)}"
                 " — set the network's channels / data_dim to match the data"
+                + (" (out_channels / out_dim twice the data's for a learned variance)" if channels_factor > 1 else "")
             )
 

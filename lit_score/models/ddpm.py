@@ -36,7 +36,8 @@ class DDPM(DiffusionModule):
         """``vlb``: :func:`~lit_score.metrics.ddpm_vlb` on the 8-bit data itself (options: variance, clip_denoised)."""
         if estimator != "vlb":
             return super().estimate_likelihood(estimator, x, dequantize, generator, options)
-        variance = options.get("variance", "beta_tilde")
+        options = dict(options)
+        variance = options.pop("variance", "learned" if self.score_model.learned_variance else "beta_tilde")
         x = ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1  # the bound's bins are the 8-bit grid: data on it
-        result = ddpm_vlb(self.score_model, self.process, x, generator=generator, **options)
+        result = ddpm_vlb(self.score_model, self.process, x, variance=variance, generator=generator, **options)
         return result.estimate(x[0].numel(), variance)

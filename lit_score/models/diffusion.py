@@ -29,6 +29,8 @@ class DiffusionModule(GenerativeModule):
             default (``default_scale_by_sigma``), applied only to target ``score``.
         loss: the per-sample objective (family default when None).
         sigma_data: σ_d of target ``edm`` (EDM's preconditioning; the data's standard deviation).
+        learned_variance: the network also outputs the reverse variance's interpolation (twice the data's
+            channels; improved DDPM), used by ``Ancestral`` and ``ddpm_vlb`` and trained by ``HybridLoss``.
     """
 
     default_target: Target = "eps"
@@ -47,13 +49,14 @@ class DiffusionModule(GenerativeModule):
         warmup_steps: int = 0,
         sample_shape: tuple[int, ...] | None = None,
         sigma_data: float = 0.5,
+        learned_variance: bool = False,
     ) -> None:
         super().__init__(sampler, optimizer, lr_scheduler, warmup_steps, sample_shape)
         process = process if process is not None else self.default_process()
         target = target or self.default_target
         if scale_by_sigma is None:
             scale_by_sigma = self.default_scale_by_sigma and target == "score"
-        self.score_model = NetworkScore(network, process, target, scale_by_sigma, sigma_data)
+        self.score_model = NetworkScore(network, process, target, scale_by_sigma, sigma_data, learned_variance)
         self.sampler = sampler if sampler is not None else self.default_sampler(process)
         self.loss = loss if loss is not None else self.default_loss()
         if self.loss.requires_energy and not self.score_model.has_energy:
@@ -91,7 +94,8 @@ class DiffusionModule(GenerativeModule):
                               **options).estimate()
 
     def setup(self, stage: str) -> None:
-        self.check_network(self.network, torch.zeros(2, device=self.device))
+        channels = 2 if self.score_model.learned_variance else 1
+        self.check_network(self.network, torch.zeros(2, device=self.device), channels_factor=channels)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self.loss(self.score_model, self.data_batch(batch)).mean()

@@ -7,6 +7,7 @@ For a step t → s < t, with α_{t|s} = α_t/α_s and σ²_{t|s} = σ_t² − α
 | μ̃ = (α_{t|s} σ_s²/σ_t²)·x_t + (α_s σ²_{t|s}/σ_t²)·x̂₀ | posterior mean of q(x_s | x_t, x₀) (Ho et al. 2020, eq. 7) |
 | β̃ = σ²_{t|s} σ_s²/σ_t² | posterior variance; the alternative "β" choice is σ²_{t|s} |
 | DDIM: x_s = α_s x̂₀ + √(σ_s² − c²)·ε̂ + c·z, c = η·√β̃ | Song et al. 2021a, eq. 12 |
+| log Σ = f·log σ²_{t|s} + (1 − f)·log β̃, f = (v + 1)/2 | a learned variance (Nichol & Dhariwal 2021, eq. 15) |
 
 On DDPM's grid (t = n/N, s = (n−1)/N) these are exactly DDPM's β_n and β̃_n; on a VE process they
 are SMLD's ancestral sampler (Song et al. 2021b, eq. 47).
@@ -41,6 +42,13 @@ def transition_variances(process: NoiseProcess, t: Tensor, s: Tensor) -> tuple[T
     return alpha_ts, sigma_ts2, sigma_ts2 * sigma_s2 / sigma_t2
 
 
+def learned_range_variance(frac: Tensor, sigma_ts2: Tensor, beta_tilde: Tensor) -> Tensor:
+    """Σ = exp(f·log σ²_{t|s} + (1 − f)·log β̃) elementwise, with the step's (B,) bounds widened to f's shape: f = 0 is
+    β̃, f = 1 is σ²_{t|s} (DDPM's β on its own grid), on whatever grid t → s belongs to."""
+    log_upper, log_lower = append_dims(sigma_ts2.log(), frac), append_dims(beta_tilde.log(), frac)
+    return (frac * log_upper + (1 - frac) * log_lower).exp()
+
+
 def posterior_mean(process: NoiseProcess, x: Tensor, x0: Tensor, t: Tensor, s: Tensor) -> Tensor:
     """μ̃(x_t, x̂₀) of q(x_s | x_t, x₀)."""
     alpha_ts, sigma_ts2, _ = transition_variances(process, t, s)
@@ -54,7 +62,9 @@ class Ancestral(Sampler):
     """Ancestral sampling from the DDPM posterior (Ho et al. 2020, Algorithm 2), on any grid.
 
     Args:
-        variance: ``beta_tilde`` (posterior β̃, the DDPM paper's lower bound) or ``beta`` (σ²_{t|s}, the upper).
+        variance: ``beta_tilde`` (posterior β̃, the DDPM paper's lower bound), ``beta`` (σ²_{t|s}, the upper), or
+            ``learned`` (the model's interpolation between them for this step, iDDPM; one network evaluation gives
+            the mean and the variance); None: ``learned`` when the model has a learned variance, else ``beta_tilde``.
         clip_denoised: clamp x̂₀ to [−c, c] before each step (DDPM clips to the image range 1.0).
     """
 
@@ -63,22 +73,34 @@ class Ancestral(Sampler):
         num_steps: int = 1000,
         spacing: Spacing | None = None,
         denoise: bool = True,
-        variance: Literal["beta_tilde", "beta"] = "beta_tilde",
+        variance: Literal["beta_tilde", "beta", "learned"] | None = None,
         clip_denoised: float | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
-        if variance not in ("beta_tilde", "beta"):
-            raise ValueError(f"unknown variance {variance!r}: use beta_tilde or beta")
+        if variance not in (None, "beta_tilde", "beta", "learned"):
+            raise ValueError(f"unknown variance {variance!r}: use beta_tilde, beta or learned")
         check_number("clip_denoised", clip_denoised, gt=0.0, allow_none=True)
         self.variance, self.clip_denoised = variance, clip_denoised
 
     def update(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One step t → s: (x_s, posterior mean μ̃, x̂₀)."""
-        x0 = clip_x0(predict_x0_eps(score_fn, process, x, t)[0], self.clip_denoised)
+        learned = bool(getattr(score_fn, "learned_variance", False))
+        variance = self.variance or ("learned" if learned else "beta_tilde")
+        if variance == "learned" and not learned:
+            raise ValueError("Ancestral(variance='learned') needs a model with a learned variance: use beta_tilde or"
+                             " beta for this one")
+        if variance == "learned":
+            x0, _, frac = score_fn.predict_with_variance(x, t)
+        else:
+            x0 = predict_x0_eps(score_fn, process, x, t)[0]
+        x0 = clip_x0(x0, self.clip_denoised)
         _, sigma_ts2, beta_tilde = transition_variances(process, t, s)
-        var = beta_tilde if self.variance == "beta_tilde" else sigma_ts2
+        if variance == "learned":
+            var = learned_range_variance(frac, sigma_ts2, beta_tilde)
+        else:
+            var = append_dims(beta_tilde if variance == "beta_tilde" else sigma_ts2, x)
         x_mean = posterior_mean(process, x, x0, t, s)
-        return x_mean + append_dims(var.sqrt(), x) * randn_like(x, generator), x_mean, x0
+        return x_mean + var.sqrt() * randn_like(x, generator), x_mean, x0
 
     def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One step t → s: (x_s, μ̃), the predictor interface of ``PredictorCorrector``."""
@@ -142,4 +164,4 @@ def _report(callback: StepCallback | None, i: int, t: Tensor, x: Tensor, x0: Ten
         callback({"step": i, "t": t, "x": x, "denoised": x0})
 
 
-__all__ = ["Ancestral", "DDIM", "posterior_mean", "transition_variances"]
+__all__ = ["Ancestral", "DDIM", "learned_range_variance", "posterior_mean", "transition_variances"]

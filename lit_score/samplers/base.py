@@ -38,7 +38,7 @@ class CountingScore:
 
     def __getattr__(self, name: str):
         attr = getattr(self.score_fn, name)
-        if name not in ("predict", "velocity", "denoise", "eps", "energy", "energy_and_score"):
+        if name not in ("predict", "velocity", "denoise", "eps", "energy", "energy_and_score", "predict_with_variance"):
             return attr
 
         def counted(*args, **kwargs):

@@ -32,6 +32,12 @@ and (M − 1)t for DDPM's chain, as the table; NCSN++-style VE conditions on ln 
 Since x̂₀ − x₀ = c_out·(F − F*) and ε̂ − ε = −(α/σ)(x̂₀ − x₀), an error on F is an ε error scaled by
 (c_out/σ̃)²: :meth:`NetworkScore.eps_error_scale` gives that factor for the raw output, which is how a loss
 weighting stated on ε-MSE (:mod:`lit_score.losses.weighting`) applies to any target.
+
+**Learned variance** (Nichol & Dhariwal 2021, "learned_range"): with ``learned_variance`` the network returns twice
+the data's channels (dim 1); the first half is the parameterisation above, the second v ∈ [−1, 1] per element gives
+the interpolation fraction f = (v + 1)/2 of a reverse step t → s's variance between its two bounds,
+log Σ = f·log σ²_{t|s} + (1 − f)·log β̃ (:func:`~lit_score.samplers.ancestral.learned_range_variance`), on whatever
+grid the sampler uses (iDDPM's respacing recomputes both bounds for the subsequence; so do the samplers here).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class NetworkScore(nn.Module):
         target: the parameterisation (table above).
         scale_by_sigma: with target ``score``, the output divided by σ(t) (Song & Ermon 2020).
         sigma_data: σ_d of target ``edm``: the data's standard deviation (EDM's 0.5 for images in [−1, 1]).
+        learned_variance: the network also outputs the variance interpolation v (2× the channels; module docstring).
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class NetworkScore(nn.Module):
         target: Target = "eps",
         scale_by_sigma: bool = False,
         sigma_data: float = 0.5,
+        learned_variance: bool = False,
     ):
         super().__init__()
         if target not in TARGETS:
@@ -76,16 +84,40 @@ class NetworkScore(nn.Module):
         check_number("sigma_data", sigma_data, gt=0.0)
         self.network, self.process, self.target, self.scale_by_sigma = network, process, target, scale_by_sigma
         self.sigma_data = float(sigma_data)
+        self.learned_variance = bool(learned_variance)
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
-        """The network's raw output at (x, t) (for ``edm``: F at the input c_in·x̃ = c_in·x/α)."""
+        """The network's raw output at (x, t) for the parameterisation (for ``edm``: F at the input c_in·x̃ = c_in·x/α;
+        with a learned variance, its first half)."""
+        return self.raw_and_variance(x, t)[0]
+
+    def raw_and_variance(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(raw output, variance fraction f = (v + 1)/2 shaped like x, or None without a learned variance) from one
+        network evaluation."""
+        x_in = x
         if self.target == "edm":
             alpha, sigma = self._coefs(x, t)
-            x = x / (alpha * (sigma**2 / alpha**2 + self.sigma_data**2).sqrt())
-        out = self.network(x, self.process.c_noise(t))
+            x_in = x / (alpha * (sigma**2 / alpha**2 + self.sigma_data**2).sqrt())
+        out = self.network(x_in, self.process.c_noise(t))
+        frac = None
+        if self.learned_variance:
+            if out.shape[1] != 2 * x.shape[1]:
+                raise ValueError(f"a learned variance needs 2x the data's {x.shape[1]} channels from the network, got"
+                                 f" {out.shape[1]}: set its out_channels / out_dim to {2 * x.shape[1]}")
+            out, v = out.chunk(2, dim=1)
+            frac = (v + 1) / 2
         if self.scale_by_sigma:
             out = out / append_dims(self.process.sigma(t), x)
-        return out
+        return out, frac
+
+    def predict_with_variance(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(x̂₀, ε̂, f) from one network evaluation; f is the learned variance's interpolation fraction."""
+        if not self.learned_variance:
+            raise ValueError("this model has a fixed variance: build it with learned_variance=True (and a network"
+                             " with twice the data's channels) to learn one")
+        out, frac = self.raw_and_variance(x, t)
+        x0, eps = self.predict(x, t, out)
+        return x0, eps, frac
 
     def preconditioning(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(c_skip, c_out, c_in) of this target at t, each (B,), in x̃ = x/α and σ̃ = σ/α (the module's table), with
