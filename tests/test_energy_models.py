@@ -3,6 +3,7 @@ the Metropolis-adjusted corrector its accept/reject test. Checked with the exact
 
 from __future__ import annotations
 
+import json
 import statistics
 
 import pytest
@@ -165,6 +166,10 @@ def test_the_recovery_loss_trains_energy_differences_at_the_ladders_levels():
     ("noise_conditional_toy", ["--model.init_args.sampler.init_args.predictor.init_args.num_steps", "4"]),
     ("recovery_toy", ["--model.init_args.sampler.init_args.steps_per_level", "2",
                       "--model.init_args.loss.init_args.num_steps", "2"]),
+    ("noise_conditional_digits", ["--trainer.callbacks", json.dumps([  # the config's grid sampler, fewer steps
+        {"class_path": "lit_score.callbacks.SampleGrid",
+         "init_args": {"num_samples": 4, "sampler": {"class_path": "lit_score.samplers.Heun",
+                                                     "init_args": {"num_steps": 2}}}}])]),
 ])
 def test_the_noise_conditional_energy_configs_train_sample_and_score(tmp_path, config, shorter):
     """One fast_dev_run of each config as written (only the chains shortened) trains, validates and writes a finite
@@ -182,4 +187,5 @@ def test_the_noise_conditional_energy_configs_train_sample_and_score(tmp_path, c
     grids = sorted(tmp_path.rglob("samples/*.npz"))
     assert grids, sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     samples = np.load(grids[-1])["samples"]
-    assert samples.ndim == 2 and samples.shape[1] == 2 and len(samples) > 0 and np.isfinite(samples).all()
+    shape = (1, 16, 16) if "digits" in config else (2,)
+    assert samples.shape[1:] == shape and len(samples) > 0 and np.isfinite(samples).all()
