@@ -112,6 +112,9 @@ class NoiseConditionalEnergy(nn.Module):
         super().__init__()
         if head not in ("norm", "sum"):
             raise ValueError(f"unknown energy head {head!r}: use norm or sum")
+        if head == "norm" and getattr(backbone, "zero_init_output", False):  # a declared option of the backbone
+            raise ValueError(f"head='norm' on a {type(backbone).__name__} whose output starts at zero never trains"
+                             " (E = 1/2 |F|^2 has zero gradient at F = 0): build it with zero_init_output false")
         self.backbone, self.head = backbone, head
 
     def energy(self, x: Tensor, c: Tensor) -> Tensor:

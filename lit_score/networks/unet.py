@@ -144,6 +144,8 @@ class UNet(nn.Module):
         num_groups: GroupNorm groups (fewer for narrow layers, see ``group_norm``).
         resample_with_conv: whether down/upsampling use a 3×3 conv (else pooling / plain interpolation).
         skip_rescale: divide residual sums by √2 (DDPM++).
+        zero_init_output: zero-initialise the last conv (DDPM: the output starts at 0). Turn it off under a
+            ``NoiseConditionalEnergy(head="norm")``: Ẽ = ½‖F‖² with F ≡ 0 is a saddle whose gradient is exactly 0.
     """
 
     def __init__(
@@ -160,8 +162,10 @@ class UNet(nn.Module):
         num_groups: int = 32,
         resample_with_conv: bool = True,
         skip_rescale: bool = True,
+        zero_init_output: bool = True,
     ) -> None:
         super().__init__()
+        self.zero_init_output = bool(zero_init_output)
         for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
                             ("num_res_blocks", num_res_blocks), ("resolution", resolution), ("num_groups", num_groups)):
             check_number(name, value, ge=1, integer=True)
@@ -211,8 +215,9 @@ class UNet(nn.Module):
 
         self.norm_out = group_norm(cur, num_groups)
         self.conv_out = nn.Conv2d(cur, self.out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)  # DDPM zero-initialises the last layer: the output starts at 0
-        nn.init.zeros_(self.conv_out.bias)
+        if zero_init_output:  # DDPM zero-initialises the last layer: the output starts at 0
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """x: (B, C, H, W), t: (B,) or a scalar -> (B, out_channels, H, W)."""
