@@ -133,8 +133,10 @@ def test_likelihood_weighting_is_on_the_score_error_for_any_target():
     assert torch.allclose(loss, expected, rtol=1e-4)
 
 
-TOY_CONFIGS = ["ncsn/toy", "sde/vp_toy", "sde/ve_toy", "sde/subvp_toy", "edm/toy", "ncsn/toy_ssm", "sde/vp_toy_ssm"]
-DIGITS_CONFIGS = ["ncsn/digits", "sde/vp_digits", "sde/ve_digits", "sde/subvp_digits", "edm/digits"]
+TOY_CONFIGS = ["ncsn/toy", "sde/vp_toy", "sde/ve_toy", "sde/subvp_toy", "edm/toy", "ncsn/toy_ssm", "sde/vp_toy_ssm",
+               "vdm/toy"]
+DIGITS_CONFIGS = ["ncsn/digits", "sde/vp_digits", "sde/ve_digits", "sde/subvp_digits", "edm/digits",
+                  "vdm/digits"]
 # shrink the models' own samplers (used by the toy configs' sample grids) so a fast_dev_run stays fast
 FEW_STEPS = {
     "ncsn": ["--model.init_args.sampler.init_args.steps_per_level", "1"],
@@ -142,6 +144,7 @@ FEW_STEPS = {
     "sde/subvp": ["--model.init_args.sampler.init_args.num_steps", "5"],
     "sde/ve": ["--model.init_args.sampler.init_args.predictor.init_args.num_steps", "5"],
     "edm": ["--model.init_args.sampler.init_args.num_steps", "3"],
+    "vdm": ["--model.init_args.sampler.init_args.num_steps", "5"],
 }
 
 
@@ -159,7 +162,8 @@ def test_cli_fast_dev_run(config, tmp_path):
     from lit_score.cli import main
 
     few = next(v for k, v in FEW_STEPS.items() if config.startswith(k))
-    cheap = ["--trainer.callbacks", CHEAP_CALLBACKS] if config.startswith(("sde", "edm")) and "digits" in config else []
+    unet = config.startswith(("sde", "edm", "vdm")) and "digits" in config
+    cheap = ["--trainer.callbacks", CHEAP_CALLBACKS] if unet else []
     main(["fit", "--config", str(ROOT / "configs" / f"{config}.yaml"), "--trainer.fast_dev_run", "true",
           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
           "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "16", *few, *cheap])

@@ -7,6 +7,7 @@ from lit_score.losses.flow import FlowMatchingLoss, ot_permutation
 from lit_score.losses.hybrid import HybridLoss
 from lit_score.losses.recovery import RecoveryLikelihood
 from lit_score.losses.score_matching import ExactScoreMatching, SlicedScoreMatching
+from lit_score.losses.vdm import VDMLoss
 
 __all__ = [
     "ContrastiveDivergence",
@@ -17,5 +18,6 @@ __all__ = [
     "HybridLoss",
     "RecoveryLikelihood",
     "SlicedScoreMatching",
+    "VDMLoss",
     "ot_permutation",
 ]

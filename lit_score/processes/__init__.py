@@ -3,6 +3,7 @@
 from lit_score.processes.base import NoiseProcess, Spacing
 from lit_score.processes.edm import EDM
 from lit_score.processes.interpolant import Interpolant
+from lit_score.processes.learned import LearnedVP
 from lit_score.processes.ve import VE, DiscreteVE
 from lit_score.processes.vp import VP, DiscreteVP, SubVP, ddpm_betas
 
@@ -16,5 +17,6 @@ __all__ = [
     "DiscreteVE",
     "EDM",
     "Interpolant",
+    "LearnedVP",
     "ddpm_betas",
 ]
