@@ -141,7 +141,9 @@ def test_ddpm_with_a_learned_variance_checks_its_network_and_samples_with_it():
     assert model.sample(5).shape == (5, 2)
     with pytest.raises(ValueError, match="twice the data's"):
         DDPM(MLP(data_dim=2, hidden=16, depth=1), process=DiscreteVP(num_timesteps=10), learned_variance=True,
-             sample_shape=(2,)).setup("fit")
+             loss=HybridLoss(), sample_shape=(2,)).setup("fit")
+    with pytest.raises(ValueError, match="trained by HybridLoss"):  # L_simple would leave v untrained, yet used
+        DDPM(MLP(data_dim=2, out_dim=4), process=DiscreteVP(num_timesteps=10), learned_variance=True)
     with pytest.raises(ValueError, match="learned_variance true"):
         HybridLoss()(DDPM(MLP(data_dim=2), process=DiscreteVP(num_timesteps=10)).score_model, torch.randn(4, 2))
 
@@ -150,7 +152,7 @@ def test_ddpm_reports_its_bound_with_the_learned_variance():
     """DDPM's own likelihood number (the VLB on 8-bit data) uses the model's learned variance and says so."""
     torch.manual_seed(0)
     model = DDPM(MLP(data_dim=2, hidden=16, depth=1, out_dim=4), process=DiscreteVP(num_timesteps=10),
-                 learned_variance=True, sample_shape=(2,))
+                 learned_variance=True, loss=HybridLoss(), sample_shape=(2,))
     x = torch.rand(16, 2) * 2 - 1
     options = {}
     estimate = model.estimate_likelihood("vlb", x, "uniform8bit", torch.Generator().manual_seed(3), options)
@@ -187,3 +189,31 @@ def test_hybrid_configs_train_and_sample_with_the_learned_variance(config, tmp_p
     assert grids
     samples = np.load(grids[-1])["samples"]
     assert samples.shape[1:] == ((2,) if config == "toy_hybrid" else (1, 16, 16)) and np.isfinite(samples).all()
+
+
+class ZeroOutput(nn.Module):
+    """ε̂ = 0 and v = 0 plus a learnable mean offset and variance logit: a zero-initialised network's first step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mean_bias, self.v = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, c_noise):
+        return torch.cat([torch.zeros_like(x) + self.mean_bias, torch.zeros_like(x) + self.v], dim=1)
+
+
+def test_hybrid_loss_gradients_are_finite_with_the_discretised_decoder_and_stop_at_the_mean():
+    """At ε̂ = 0 the rows n ≥ 2 have x̂₀ = x_t/α far outside [−1, 1]; their (unused) decoder branch must not poison the
+    gradient (it did: the float32 normal-CDF tail's backward at |z| ~ 1e5 is not finite). And L_vlb's gradient does
+    not reach the mean (stop-gradient): only L_simple moves it."""
+    process = DiscreteVP(num_timesteps=1000)
+    model = NetworkScore(ZeroOutput(), process, "eps", learned_variance=True)
+    x0 = (torch.randint(0, 256, (32, 3, 32, 32), generator=torch.Generator().manual_seed(0)) / 127.5 - 1).float()
+    loss_fn = HybridLoss(decoder="discretized")
+    for seed in range(5):
+        model.zero_grad()
+        loss_fn(model, x0, generator=torch.Generator().manual_seed(seed)).mean().backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.network.parameters()), seed
+    model.zero_grad()
+    loss_fn.terms(model, x0, generator=torch.Generator().manual_seed(1))[1].mean().backward()
+    assert model.network.mean_bias.grad == 0 and model.network.v.grad != 0

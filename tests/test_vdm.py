@@ -110,3 +110,17 @@ def test_training_moves_the_schedule_and_lowers_the_vlb():
     moved = [(p.detach() - b).abs().max().item() for p, b in zip(process.parameters(), before)]
     assert min(moved) > 1e-4, moved
     assert process.gamma_ends != (-13.3, 5.0)
+
+
+def test_a_learned_schedule_is_refused_with_another_loss_and_conditions_the_network_on_gamma():
+    from lit_score.losses import DenoisingLoss
+    from lit_score.models import ScoreSDE
+
+    with pytest.raises(ValueError, match="trained by VDMLoss"):
+        ScoreSDE(MLP(data_dim=2), process=LearnedVP(hidden=8), target="eps", loss=DenoisingLoss())
+    process = LearnedVP(hidden=8)
+    t = torch.tensor([0.0, 0.25, 1.0])
+    gamma = process.gamma(t)
+    g0, g1 = process.gamma_ends
+    torch.testing.assert_close(process.c_noise(t), 999 * (gamma - g0) / (g1 - g0))
+    assert process.gamma(torch.tensor(0.5)).shape == ()

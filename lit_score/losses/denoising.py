@@ -62,9 +62,10 @@ def lognormal_sigma_time(
     snapped to a discrete process's grid."""
     u = rand((batch,), generator, device=device)
     ends = torch.tensor([process.t_min, process.t_max], device=u.device, dtype=torch.float64)
-    log_sigma = -process.log_snr(ends)  # ln σ̃ at (t_min, t_max), increasing
-    lo, hi = (torch.special.ndtr((log_sigma - p_mean) / p_std)).to(u.dtype).unbind()
-    log_sigma_t = p_mean + p_std * torch.special.ndtri((lo + u * (hi - lo)).clamp(1e-7, 1 - 1e-7))
+    log_sigma = -process.log_snr(ends).detach().to(torch.float64)  # ln σ̃ at (t_min, t_max), increasing
+    lo, hi = torch.special.ndtr((log_sigma - p_mean) / p_std).unbind()
+    p = (lo + u.to(torch.float64) * (hi - lo)).clamp(1e-300, 1 - 1e-16)  # the inverse CDF in float64
+    log_sigma_t = (p_mean + p_std * torch.special.ndtri(p)).to(u.dtype)
     t = process.t_from_log_snr(-log_sigma_t).clamp(process.t_min, process.t_max)
     return process.discretize(t)
 

@@ -37,6 +37,8 @@ class HybridLoss(DiffusionLoss):
         decoder: ``discretized`` (8-bit data in [−1, 1], the paper's) or ``gaussian`` (continuous data).
     """
 
+    trains_variance = True
+
     def __init__(self, vlb_weight: float = 0.001, decoder: Literal["discretized", "gaussian"] = "discretized") -> None:
         check_number("vlb_weight", vlb_weight, ge=0.0)
         if decoder not in ("discretized", "gaussian"):

@@ -9,13 +9,16 @@ For x_t = α_t x + σ_t ε with γ = −log SNR (any process: γ = −2λ), per 
 | L_∞ | ½ E_{t∼U[t_min, t_max]} (t_max − t_min)·γ'(t)·‖ε̂(z_t, t) − ε‖² (eq. 17) |
 
 returned as (L_prior + L_recon + L_∞)/(D log 2), an upper bound on −log₂ p(x) per dimension, whose mean over data is
-the VLB in bits/dim. Times are antithetic by default (t_i = (u + i/B) mod 1, VDM's low-discrepancy sampler).
+the VLB in bits/dim. On a learned schedule the network is conditioned on the normalised γ (c_noise = 999·ν(t)), as
+VDM conditions on γ: then E[L_∞] depends on the schedule only through its end points (eq. 20). Times are antithetic
+by default (t_i = (u + i/B) mod 1, VDM's low-discrepancy sampler).
 
 With a :class:`~lit_score.processes.LearnedVP` the end points γ₀, γ₁ take the VLB's gradient and the schedule's shape
 ν takes the gradient of the *variance* of the estimator instead (sec. 5.3): L_∞ is invariant to ν in expectation
 (eq. 20), so its gradient there is noise; ∂E[L²]/∂ν = 2·E[L·∂L/∂ν] is obtained in the same backward pass by scaling
-the incoming gradient of each sample's (ν(t_i), ν'(t_i)) by 2·L_i (L_i its L_∞ term, the only term that depends on
-ν: ν(0) = 0 and ν(1) = 1 fix L_prior and L_recon).
+the incoming gradient of each sample's (ν(t_i), ν'(t_i)) by 2·L_i (L_i its L_∞ term in nats, the only term that
+depends on ν: ν(0) = 0 and ν(1) = 1 fix L_prior and L_recon); through the returned bits/dim the shape's gradient is
+thus ∂E[L_∞²]/∂η/(D log 2), nats² per bit-dimension — a positive scale, stated because gradient clipping sees it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class VDMLoss(DiffusionLoss):
         variance_minimisation: train a learned schedule's shape by the estimator's variance (sec. 5.3).
     """
 
+    trains_schedule = True
+
     def __init__(self, decoder: Literal["gaussian", "discretized"] = "gaussian", antithetic: bool = True,
                  variance_minimisation: bool = True) -> None:
         if decoder not in ("gaussian", "discretized"):
@@ -93,7 +98,10 @@ class VDMLoss(DiffusionLoss):
             alpha, sigma = process.alpha(t), process.sigma(t)
         noise = randn_like(x0, generator)
         x_t = append_dims(alpha, x0) * x0 + append_dims(sigma, x0) * noise
-        eps_hat = score_model.raw(x_t, t) if learned else score_model.predict(x_t, t)[1]
+        if learned:  # the network sees the (scaled) normalised γ: c_noise = 999·ν(t), as LearnedVP.c_noise
+            eps_hat = score_model.network(x_t, 999.0 * nu.to(x0.dtype))
+        else:
+            eps_hat = score_model.predict(x_t, t)[1]
         diffusion = 0.5 * (t_max - t_min) * dgamma * batch_sum((eps_hat - noise) ** 2)
         holder["scale"] = 2 * diffusion.detach()  # read by the shape's backward (variance minimisation)
         ends = torch.tensor([t_min, t_max], device=x0.device, dtype=x0.dtype)

@@ -43,7 +43,7 @@ def eps_weight(name: str, log_snr: Tensor, gamma: float = 5.0, sigma_data: float
     if name == "snr_plus_one":
         return 1 + 1 / snr
     if name == "min_snr":
-        return snr.clamp(max=gamma) / snr
+        return (gamma / snr).clamp(max=1.0)  # = min(SNR, γ)/SNR, finite at SNR = 0
     if name == "soft_min_snr":
         return gamma / (snr + gamma)
     if name == "edm":

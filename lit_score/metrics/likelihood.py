@@ -273,8 +273,7 @@ def vlb_step_bpd(
     """
     if variance == "learned" and frac is None:
         raise ValueError("variance='learned' needs the model's interpolation fraction frac")
-    step = lambda k: (k / num_steps).to(x0.dtype)  # noqa: E731
-    t_kl = step(n.clamp_min(2))  # the n = 1 rows are replaced by the decoder below: keep their KL finite
+    t_kl = n.clamp_min(2).to(x0.dtype) / num_steps  # n = 1 rows take the decoder below: keep their KL finite
     s_kl = t_kl - 1 / num_steps
     _, sigma_ts2, beta_tilde = transition_variances(process, t_kl, s_kl)
     true_mean = posterior_mean(process, x_t, x0, t_kl, s_kl)
@@ -291,11 +290,17 @@ def vlb_step_bpd(
     else:
         dec_var = _wide(beta_tilde_2, x0)
     dec_mean = posterior_mean(process, x_t, x0_hat, one, zero)  # = x̂₀ (α₀ = 1, σ₀ = 0)
+    # rows n ≥ 2 keep the KL below; their decoder inputs are replaced by harmless ones so that the unused branch has a
+    # finite gradient (x̂₀ far from x₀ at high noise puts the discretised CDF's tail at |z| ~ 1e5, whose float32
+    # backward is not finite, and 0·inf would reach the network through torch.where)
+    decoding = append_dims(n == 1, x0)
+    dec_mean = torch.where(decoding, dec_mean, x0)
+    dec_var = torch.where(decoding, dec_var, _wide(beta_tilde_2, x0))
     if decoder == "discretized":
         nll = -discretized_gaussian_log_likelihood(x0, dec_mean, dec_var.sqrt())
     else:
         nll = 0.5 * (torch.log(2 * math.pi * dec_var) + (x0 - dec_mean) ** 2 / dec_var)
-    terms = torch.where(append_dims(n == 1, x0), nll, kl)
+    terms = torch.where(decoding, nll, kl)
     return batch_sum(terms) / (x0[0].numel() * math.log(2))
 
 

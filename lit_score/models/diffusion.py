@@ -59,6 +59,12 @@ class DiffusionModule(GenerativeModule):
         self.score_model = NetworkScore(network, process, target, scale_by_sigma, sigma_data, learned_variance)
         self.sampler = sampler if sampler is not None else self.default_sampler(process)
         self.loss = loss if loss is not None else self.default_loss()
+        if self.score_model.learned_variance and not self.loss.trains_variance:
+            raise ValueError(f"a learned variance is trained by HybridLoss, not {type(self.loss).__name__}: set"
+                             " model.init_args.loss to lit_score.losses.HybridLoss (or learned_variance false)")
+        if process.learnable_schedule and not self.loss.trains_schedule:
+            raise ValueError(f"{type(process).__name__}'s schedule is trained by VDMLoss, not"
+                             f" {type(self.loss).__name__}: set model.init_args.loss to lit_score.losses.VDMLoss")
         if self.loss.requires_energy and not self.score_model.has_energy:
             raise ValueError(f"{type(self.loss).__name__} trains an energy E(x, t): use a NoiseConditionalEnergy"
                              f" network with target score or eps (got {type(network).__name__}, target {target!r})")

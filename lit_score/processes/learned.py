@@ -73,14 +73,14 @@ class LearnedVP(NoiseProcess):
         return raw, draw
 
     def shape(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(ν(t), ν'(t)): the normalised shape and its derivative (ν(t) = t without a learned shape)."""
-        t = t.to(self.w1.dtype)
+        """(ν(t), ν'(t)): the normalised shape and its derivative (ν(t) = t without a learned shape), shaped like t."""
+        t = torch.as_tensor(t, device=self.w1.device).to(self.w1.dtype)
         if not self.learn_shape:
             return t, torch.ones_like(t)
-        raw, draw = self._raw(t)
+        raw, draw = self._raw(t.reshape(-1))
         ends, _ = self._raw(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
         span = ends[1] - ends[0]
-        return (raw - ends[0]) / span, draw / span
+        return ((raw - ends[0]) / span).reshape(t.shape), (draw / span).reshape(t.shape)
 
     def gamma_from_shape(self, nu: Tensor, dnu: Tensor) -> tuple[Tensor, Tensor]:
         """(γ(t), γ'(t)) from the shape (ν, ν'): γ₀ + (γ₁ − γ₀)ν and (γ₁ − γ₀)ν'."""
@@ -118,6 +118,10 @@ class LearnedVP(NoiseProcess):
         """dσ²/dt − 2fσ² = γ' sigmoid(γ) (σ² = sigmoid(γ), so dσ²/dt = γ' σ²α² and −2fσ² = γ' σ⁴)."""
         gamma, dgamma = self.gamma_from_shape(*self.shape(t))
         return (dgamma * torch.sigmoid(gamma)).to(t.dtype)
+
+    def c_noise(self, t: Tensor) -> Tensor:
+        """999·ν(t): the normalised γ, so the network is conditioned on the SNR as VDM's is (not on t)."""
+        return 999.0 * self.shape(t)[0].to(t.dtype)
 
     def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
         """t with −γ(t)/2 = λ, by bisection on [0, 1] (γ is increasing), 60 halvings in float64; clamped to [0, 1]."""
