@@ -61,6 +61,7 @@ TOY = ["--data.init_args.num_samples", 2000, "--data.init_args.batch_size", 100,
        "--trainer.limit_val_batches", 2]
 DDPM = ["--model.init_args.process.init_args.num_timesteps", 100]
 EBM = ["--model.init_args.sampler.init_args.num_steps", 10, "--model.init_args.buffer_size", 500]
+LOSS_AWARE = json.dumps({"class_path": "lit_score.losses.DenoisingLoss", "init_args": {"time_sampling": "loss_aware"}})
 EPOCHLY = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
 
 # (config, extra args, callbacks, the states compared, kill step, the step of the checkpoint it resumes from):
@@ -71,6 +72,9 @@ CASES = {
              ("state_dict", "current_model_state", "optimizer_states"), 31, 25),
     "ddpm-epoch-end": ("configs/ddpm/toy.yaml", [*TOY, *DDPM], [EMA, EPOCHLY],
                        ("state_dict", "current_model_state", "optimizer_states"), 45, 40),
+    # iDDPM's loss-aware steps: the per-step loss history (warm after ~10 steps of 100 draws) resumes with the run
+    "ddpm-loss-aware": ("configs/ddpm/toy.yaml", [*TOY, *DDPM, "--model.init_args.loss", LOSS_AWARE],
+                        [EMA, checkpoint_every(25)], ("state_dict", "optimizer_states", "lit_score_loss"), 31, 25),
     "ebm": ("configs/ebm/toy.yaml", [*TOY, *EBM], [checkpoint_every(25)],
             ("state_dict", "optimizer_states", "ebm_replay_buffer"), 31, 25),
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -14,11 +16,26 @@ class DiffusionLoss:
     ``trains_variance`` / ``trains_schedule``: the objective trains a learned reverse variance (``HybridLoss``) or a
     learned noise schedule (``VDMLoss``); a model with either is refused with any other loss, which would leave the
     variance untrained (yet used by the samplers) or move the schedule by a gradient that is not the VLB's.
+    ``state_dict`` / ``load_state_dict``: what the objective carries between steps (empty unless it samples t by its
+    own loss history), written into and restored from the family's checkpoints.
     """
 
     requires_energy: bool = False
     trains_variance: bool = False
     trains_schedule: bool = False
+    #: a ``LossAwareSteps`` where the objective draws its steps by its own loss history, else None
+    steps = None
 
     def __call__(self, score_model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """State the objective carries across steps (a loss-aware step history), saved in the module's checkpoint."""
+        return self.steps.state_dict() if self.steps is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.steps is not None:
+            self.steps.load_state_dict(state)
+        elif state:
+            warnings.warn(f"the checkpoint's loss state ({', '.join(state)}) is not used by {type(self).__name__}:"
+                          " it starts afresh", stacklevel=2)

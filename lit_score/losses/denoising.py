@@ -26,6 +26,9 @@ r = :meth:`~lit_score.scores.NetworkScore.eps_error_scale`. EDM's objective (Kar
 ``edm`` with weighting ``none`` (λ(σ)·c_out² = 1: unit weight on F) or, the same number, ``edm``; its log-normal
 σ training is ``time_sampling="lognormal"`` on any process: ln σ̃ ~ N(P_mean, P_std²) truncated to the process's
 [σ̃(t_min), σ̃(t_max)] (exactly, by the inverse normal CDF) and mapped to t by the inverse log-SNR.
+``time_sampling="loss_aware"`` draws the steps of a discrete chain ∝ sqrt(E[ℓ_n²]) from the history of this very loss
+with weight 1/(N·p_n) (improved DDPM's resampler, :mod:`lit_score.losses.time_sampling`): the same objective as
+uniform n, lower variance; training steps only.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.losses.base import DiffusionLoss
+from lit_score.losses.time_sampling import LossAwareSteps
 from lit_score.losses.weighting import LOG_SNR_WEIGHTINGS, eps_weight
 from lit_score.processes import NoiseProcess
 from lit_score.scores import NetworkScore
@@ -80,11 +84,14 @@ class DenoisingLoss(DiffusionLoss):
         reduce: ``mean`` or ``sum`` of the squared error over data dimensions.
         importance_sampling: with ``likelihood``, draw t ∝ g²/σ² itself instead of the process's
             training distribution (which it assumes uniform on [t_min, t_max]); same expectation.
-        time_sampling: ``process`` (the process's training distribution) or ``lognormal`` (EDM's ln σ̃ ~
-            N(p_mean, p_std²), truncated to the process's range, on any process).
+        time_sampling: ``process`` (the process's training distribution), ``lognormal`` (EDM's ln σ̃ ~
+            N(p_mean, p_std²), truncated to the process's range, on any process) or ``loss_aware`` (a discrete
+            chain's n ∝ sqrt(E[ℓ_n²]) over the last ``history`` losses per step, mixed with ``uniform_prob`` of
+            uniform, weight 1/(N·p_n); iDDPM sec. 3.3; uniform until every step has its history).
         p_mean, p_std: the log-normal's parameters (EDM: −1.2, 1.2).
         gamma: the SNR cap γ of ``min_snr`` / ``soft_min_snr`` (Hang et al. 2023: 5).
         sigma_data: σ_d of weighting ``edm``; None: the score model's (its ``sigma_data``).
+        history, uniform_prob: the loss-aware sampler's H (iDDPM: 10) and uniform mixture weight (0.001).
     """
 
     def __init__(
@@ -94,11 +101,13 @@ class DenoisingLoss(DiffusionLoss):
         ] = "none",
         reduce: Literal["mean", "sum"] = "mean",
         importance_sampling: bool = False,
-        time_sampling: Literal["process", "lognormal"] = "process",
+        time_sampling: Literal["process", "lognormal", "loss_aware"] = "process",
         p_mean: float = -1.2,
         p_std: float = 1.2,
         gamma: float = 5.0,
         sigma_data: float | None = None,
+        history: int = 10,
+        uniform_prob: float = 0.001,
     ) -> None:
         known = ("none", "sigma2", "likelihood", *LOG_SNR_WEIGHTINGS)
         if weighting not in known:
@@ -107,8 +116,8 @@ class DenoisingLoss(DiffusionLoss):
             raise ValueError(f"unknown reduce {reduce!r}: use mean or sum")
         if importance_sampling and weighting != "likelihood":
             raise ValueError("importance_sampling only applies to weighting='likelihood'")
-        if time_sampling not in ("process", "lognormal"):
-            raise ValueError(f"unknown time_sampling {time_sampling!r}: use process or lognormal")
+        if time_sampling not in ("process", "lognormal", "loss_aware"):
+            raise ValueError(f"unknown time_sampling {time_sampling!r}: use process, lognormal or loss_aware")
         if importance_sampling and time_sampling != "process":
             raise ValueError("importance_sampling draws its own times: leave time_sampling='process'")
         check_number("p_mean", p_mean)
@@ -118,6 +127,7 @@ class DenoisingLoss(DiffusionLoss):
         self.weighting, self.reduce, self.importance_sampling = weighting, reduce, importance_sampling
         self.time_sampling, self.p_mean, self.p_std = time_sampling, float(p_mean), float(p_std)
         self.gamma, self.sigma_data = float(gamma), sigma_data
+        self.steps = LossAwareSteps("DenoisingLoss", history, uniform_prob) if time_sampling == "loss_aware" else None
 
     def weight(self, score_model: NetworkScore, t: Tensor) -> Tensor:
         """w(t), shape (B,), on the raw-output error (for ``likelihood``: g(t)², which multiplies the score error)."""
@@ -133,7 +143,10 @@ class DenoisingLoss(DiffusionLoss):
 
     def __call__(self, score_model: NetworkScore, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         process = score_model.process
-        if self.importance_sampling:
+        n = step_weight = None
+        if self.steps is not None and score_model.training:
+            t, n, step_weight = self.steps.draw(process, x0.shape[0], generator, x0.device, x0.dtype)
+        elif self.importance_sampling:
             if type(process).discretize is not NoiseProcess.discretize:  # a discrete grid overrides the identity
                 raise ValueError(f"importance sampling draws continuous times: {type(process).__name__} is discrete")
             t, ratio = log_snr_importance_time(process, x0.shape[0], generator, x0.device)
@@ -152,7 +165,11 @@ class DenoisingLoss(DiffusionLoss):
         else:
             err = (out - score_model.training_target(x0, noise, t)) ** 2
             weight = self.weight(score_model, t)
-        return weight * (batch_mean(err) if self.reduce == "mean" else batch_sum(err))
+        loss = weight * (batch_mean(err) if self.reduce == "mean" else batch_sum(err))
+        if step_weight is None:
+            return loss
+        self.steps.update(n, loss)
+        return step_weight * loss
 
     def couple(self, x0: Tensor, noise: Tensor) -> Tensor:
         """Pair the batch's noise with its data: independent here; flow matching's minibatch OT re-pairs it."""
@@ -162,6 +179,9 @@ class DenoisingLoss(DiffusionLoss):
         extra = ", importance_sampling=True" if self.importance_sampling else ""
         if self.time_sampling == "lognormal":
             extra += f", time_sampling='lognormal', p_mean={self.p_mean:g}, p_std={self.p_std:g}"
+        if self.steps is not None:
+            extra += (f", time_sampling='loss_aware', history={self.steps.history},"
+                      f" uniform_prob={self.steps.uniform_prob:g}")
         if self.weighting in ("min_snr", "soft_min_snr"):
             extra += f", gamma={self.gamma:g}"
         if self.weighting == "edm" and self.sigma_data is not None:

@@ -17,6 +17,8 @@ from lit_score.processes import NoiseProcess
 from lit_score.samplers import Sampler
 from lit_score.scores import NetworkScore, Target
 
+_LOSS_KEY = "lit_score_loss"
+
 
 class DiffusionModule(GenerativeModule):
     """A network + noise process + parameterisation + denoising loss, trained on x_t = α x₀ + σ ε.
@@ -102,6 +104,15 @@ class DiffusionModule(GenerativeModule):
     def setup(self, stage: str) -> None:
         channels = 2 if self.score_model.learned_variance else 1
         self.check_network(self.network, torch.zeros(2, device=self.device), channels_factor=channels)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The objective's own state (a loss-aware step history; equal on every rank) under ``lit_score_loss``."""
+        state = self.loss.state_dict()
+        if state:
+            checkpoint[_LOSS_KEY] = state
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.loss.load_state_dict(checkpoint.get(_LOSS_KEY, {}))
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self.loss(self.score_model, self.data_batch(batch)).mean()

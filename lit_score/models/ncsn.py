@@ -121,9 +121,11 @@ class NCSN(DiffusionModule):
             logger.log_metrics({"sigma_max": value}, step=0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.sigma_max_from_data:
             checkpoint[_CKPT_KEY] = float(self.process.sigma_max)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         if _CKPT_KEY in checkpoint:
             self.set_sigma_max(checkpoint[_CKPT_KEY])
