@@ -1,7 +1,9 @@
 """Shared base of the datamodules: batching, a held-out validation split and real samples for metrics.
 
-Every datamodule yields plain tensors of shape (B, *sample_shape) (labels are dropped) and knows its
-``sample_shape`` right after ``__init__``, because the CLI links it to the model before ``setup`` runs.
+Every datamodule yields plain tensors of shape (B, *sample_shape) and knows its ``sample_shape`` right after
+``__init__``, because the CLI links it to the model before ``setup`` runs. A data module built with ``labels: true``
+(where its data has classes: ``num_classes``) yields (x, y) batches from its train / val loaders instead, y (B,) long;
+the datasets behind the metrics (``reference_samples``, ``split_dataset``) stay plain.
 """
 
 from __future__ import annotations
@@ -35,6 +37,21 @@ class TensorData(Dataset):
         if self.flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
         return x
+
+
+class Labelled(Dataset):
+    """Items (dataset[i], labels[i]) of a dataset of plain samples and a label tensor (N,) aligned with it."""
+
+    def __init__(self, dataset: Dataset, labels: Tensor) -> None:
+        if len(dataset) != labels.shape[0]:
+            raise ValueError(f"{labels.shape[0]} labels for {len(dataset)} samples")
+        self.dataset, self.labels = dataset, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.dataset[index], self.labels[index]
 
 
 class _SkipBatches:
@@ -150,10 +167,16 @@ class GenerativeDataModule(pl.LightningDataModule):
     (int) or a fraction (float) whose exact meaning each subclass documents.
     """
 
+    #: the class labels of the training and held-out splits (N,), set by ``setup`` when ``labels`` is on
+    train_labels: Tensor | None = None
+    val_labels: Tensor | None = None
+
     def __init__(
-        self, batch_size: int = 128, num_workers: int = 0, val_size: int | float = 0.1, seed: int = 0
+        self, batch_size: int = 128, num_workers: int = 0, val_size: int | float = 0.1, seed: int = 0,
+        labels: bool = False,
     ) -> None:
         super().__init__()
+        self.labels = bool(labels)
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got batch_size={batch_size},"
                              f" num_workers={num_workers}")
@@ -174,6 +197,18 @@ class GenerativeDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     @property
+    def num_classes(self) -> int:
+        """K of data with class labels (0: the data has none). Subclasses with classes override it."""
+        return 0
+
+    def check_labels(self) -> None:
+        """Refuse ``labels: true`` on data without classes, in one line (called by subclasses' ``__init__``)."""
+        if self.labels and not self.num_classes:
+            raise ValueError(f"{self.label} has no class labels: drop data.init_args.labels (classes exist for"
+                             " digits, MNIST, Fashion-MNIST, CIFAR-10, image folders with a sub-folder per class,"
+                             " GaussianMixture components and the 8 Gaussians' modes)")
+
+    @property
     def is_image(self) -> bool:
         """Whether samples are images (C, H, W)."""
         return len(self.sample_shape) == 3
@@ -186,9 +221,14 @@ class GenerativeDataModule(pl.LightningDataModule):
     def _generator(self, offset: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed + offset)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, labels: Tensor | None = None) -> DataLoader:
         """Shuffled loaders are :class:`ResumableLoader` s with their own generator, seeded from the global RNG
-        (``seed_everything``) when the loader is made, so checkpoints carry the data order."""
+        (``seed_everything``) when the loader is made, so checkpoints carry the data order. With ``labels`` (when
+        the module's ``labels`` is on) items are (x, y)."""
+        if self.labels:
+            if labels is None:
+                raise RuntimeError(f"{type(self).__name__}.setup set no labels for a split")
+            dataset = Labelled(dataset, labels)
         generator = torch.Generator().manual_seed(int(torch.randint(2**62, ()).item())) if shuffle else None
         return (ResumableLoader if shuffle else DataLoader)(
             dataset,
@@ -205,14 +245,14 @@ class GenerativeDataModule(pl.LightningDataModule):
             self.setup("fit")
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches (B, *sample_shape) of the training split."""
+        """Shuffled batches (B, *sample_shape) of the training split ((x, y) with ``labels``)."""
         self._ensure_setup()
-        return self._loader(self.train_dataset, shuffle=True)
+        return self._loader(self.train_dataset, shuffle=True, labels=self.train_labels)
 
     def val_dataloader(self) -> DataLoader:
-        """Batches (B, *sample_shape) of the held-out split."""
+        """Batches (B, *sample_shape) of the held-out split ((x, y) with ``labels``)."""
         self._ensure_setup()
-        return self._loader(self.val_dataset, shuffle=False)
+        return self._loader(self.val_dataset, shuffle=False, labels=self.val_labels)
 
     def test_dataloader(self) -> DataLoader:
         """The held-out split again: the built-in datasets keep one held-out split for validation and test."""

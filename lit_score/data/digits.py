@@ -11,6 +11,13 @@ from lit_score.checks import check_number
 from lit_score.data.base import GenerativeDataModule, TensorData, num_held_out
 
 
+def load_digit_labels() -> Tensor:
+    """The class (0 … 9) of each of the 1,797 digits, in the order of :func:`load_digit_images`."""
+    from sklearn.datasets import load_digits
+
+    return torch.from_numpy(load_digits().target).long()
+
+
 def load_digit_images(image_size: int = 8) -> Tensor:
     """All 1,797 digits as (N, 1, image_size, image_size) float32 in [-1, 1], bilinearly resized if needed."""
     from sklearn.datasets import load_digits
@@ -24,7 +31,8 @@ def load_digit_images(image_size: int = 8) -> Tensor:
 
 
 class Digits(GenerativeDataModule):
-    """The sklearn 8x8 digits as (1, image_size, image_size) images in [-1, 1] with a random held-out split."""
+    """The sklearn 8x8 digits as (1, image_size, image_size) images in [-1, 1] with a random held-out split;
+    ``labels: true`` yields (x, digit) batches (10 classes)."""
 
     def __init__(
         self,
@@ -34,8 +42,10 @@ class Digits(GenerativeDataModule):
         flip: bool = False,
         num_workers: int = 0,
         seed: int = 0,
+        labels: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=float(val_fraction), seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=float(val_fraction), seed=seed,
+                         labels=labels)
         check_number("image_size", image_size, ge=1, integer=True)
         self.save_hyperparameters()
         self.image_size = image_size
@@ -54,9 +64,17 @@ class Digits(GenerativeDataModule):
         order = torch.randperm(x.shape[0], generator=self._generator())
         n_val = num_held_out(self.val_size, x.shape[0])
         train, val = x[order[n_val:]], x[order[:n_val]]
+        if self.labels:
+            y = load_digit_labels()
+            self.train_labels, self.val_labels = y[order[n_val:]], y[order[:n_val]]
         self.train_dataset = TensorData(train, flip=self.flip)
         self.val_dataset = TensorData(val)
         self.reference_dataset = TensorData(train)
+
+    @property
+    def num_classes(self) -> int:
+        """The ten digits."""
+        return 10
 
     @property
     def default_feature_extractor(self) -> str:

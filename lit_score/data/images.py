@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import torch
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
@@ -28,14 +29,29 @@ class _Known:
     shape: tuple[int, int, int]  # native (C, H, W) after the standard crop
     title: str
     files: str  # what must be under root
+    classes: int  # class labels of its items (0: none used here)
 
 
 _KNOWN: dict[str, _Known] = {
-    "mnist": _Known("MNIST", (1, 28, 28), "MNIST", "MNIST/raw"),
-    "fashion_mnist": _Known("FashionMNIST", (1, 28, 28), "Fashion-MNIST", "FashionMNIST/raw"),
-    "cifar10": _Known("CIFAR10", (3, 32, 32), "CIFAR-10", "cifar-10-batches-py"),
-    "celeba": _Known("CelebA", (3, 64, 64), "CelebA", "celeba/ (img_align_celeba/ and the list_*.txt files)"),
+    "mnist": _Known("MNIST", (1, 28, 28), "MNIST", "MNIST/raw", 10),
+    "fashion_mnist": _Known("FashionMNIST", (1, 28, 28), "Fashion-MNIST", "FashionMNIST/raw", 10),
+    "cifar10": _Known("CIFAR10", (3, 32, 32), "CIFAR-10", "cifar-10-batches-py", 10),
+    "celeba": _Known("CelebA", (3, 64, 64), "CelebA", "celeba/ (img_align_celeba/ and the list_*.txt files)", 0),
 }
+
+
+def folder_classes(root: str | Path, files: list[Path]) -> tuple[list[str], Tensor]:
+    """(class names, label per file): the first sub-folder under ``root`` of each file, names sorted (as
+    torchvision's ``ImageFolder``); one clear line when a file lies directly in ``root``."""
+    root = Path(root)
+    parts = [f.relative_to(root).parts for f in files]
+    loose = [f for f, p in zip(files, parts) if len(p) < 2]
+    if loose:
+        raise ValueError(f"labels from an image folder need one sub-folder per class under {root}, but"
+                         f" {loose[0].name} lies directly in it: move the images into class folders or drop labels")
+    names = sorted({p[0] for p in parts})
+    index = {name: k for k, name in enumerate(names)}
+    return names, torch.tensor([index[p[0]] for p in parts], dtype=torch.long)
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -97,6 +113,8 @@ class ImageData(GenerativeDataModule):
     test split (CelebA: valid split) to validate on, as a fixed random subset; for a folder, how many images
     to hold out of it. ``image_size`` / ``channels`` default to the dataset's own (for a folder: the shorter
     side and channel count of its first image); other sizes are resized, then centre-cropped to a square.
+    ``labels: true`` yields (x, y) batches: the dataset's classes (MNIST, Fashion-MNIST, CIFAR-10), or for a folder
+    the sub-folder each image lies in (one per class, names sorted: :func:`folder_classes`).
     """
 
     def __init__(
@@ -111,8 +129,9 @@ class ImageData(GenerativeDataModule):
         num_workers: int = 4,
         val_size: int | float = 0.05,
         seed: int = 0,
+        labels: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, seed=seed, labels=labels)
         if dataset != "folder" and dataset not in _KNOWN:
             raise ValueError(f"unknown dataset {dataset!r}; choose folder or one of {sorted(_KNOWN)}")
         check_number("image_size", image_size, ge=1, integer=True, allow_none=True)
@@ -129,6 +148,18 @@ class ImageData(GenerativeDataModule):
             native = (_KNOWN[dataset].shape[0], _KNOWN[dataset].shape[1])
         self.channels = channels or native[0]
         self.image_size = image_size or native[1]
+        self.class_names: list[str] = []
+        self.file_labels: Tensor | None = None
+        if labels and dataset == "folder":
+            self.class_names, self.file_labels = folder_classes(root, self.files)
+        self.check_labels()
+
+    @property
+    def num_classes(self) -> int:
+        """10 for MNIST / Fashion-MNIST / CIFAR-10; a labelled folder's number of class folders; else 0."""
+        if self.dataset == "folder":
+            return len(self.class_names)
+        return _KNOWN[self.dataset].classes
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -176,10 +207,15 @@ class ImageData(GenerativeDataModule):
             order = torch.randperm(len(images), generator=generator).tolist()
             n_val = num_held_out(self.val_size, len(images))
             train, val = Subset(images, order[n_val:]), Subset(images, order[:n_val])
+            if self.labels:
+                self.train_labels, self.val_labels = self.file_labels[order[n_val:]], self.file_labels[order[:n_val]]
         else:
             train, test = self._torchvision(train=True, download=False), self._torchvision(train=False, download=False)
             n_val = self.val_size if isinstance(self.val_size, int) else round(self.val_size * len(test))
             val = Subset(test, torch.randperm(len(test), generator=generator)[: min(n_val, len(test))].tolist())
+            if self.labels:  # torchvision's MNIST / CIFAR-10 keep every item's class in .targets
+                self.train_labels = torch.as_tensor(train.targets).long()
+                self.val_labels = torch.as_tensor(test.targets).long()[torch.tensor(val.indices, dtype=torch.long)]
         self.train_dataset = Transformed(train, self._transform(train=True))
         self.val_dataset = Transformed(val, self._transform(train=False))
         self.reference_dataset = Transformed(train, self._transform(train=False))

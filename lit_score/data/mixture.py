@@ -77,9 +77,17 @@ class GaussianMixtureDistribution:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` exact samples (n, D)."""
+        return self.sample_with_components(n, generator)[0]
+
+    def sample_with_components(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` exact samples (n, D) and the component (n,) each came from (the draws of :meth:`sample`)."""
         index = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype)
-        return self.means[index] + self.stds[index] * eps
+        return self.means[index] + self.stds[index] * eps, index
+
+    def component(self, k: int) -> GaussianMixtureDistribution:
+        """Component k alone: the class-conditional distribution p(x | y = k)."""
+        return GaussianMixtureDistribution(self.means[k : k + 1], self.stds[k : k + 1], torch.ones(1))
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log-density (n,) of x (n, ...), flattened to (n, D)."""
@@ -97,6 +105,19 @@ class GaussianMixtureDistribution:
 
     def _log_prob_and_score(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         """log p_t(x) (B,) and its score (shaped like x) for per-sample alpha, sigma (B,)."""
+        logits, diff, var = self._component_terms(x, alpha, sigma)
+        log_p = torch.logsumexp(logits, dim=1)
+        responsibility = torch.softmax(logits, dim=1)  # posterior over components, (B, K)
+        score = -(rearrange(responsibility, "b k -> b k 1") * diff / var).sum(dim=1)
+        return log_p, score.reshape(x.shape).to(x.dtype if x.is_floating_point() else logits.dtype)
+
+    def log_posterior(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """log p(y = k | x_t = x), (B, K): the exact noise-conditional classifier of the components."""
+        logits = self._component_terms(x, alpha, sigma)[0]
+        return logits - torch.logsumexp(logits, dim=1, keepdim=True)
+
+    def _component_terms(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log w_k + log N(x; α μ_k, α² s_k² + σ²) as (B, K), x − α μ_k as (B, K, D), the variances (B, K, D))."""
         dtype = x.dtype if x.dtype == torch.float64 else torch.float32
         flat = rearrange(x, "b ... -> b (...)").to(dtype)
         if flat.shape[1] != self.dim:
@@ -108,11 +129,7 @@ class GaussianMixtureDistribution:
         var = alpha**2 * s**2 + sigma**2  # (B, K, D)
         diff = rearrange(flat, "b d -> b 1 d") - mean
         log_component = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(dim=-1)  # (B, K)
-        logits = torch.log(w) + log_component
-        log_p = torch.logsumexp(logits, dim=1)
-        responsibility = torch.softmax(logits, dim=1)  # posterior over components, (B, K)
-        score = -(rearrange(responsibility, "b k -> b k 1") * diff / var).sum(dim=1)
-        return log_p, score.reshape(x.shape).to(x.dtype if x.is_floating_point() else dtype)
+        return torch.log(w) + log_component, diff, var
 
 
 class NoisedMixture:
@@ -140,6 +157,15 @@ class NoisedMixture:
 
     __call__ = score
 
+    def log_posterior(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """Exact log p(y = k | x_t = x), (B, K): which component x_t came from."""
+        return self.distribution.log_posterior(x, *self._alpha_sigma(x, t))
+
+    def log_prob_class(self, x: Tensor, t: Tensor | float, y: Tensor) -> Tensor:
+        """log p(y | x_t = x) (B,) for labels y (B,): the exact classifier of classifier guidance (``log_prob``
+        of a noise-conditional classifier)."""
+        return self.log_posterior(x, t).gather(1, y.long().reshape(-1, 1).to(x.device)).squeeze(1).to(x.dtype)
+
     def denoise(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Exact E[x0 | x_t = x] by Tweedie's formula, (x + sigma^2 score) / alpha."""
         alpha, sigma = self._alpha_sigma(x, t)
@@ -161,7 +187,8 @@ class NoisedMixture:
 
 
 class GaussianMixture(GenerativeDataModule):
-    """Samples of a ring-shaped Gaussian mixture whose exact density and score are ``.distribution``."""
+    """Samples of a ring-shaped Gaussian mixture whose exact density and score are ``.distribution``; with
+    ``labels: true`` the component of each sample is its class."""
 
     def __init__(
         self,
@@ -174,8 +201,9 @@ class GaussianMixture(GenerativeDataModule):
         batch_size: int = 512,
         num_workers: int = 0,
         seed: int = 0,
+        labels: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, seed=seed, labels=labels)
         check_number("num_components", num_components, ge=1, integer=True)
         check_number("dim", dim, ge=1, integer=True)
         check_number("radius", radius, ge=0.0)
@@ -193,10 +221,15 @@ class GaussianMixture(GenerativeDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Draw the training set, then the validation set, from one generator seeded with ``seed``."""
         generator = self._generator()
-        train = self.distribution.sample(self.num_samples, generator)
-        val = self.distribution.sample(self.val_size, generator)
+        train, self.train_labels = self.distribution.sample_with_components(self.num_samples, generator)
+        val, self.val_labels = self.distribution.sample_with_components(self.val_size, generator)
         self.train_dataset, self.val_dataset = TensorData(train), TensorData(val)
         self.reference_dataset = self.train_dataset
+
+    @property
+    def num_classes(self) -> int:
+        """The mixture's components are its classes."""
+        return self.distribution.num_components
 
     @property
     def has_exact_sampler(self) -> bool:

@@ -81,11 +81,17 @@ def checkerboard(n: int, generator: torch.Generator | None = None) -> Tensor:
 
 def eight_gaussians(n: int, generator: torch.Generator | None = None) -> Tensor:
     """Eight equally weighted Gaussians of std 0.125 with means on the unit circle at angles k pi / 4."""
+    return eight_gaussians_with_modes(n, generator)[0]
+
+
+def eight_gaussians_with_modes(n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`eight_gaussians` and the mode k (0 … 7, at angle k pi / 4) each sample came from (the same draws)."""
     std, k = 0.125, 8
-    angle = 2 * math.pi * torch.randint(k, (n,), generator=generator).float() / k
+    mode = torch.randint(k, (n,), generator=generator)
+    angle = 2 * math.pi * mode.float() / k
     x = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1) + std * _randn(n, 2, generator=generator)
     # Mean 0 by symmetry; E[|x|^2] = 1 + 2 std^2.
-    return _standardise(x, (0.0, 0.0), 0.5 + std**2)
+    return _standardise(x, (0.0, 0.0), 0.5 + std**2), mode
 
 
 def pinwheel(n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -111,8 +117,15 @@ TOY_DISTRIBUTIONS: dict[str, Callable[[int, torch.Generator | None], Tensor]] = 
 }
 
 
+#: the toy distributions whose samples have a class (``labels: true``): the mode each came from
+TOY_LABELLED: dict[str, tuple[int, Callable[[int, torch.Generator | None], tuple[Tensor, Tensor]]]] = {
+    "8gaussians": (8, eight_gaussians_with_modes),
+}
+
+
 class Toy2D(GenerativeDataModule):
-    """A fixed training set and a separate validation set drawn from one named 2-D toy distribution."""
+    """A fixed training set and a separate validation set drawn from one named 2-D toy distribution (with
+    ``labels: true``, for ``8gaussians``, the mode of each sample as its class)."""
 
     def __init__(
         self,
@@ -122,8 +135,9 @@ class Toy2D(GenerativeDataModule):
         batch_size: int = 512,
         num_workers: int = 0,
         seed: int = 0,
+        labels: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, seed=seed, labels=labels)
         if name not in TOY_DISTRIBUTIONS:
             raise ValueError(f"unknown toy distribution {name!r}; choose one of {sorted(TOY_DISTRIBUTIONS)}")
         check_number("num_samples", num_samples, ge=1, integer=True)
@@ -131,6 +145,12 @@ class Toy2D(GenerativeDataModule):
         self.name = name
         self.num_samples = num_samples
         self.sample_fn = TOY_DISTRIBUTIONS[name]
+        self.check_labels()
+
+    @property
+    def num_classes(self) -> int:
+        """The number of modes of a labelled toy distribution (8 Gaussians: 8), else 0."""
+        return TOY_LABELLED[self.name][0] if self.name in TOY_LABELLED else 0
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -140,8 +160,13 @@ class Toy2D(GenerativeDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Draw the training set, then the validation set, from one generator seeded with ``seed``."""
         generator = self._generator()
-        train = self.sample_fn(self.num_samples, generator)
-        val = self.sample_fn(self.val_size, generator)
+        if self.labels:  # the same draws as the unlabelled sampler, with their modes
+            labelled = TOY_LABELLED[self.name][1]
+            (train, self.train_labels), (val, self.val_labels) = (labelled(self.num_samples, generator),
+                                                                  labelled(self.val_size, generator))
+        else:
+            train = self.sample_fn(self.num_samples, generator)
+            val = self.sample_fn(self.val_size, generator)
         self.train_dataset, self.val_dataset = TensorData(train), TensorData(val)
         self.reference_dataset = self.train_dataset
 

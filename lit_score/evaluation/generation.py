@@ -77,9 +77,12 @@ def seed_loader(num_samples: int, batch_size: int, seed: int = 0) -> DataLoader:
 
 
 def draw_seed_batch(pl_module, batch: dict[str, Any], sampler=None, progress: bool = False) -> Tensor:
-    """``pl_module.sample`` for one generation batch, with the generator of its first seed index."""
+    """``pl_module.sample`` for one generation batch, with the generator of its first seed index and the class labels
+    of its seed indices (``pl_module.condition_labels``; None for an unconditional model)."""
     generator = torch.Generator(pl_module.device).manual_seed(batch_seed(int(batch["seed"]), int(batch["start"])))
-    return pl_module.sample(len(batch["index"]), sampler=sampler, generator=generator, progress=progress)
+    labels = pl_module.condition_labels(batch["index"])
+    return pl_module.sample(len(batch["index"]), sampler=sampler, generator=generator, progress=progress,
+                            labels=labels)
 
 
 def gather_rows(strategy, x: Tensor, chunk_rows: int = 4096) -> Tensor:

@@ -148,6 +148,78 @@ class GenerativeModule(pl.LightningModule):
             return f"it needs the energy E(x) for its accept/reject test and {type(self).__name__} has only a score"
         return None
 
+    # --- class conditioning and guidance ------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """K of a class-conditional model (its network declares ``num_classes``), 0 for an unconditional one."""
+        return 0
+
+    @property
+    def condition(self) -> dict:
+        """What :meth:`set_condition` chose: ``class_label`` (None: every class in turn; −1: the null label),
+        ``guidance_scale`` w, ``classifier_scale`` w_c (and whether a classifier is set) — for protocols."""
+        chosen = getattr(self, "_condition", None) or {"class_label": None, "guidance_scale": 0.0,
+                                                         "classifier_scale": 0.0}
+        return {**chosen, "classifier": self.classifier is not None}
+
+    @property
+    def classifier(self):
+        """The noise-conditional classifier of classifier guidance (kept out of the module tree and checkpoints)."""
+        return self.__dict__.get("_guidance_classifier")
+
+    def set_condition(
+        self,
+        class_label: int | None = None,
+        guidance_scale: float = 0.0,
+        classifier=None,
+        classifier_scale: float = 0.0,
+    ) -> None:
+        """Choose the labels and guidance of later sampling (``sample``/``evaluate --class_label --guidance_scale``).
+
+        Args:
+            class_label: one class for every sample; None: sample i has class i mod K (every class equally, rows of
+                a grid); −1: the null label (the unconditional model a classifier-free-guided network also is).
+            guidance_scale: classifier-free guidance w (a class-conditional network trained with label dropout).
+            classifier: a noise-conditional classifier (``log_prob(x, t, y)``), for classifier guidance.
+            classifier_scale: its scale w_c.
+        """
+        check_number("guidance_scale", guidance_scale)
+        check_number("classifier_scale", classifier_scale)
+        conditional = self.num_classes > 0
+        classes = self.num_classes or int(getattr(classifier, "num_classes", 0) or 0)
+        if class_label is not None and not -1 <= class_label < max(classes, 0):
+            if not classes:
+                raise ValueError(f"{type(self).__name__} is unconditional: --class_label needs a class-conditional"
+                                 " model (network num_classes > 0) or a classifier to guide it")
+            raise ValueError(f"class_label must lie in 0 … {classes - 1} (or −1 for none), got {class_label}")
+        if guidance_scale and not conditional:
+            raise ValueError(f"classifier-free guidance needs a class-conditional network; {type(self).__name__}'s"
+                             " is unconditional (use a classifier and --classifier_scale instead)")
+        if classifier_scale and classifier is None:
+            raise ValueError("classifier_scale needs a classifier: pass --classifier_ckpt")
+        if class_label == -1 and (guidance_scale or classifier_scale):
+            raise ValueError("guidance towards the null label is the unconditional model: drop the guidance scale")
+        self.__dict__["_guidance_classifier"] = classifier
+        self._condition = {"class_label": class_label, "guidance_scale": float(guidance_scale),
+                           "classifier_scale": float(classifier_scale)}
+
+    def condition_labels(self, index: Tensor) -> Tensor | None:
+        """The class labels of samples with seed indices ``index`` (N,) under :meth:`set_condition` (None for an
+        unconditional model without a classifier): every sample's label depends on its seed index only."""
+        classes = self.num_classes or int(getattr(self.classifier, "num_classes", 0) or 0)
+        if not classes:
+            return None
+        label = self.condition["class_label"]
+        index = index.to(self.device).long()
+        return index % classes if label is None else torch.full_like(index, int(label))
+
+    def conditioned_score(self, labels: Tensor | None):
+        """The score function that sampling with ``labels`` (B,) uses: the model's own without labels, else the family's
+        conditional (and guided, per :meth:`set_condition`) view of it."""
+        if labels is None:
+            return self.score_model
+        raise ValueError(f"{type(self).__name__} takes no class labels")
+
     def sample(
         self,
         n: int,
@@ -155,15 +227,18 @@ class GenerativeModule(pl.LightningModule):
         generator: torch.Generator | None = None,
         progress: bool = False,
         x: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
-        """Draw ``n`` samples (n, *sample_shape) with ``sampler`` (default: the model's), in eval mode."""
+        """Draw ``n`` samples (n, *sample_shape) with ``sampler`` (default: the model's), in eval mode; with class
+        ``labels`` (n,) from the conditional, guided score of :meth:`conditioned_score`."""
         sampler = sampler if sampler is not None else self.sampler
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
                 x = self.initial_state(n, generator) if x is None else x
-                out = sampler(self.score_model, x, self.process, generator=generator, progress=progress)
+                score_fn = self.conditioned_score(labels)
+                out = sampler(score_fn, x, self.process, generator=generator, progress=progress)
         finally:
             self.train(was_training)
         self.last_nfe = sampler.nfe
@@ -208,6 +283,18 @@ class GenerativeModule(pl.LightningModule):
         raise NotImplementedError
 
     # --- training plumbing -----------------------------------------------------------------------
+    def data_labels(self, batch: Tensor | tuple | list | dict) -> Tensor | None:
+        """The class labels of a batch (x, y) of a data module built with ``labels: true``; None for plain batches.
+        A class-conditional model refuses unlabelled data, and labels beyond its classes, in one line."""
+        y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        if self.num_classes and y is None:
+            raise ValueError(f"{type(self).__name__} is class-conditional ({self.num_classes} classes) but the data"
+                             " has no labels: set data.init_args.labels true")
+        if y is not None and self.num_classes and int(y.max()) >= self.num_classes:
+            raise ValueError(f"the data has class {int(y.max())} but the network has num_classes {self.num_classes}:"
+                             f" set it to at least {int(y.max()) + 1}")
+        return y if self.num_classes else None
+
     def data_batch(self, batch: Tensor | tuple | list | dict) -> Tensor:
         """The data tensor of a batch, checked against ``sample_shape``."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

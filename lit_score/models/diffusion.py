@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from lit_score.checks import check_number
 from lit_score.losses import DenoisingLoss, DiffusionLoss
 from lit_score.metrics.likelihood import log_likelihood
 from lit_score.models.base import GenerativeModule
@@ -33,6 +34,9 @@ class DiffusionModule(GenerativeModule):
         sigma_data: σ_d of target ``edm`` (EDM's preconditioning; the data's standard deviation).
         learned_variance: the network also outputs the reverse variance's interpolation (twice the data's
             channels; improved DDPM), used by ``Ancestral`` and ``ddpm_vlb`` and trained by ``HybridLoss``.
+        label_dropout: with a class-conditional network (``num_classes`` > 0, data with ``labels: true``), the
+            probability that a training label is replaced by the null label, so that one network learns the
+            conditional and the unconditional score (classifier-free guidance, Ho & Salimans 2022: 0.1–0.2).
     """
 
     default_target: Target = "eps"
@@ -52,8 +56,11 @@ class DiffusionModule(GenerativeModule):
         sample_shape: tuple[int, ...] | None = None,
         sigma_data: float = 0.5,
         learned_variance: bool = False,
+        label_dropout: float = 0.0,
     ) -> None:
         super().__init__(sampler, optimizer, lr_scheduler, warmup_steps, sample_shape)
+        check_number("label_dropout", label_dropout, ge=0.0, le=1.0)
+        self.label_dropout = float(label_dropout)
         process = process if process is not None else self.default_process()
         target = target or self.default_target
         if scale_by_sigma is None:
@@ -70,6 +77,9 @@ class DiffusionModule(GenerativeModule):
         if self.loss.requires_energy and not self.score_model.has_energy:
             raise ValueError(f"{type(self.loss).__name__} trains an energy E(x, t): use a NoiseConditionalEnergy"
                              f" network with target score or eps (got {type(network).__name__}, target {target!r})")
+        if label_dropout and not self.num_classes:
+            raise ValueError("label_dropout trains a class-conditional network: set the network's num_classes (and"
+                             " data.init_args.labels true), or drop label_dropout")
         self.save_config()
 
     def default_process(self) -> NoiseProcess:
@@ -91,6 +101,35 @@ class DiffusionModule(GenerativeModule):
     @property
     def network(self) -> nn.Module:
         return self.score_model.network
+
+    @property
+    def num_classes(self) -> int:
+        """The network's ``num_classes`` (0: unconditional)."""
+        return int(getattr(self.network, "num_classes", 0) or 0)
+
+    def conditioned_score(self, labels: Tensor | None):
+        """The score model's view conditioned on ``labels`` with the guidance of :meth:`set_condition`."""
+        if labels is None:
+            return self.score_model
+        condition = self.condition
+        return self.score_model.with_condition(labels, condition["guidance_scale"], self.classifier,
+                                               condition["classifier_scale"])
+
+    def training_labels(self, batch, generator: torch.Generator | None = None) -> Tensor | None:
+        """The batch's labels, ``label_dropout`` of them replaced by the null label (−1); None if unconditional."""
+        y = self.data_labels(batch)
+        if y is None or not self.label_dropout:
+            return y
+        u = torch.rand(y.shape, generator=generator, device=y.device)
+        return torch.where(u < self.label_dropout, torch.full_like(y, -1), y)
+
+    def objective(self, batch, generator: torch.Generator | None = None) -> Tensor:
+        """The per-sample loss of a batch: the loss on the score model, conditioned on the batch's labels (with
+        label dropout) when the network is class-conditional."""
+        x0 = self.data_batch(batch)
+        labels = self.training_labels(batch, generator)
+        score_model = self.score_model if labels is None else self.score_model.with_condition(labels)
+        return self.loss(score_model, x0, generator=generator)
 
     def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
         """Every diffusion / flow model has the exact probability-flow likelihood."""
@@ -115,16 +154,15 @@ class DiffusionModule(GenerativeModule):
         self.loss.load_state_dict(checkpoint.get(_LOSS_KEY, {}))
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self.loss(self.score_model, self.data_batch(batch)).mean()
+        loss = self.objective(batch).mean()
         self.check_finite(loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def held_out_loss(self, batch, batch_idx: int, stage: str) -> None:
         """The training objective on held-out data, with noise seeded by the batch index (comparable across runs)."""
-        x0 = self.data_batch(batch)
-        generator = torch.Generator(x0.device).manual_seed(batch_idx)
-        loss = self.loss(self.score_model, x0, generator=generator).mean()
+        generator = torch.Generator(self.data_batch(batch).device).manual_seed(batch_idx)
+        loss = self.objective(batch, generator).mean()
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:

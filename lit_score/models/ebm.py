@@ -171,9 +171,9 @@ class EBM(GenerativeModule):
                 p.requires_grad_(flag)
             self.train(was_training)
 
-    def sample(self, n, sampler=None, generator=None, progress=False, x=None) -> Tensor:
+    def sample(self, n, sampler=None, generator=None, progress=False, x=None, labels=None) -> Tensor:
         with self.frozen():
-            return super().sample(n, sampler, generator, progress, x)
+            return super().sample(n, sampler, generator, progress, x, labels)
 
     # --- likelihood ------------------------------------------------------------------------------
     def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:

@@ -39,10 +39,12 @@ class FlowMatching(DiffusionModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 0,
         sample_shape: tuple[int, ...] | None = None,
+        label_dropout: float = 0.0,
     ) -> None:
         loss = loss if loss is not None else FlowMatchingLoss(ot_coupling=ot_coupling)
         super().__init__(
-            network, process, target, False, loss, sampler, optimizer, lr_scheduler, warmup_steps, sample_shape
+            network, process, target, False, loss, sampler, optimizer, lr_scheduler, warmup_steps, sample_shape,
+            label_dropout=label_dropout,
         )
         self.ot_coupling = ot_coupling
         self.save_config()

@@ -72,12 +72,13 @@ class NCSN(DiffusionModule):
         warmup_steps: int = 0,
         sample_shape: tuple[int, ...] | None = None,
         sigma_data: float = 0.5,
+        label_dropout: float = 0.0,
         sigma_max_from_data: bool = False,
         sigma_max_samples: int = 10000,
     ) -> None:
         super().__init__(
             network, process, target, scale_by_sigma, loss, sampler, optimizer, lr_scheduler, warmup_steps,
-            sample_shape, sigma_data=sigma_data,
+            sample_shape, sigma_data=sigma_data, label_dropout=label_dropout,
         )
         check_number("sigma_max_samples", sigma_max_samples, ge=1, integer=True)
         self.sigma_max_from_data, self.sigma_max_samples = sigma_max_from_data, sigma_max_samples

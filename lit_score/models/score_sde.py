@@ -47,6 +47,7 @@ class ScoreSDE(DiffusionModule):
         warmup_steps: int = 0,
         sample_shape: tuple[int, ...] | None = None,
         sigma_data: float = 0.5,
+        label_dropout: float = 0.0,
         likelihood_weighting: bool = False,
         importance_sampling: bool = False,
         reduce: Literal["mean", "sum"] = "mean",
@@ -59,7 +60,7 @@ class ScoreSDE(DiffusionModule):
             loss = DenoisingLoss(weighting=weighting, reduce=reduce, importance_sampling=importance_sampling)
         super().__init__(
             network, process, target, scale_by_sigma, loss, sampler, optimizer, lr_scheduler, warmup_steps,
-            sample_shape, sigma_data=sigma_data,
+            sample_shape, sigma_data=sigma_data, label_dropout=label_dropout,
         )
         self.save_config()  # again, from this frame: records the family options too
 

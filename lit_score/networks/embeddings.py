@@ -73,6 +73,54 @@ class FourierEmbedding(nn.Module):
         return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
+class LabelEmbedding(nn.Module):
+    """Class labels (B,) -> (B, dim) features, with one extra learned "no label" row (the null condition).
+
+    A label < 0 (``NULL_LABEL``) or a missing label (``y=None``) selects the null row, which is what classifier-free
+    guidance (Ho & Salimans 2022) evaluates as the unconditional model; training drops labels to it with some
+    probability. Initialised at zero, so a conditional network starts as its unconditional counterpart.
+
+    Args:
+        num_classes: K; labels are 0 … K − 1.
+        dim: output width (the width of the time embedding it is added to).
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """(B, dim) features of labels ``y`` (B,) (None: all null)."""
+        if y is None:
+            index = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        else:
+            y = torch.broadcast_to(torch.as_tensor(y, device=device), (batch,)).long()
+            if (y >= self.num_classes).any():
+                raise ValueError(f"class labels must lie in 0 … {self.num_classes - 1} (or < 0 for none), got"
+                                 f" {int(y.max())}")
+            index = torch.where(y < 0, torch.full_like(y, self.num_classes), y)
+        return self.table(index)
+
+
+def label_features(embed: LabelEmbedding | None, y: Tensor | None, batch: int, device) -> Tensor | None:
+    """The label embedding of ``y`` for a network with ``embed`` (None for an unconditional network, which refuses
+    labels in one line)."""
+    if embed is None:
+        if y is not None:
+            raise ValueError("this network is unconditional (num_classes 0): build it with num_classes > 0 to take"
+                             " class labels")
+        return None
+    return embed(y, batch, device)
+
+
+#: the label that means "no condition" (the null token of classifier-free guidance)
+NULL_LABEL = -1
+
+
 def timestep_embedding(kind: Literal["positional", "fourier"], dim: int) -> nn.Module:
     """Build the time embedding named by ``kind`` with each class's paper defaults."""
     if kind == "positional":

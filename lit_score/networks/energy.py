@@ -117,15 +117,20 @@ class NoiseConditionalEnergy(nn.Module):
                              " (E = 1/2 |F|^2 has zero gradient at F = 0): build it with zero_init_output false")
         self.backbone, self.head = backbone, head
 
-    def energy(self, x: Tensor, c: Tensor) -> Tensor:
-        """Ẽ(x, c), shape (B,)."""
-        out = self.backbone(x, c)
+    @property
+    def num_classes(self) -> int:
+        """The backbone's number of classes (0: unconditional); labels y pass through to ``backbone(x, c, y)``."""
+        return int(getattr(self.backbone, "num_classes", 0))
+
+    def energy(self, x: Tensor, c: Tensor, y: Tensor | None = None) -> Tensor:
+        """Ẽ(x, c) (or Ẽ(x, c, y) with class labels), shape (B,)."""
+        out = self.backbone(x, c) if y is None else self.backbone(x, c, y)
         if self.head == "norm":
             return 0.5 * out.reshape(out.shape[0], -1).pow(2).sum(dim=1)
         return out.reshape(out.shape[0], -1).sum(dim=1)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        """−∇ₓẼ(x, c); differentiable while autograd records and either the module trains (a graph to θ, for the
+    def forward(self, x: Tensor, c: Tensor, y: Tensor | None = None) -> Tensor:
+        """−∇ₓẼ(x, c[, y]); differentiable while autograd records and either the module trains (a graph to θ, for the
         loss's double backpropagation) or the caller's x requires grad (a graph to x: the likelihood ODE's divergence
         ∇ₓ·s needs the Hessian of Ẽ). Detached otherwise (sampling)."""
         recording = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
@@ -133,4 +138,5 @@ class NoiseConditionalEnergy(nn.Module):
         train = recording and self.training
         if train and not keep_x:  # x_t is data, not a parameter: differentiate w.r.t. a detached copy, keep θ's graph
             x = x.detach().requires_grad_(True)
-        return -energy_gradient(self.energy, x, c, create_graph=train or keep_x)[1]
+        energy = self.energy if y is None else (lambda z, s: self.energy(z, s, y))
+        return -energy_gradient(energy, x, c, create_graph=train or keep_x)[1]

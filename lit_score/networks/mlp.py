@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
-from lit_score.networks.embeddings import timestep_embedding
+from lit_score.networks.embeddings import LabelEmbedding, label_features, timestep_embedding
 
 Activation = Literal["silu", "gelu", "relu"]
 
@@ -42,7 +42,7 @@ class ResidualBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """Time-conditioned residual MLP: forward(x (B, D), t (B,)) -> (B, out_dim or D).
+    """Time-conditioned residual MLP: forward(x (B, D), t (B,), y=None) -> (B, out_dim or D).
 
     Args:
         data_dim: D, the width of the data.
@@ -52,6 +52,8 @@ class MLP(nn.Module):
         embedding: ``positional`` (sinusoidal, DDPM) or ``fourier`` (Gaussian Fourier features, NCSN++).
         activation: non-linearity used throughout.
         out_dim: output width; ``None`` means ``data_dim`` (ε, score or velocity outputs).
+        num_classes: K > 0 makes the network class-conditional: a label embedding (with a null row for "no
+            label", :class:`~lit_score.networks.embeddings.LabelEmbedding`) is added to the time embedding.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class MLP(nn.Module):
         embedding: Literal["positional", "fourier"] = "positional",
         activation: Activation = "silu",
         out_dim: int | None = None,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         check_number("data_dim", data_dim, ge=1, integer=True)
@@ -70,6 +73,7 @@ class MLP(nn.Module):
         check_number("depth", depth, ge=0, integer=True)
         check_number("time_embed_dim", time_embed_dim, ge=2, integer=True)
         check_number("out_dim", out_dim, ge=1, integer=True, allow_none=True)
+        check_number("num_classes", num_classes, ge=0, integer=True)
         self.data_dim = data_dim
         self.out_dim = data_dim if out_dim is None else out_dim
         self.time_embed = nn.Sequential(
@@ -78,13 +82,18 @@ class MLP(nn.Module):
             make_activation(activation),
             nn.Linear(hidden, hidden),
         )
+        self.num_classes = num_classes
+        self.label_embed = LabelEmbedding(num_classes, hidden) if num_classes else None
         self.inp = nn.Linear(data_dim, hidden)
         self.blocks = nn.ModuleList([ResidualBlock(hidden, activation) for _ in range(depth)])
         self.out = nn.Sequential(nn.LayerNorm(hidden), make_activation(activation), nn.Linear(hidden, self.out_dim))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """x: (B, D), t: (B,) or a scalar -> (B, out_dim)."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """x: (B, D), t: (B,) or a scalar, y: class labels (B,) or None -> (B, out_dim)."""
         temb = self.time_embed(torch.broadcast_to(t, x.shape[:1]))
+        label = label_features(self.label_embed, y, x.shape[0], x.device)
+        if label is not None:
+            temb = temb + label
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, temb)

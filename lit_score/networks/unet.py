@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
-from lit_score.networks.embeddings import timestep_embedding
+from lit_score.networks.embeddings import LabelEmbedding, label_features, timestep_embedding
 
 
 def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
@@ -127,7 +127,8 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """DDPM++ U-Net: forward(x (B, C, H, W), t (B,)) -> (B, out_channels or C, H, W) (Ho et al. 2020; Song et al. 2021).
+    """DDPM++ U-Net: forward(x (B, C, H, W), t (B,), y=None) -> (B, out_channels or C, H, W) (Ho et al. 2020; Song
+    et al. 2021).
 
     The defaults are DDPM's CIFAR-10 network (≈35.7M parameters).
 
@@ -146,6 +147,8 @@ class UNet(nn.Module):
         skip_rescale: divide residual sums by √2 (DDPM++).
         zero_init_output: zero-initialise the last conv (DDPM: the output starts at 0). Turn it off under a
             ``NoiseConditionalEnergy(head="norm")``: Ẽ = ½‖F‖² with F ≡ 0 is a saddle whose gradient is exactly 0.
+        num_classes: K > 0 makes the network class-conditional: a label embedding (with a null row, for
+            classifier-free guidance) is added to the time embedding, as guided-diffusion's ``label_emb``.
     """
 
     def __init__(
@@ -163,8 +166,10 @@ class UNet(nn.Module):
         resample_with_conv: bool = True,
         skip_rescale: bool = True,
         zero_init_output: bool = True,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
+        check_number("num_classes", num_classes, ge=0, integer=True)
         self.zero_init_output = bool(zero_init_output)
         for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
                             ("num_res_blocks", num_res_blocks), ("resolution", resolution), ("num_groups", num_groups)):
@@ -181,6 +186,8 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(
             timestep_embedding(embedding, ch), nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim)
         )
+        self.num_classes = num_classes
+        self.label_embed = LabelEmbedding(num_classes, temb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         # Encoder: every stage yields one skip; record the skip widths for the decoder.
@@ -219,9 +226,12 @@ class UNet(nn.Module):
             nn.init.zeros_(self.conv_out.weight)
             nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """x: (B, C, H, W), t: (B,) or a scalar -> (B, out_channels, H, W)."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W), t: (B,) or a scalar, y: class labels (B,) or None -> (B, out_channels, H, W)."""
         temb = self.time_embed(torch.broadcast_to(t, x.shape[:1]))
+        label = label_features(self.label_embed, y, x.shape[0], x.device)
+        if label is not None:
+            temb = temb + label
         skips = [self.conv_in(x)]
         for stage in self.down:
             skips.append(stage(skips[-1], temb))

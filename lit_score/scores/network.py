@@ -38,10 +38,29 @@ the data's channels (dim 1); the first half is the parameterisation above, the s
 the interpolation fraction f = (v + 1)/2 of a reverse step t → s's variance between its two bounds,
 log Σ = f·log σ²_{t|s} + (1 − f)·log β̃ (:func:`~lit_score.samplers.ancestral.learned_range_variance`), on whatever
 grid the sampler uses (iDDPM's respacing recomputes both bounds for the subsequence; so do the samplers here).
+
+**Conditioning and guidance** (Ho & Salimans 2022; Dhariwal & Nichol 2021). :meth:`NetworkScore.with_condition`
+returns a view of the same network and process whose every evaluation passes class labels y (B,) to a
+class-conditional network (``network(x, c_noise, y)``; a label < 0 or None is the learned null condition ∅):
+
+| symbol | meaning |
+|---|---|
+| F_y, F_∅ | the raw output with label y and with the null label |
+| w | classifier-free guidance scale: F̃ = (1 + w)·F_y − w·F_∅ (w = 0: the conditional model) |
+| w_c | classifier guidance scale: s̃ = s + w_c·∇ₓ log p_φ(y | x_t, t) |
+
+Every row of the parameterisation table is affine in F with coefficients that do not depend on the network, so
+guiding the raw output is guiding x̂₀, ε̂, the score and the velocity alike: s̃ = (1 + w)·s(x, t, y) − w·s(x, t, ∅) for
+every target (one batched network call evaluates F_y and F_∅; a learned variance takes the conditional half, as
+GLIDE does; an energy network's E is guided the same way). Classifier guidance enters at :meth:`NetworkScore.predict`
+as ε̃ = ε̂ − σ·w_c·∇ₓ log p_φ(y | x_t, t) (so x̂₀, the score and the velocity follow), and the energy as
+E − w_c·log p_φ. A sampler's NFE counts guided score evaluations (CFG costs two network passes per evaluation,
+in one batch).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -65,7 +84,17 @@ class NetworkScore(nn.Module):
         scale_by_sigma: with target ``score``, the output divided by σ(t) (Song & Ermon 2020).
         sigma_data: σ_d of target ``edm``: the data's standard deviation (EDM's 0.5 for images in [−1, 1]).
         learned_variance: the network also outputs the variance interpolation v (2× the channels; module docstring).
+
+    A view made by :meth:`with_condition` also holds ``labels``, ``guidance_scale`` and a ``classifier``.
     """
+
+    #: class labels (B,) every evaluation passes to the network (None: unconditional); set by ``with_condition``
+    labels: Tensor | None = None
+    #: classifier-free guidance scale w
+    guidance_scale: float = 0.0
+    #: ``classifier.log_prob(x, t, y) -> (B,)`` = log p_φ(y | x_t, t) for classifier guidance, with scale w_c
+    classifier = None
+    classifier_scale: float = 0.0
 
     def __init__(
         self,
@@ -86,6 +115,66 @@ class NetworkScore(nn.Module):
         self.sigma_data = float(sigma_data)
         self.learned_variance = bool(learned_variance)
 
+    def with_condition(
+        self,
+        labels: Tensor | None,
+        guidance_scale: float = 0.0,
+        classifier=None,
+        classifier_scale: float = 0.0,
+    ) -> NetworkScore:
+        """A view of this score model (same network, process and parameters) conditioned on class ``labels`` (B,),
+        with classifier-free guidance scale ``guidance_scale`` and/or classifier guidance by ``classifier`` (an
+        object with ``log_prob(x, t, y) -> (B,)``) at ``classifier_scale`` (module docstring)."""
+        check_number("guidance_scale", guidance_scale)
+        check_number("classifier_scale", classifier_scale)
+        if labels is None and (guidance_scale or classifier_scale):
+            raise ValueError("guidance needs class labels: pass --class_label (or labels) with a guidance scale")
+        if classifier_scale and classifier is None:
+            raise ValueError("classifier_scale needs a classifier (a noise-conditional classifier checkpoint)")
+        if labels is not None and not getattr(self.network, "num_classes", 0) and classifier is None:
+            raise ValueError(f"this model's {type(self.network).__name__} is unconditional (num_classes 0): train a"
+                             " class-conditional network, or guide it with a classifier")
+        view = copy.copy(self)  # shares _modules / _parameters / _buffers: nothing is registered on the view
+        for name, value in (("labels", None if labels is None else torch.as_tensor(labels).long()),
+                            ("guidance_scale", float(guidance_scale)), ("classifier", classifier),
+                            ("classifier_scale", float(classifier_scale))):
+            object.__setattr__(view, name, value)
+        return view
+
+    @property
+    def guided(self) -> bool:
+        """Whether evaluations are guided (the raw output then differs from what the score and x̂₀ use)."""
+        return bool(self.classifier_scale) and self.classifier is not None
+
+    def batch_labels(self, x: Tensor) -> Tensor:
+        """The view's labels as (B,) for the batch ``x`` (a single label is repeated), checked against its size."""
+        labels = self.labels.to(x.device)
+        if labels.ndim == 0:
+            labels = labels.expand(x.shape[0])
+        if labels.shape[0] != x.shape[0]:
+            raise ValueError(f"{labels.shape[0]} class labels for a batch of {x.shape[0]}: pass one label per sample")
+        return labels
+
+    def _labels_for(self, x: Tensor) -> Tensor | None:
+        """The labels the network takes (None on an unconditional view, and when only a classifier is guided by
+        them: an unconditional network then gets none)."""
+        if self.labels is None or not getattr(self.network, "num_classes", 0):
+            return None
+        return self.batch_labels(x)
+
+    def _network(self, x_in: Tensor, c_noise: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(F_y, F_∅ or None): the raw network output with the view's labels, and with the null label when
+        classifier-free guidance is on (both from one batched call)."""
+        labels = self._labels_for(x_in)
+        if labels is None:
+            return self.network(x_in, c_noise), None
+        if not self.guidance_scale:
+            return self.network(x_in, c_noise, labels), None
+        c_noise = torch.broadcast_to(c_noise, x_in.shape[:1])
+        out = self.network(torch.cat([x_in, x_in]), torch.cat([c_noise, c_noise]),
+                           torch.cat([labels, torch.full_like(labels, -1)]))
+        return out.chunk(2, dim=0)
+
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
         """The network's raw output at (x, t) for the parameterisation (for ``edm``: F at the input c_in·x̃ = c_in·x/α;
         with a learned variance, its first half)."""
@@ -98,14 +187,17 @@ class NetworkScore(nn.Module):
         if self.target == "edm":
             alpha, sigma = self._coefs(x, t)
             x_in = x / (alpha * (sigma**2 / alpha**2 + self.sigma_data**2).sqrt())
-        out = self.network(x_in, self.process.c_noise(t))
+        out, out_null = self._network(x_in, self.process.c_noise(t))
         frac = None
         if self.learned_variance:
             if out.shape[1] != 2 * x.shape[1]:
                 raise ValueError(f"a learned variance needs 2x the data's {x.shape[1]} channels from the network, got"
                                  f" {out.shape[1]}: set its out_channels / out_dim to {2 * x.shape[1]}")
             out, v = out.chunk(2, dim=1)
-            frac = (v + 1) / 2
+            frac = (v + 1) / 2  # the conditional variance (GLIDE guides the mean only)
+            out_null = None if out_null is None else out_null.chunk(2, dim=1)[0]
+        if out_null is not None:
+            out = out + self.guidance_scale * (out - out_null)  # (1 + w)·F_y − w·F_∅
         if self.scale_by_sigma:
             out = out / append_dims(self.process.sigma(t), x)
         return out, frac
@@ -153,8 +245,24 @@ class NetworkScore(nn.Module):
         return append_dims(self.process.alpha(t), x), append_dims(self.process.sigma(t), x)
 
     def predict(self, x: Tensor, t: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(x̂₀, ε̂) from one network evaluation (or from a given raw output ``out``)."""
+        """(x̂₀, ε̂) from one network evaluation (or from a given raw output ``out``), classifier-guided on a view
+        with a classifier: ε̃ = ε̂ − σ·w_c·∇ₓ log p_φ(y | x_t, t)."""
         out = self.raw(x, t) if out is None else out
+        x0, eps = self._predict(x, t, out)
+        if not self.guided:
+            return x0, eps
+        alpha, sigma = self._coefs(x, t)
+        eps = eps - sigma * self.classifier_scale * self.classifier_gradient(x, t)
+        return (x - sigma * eps) / alpha, eps
+
+    def classifier_gradient(self, x: Tensor, t: Tensor) -> Tensor:
+        """∇ₓ log p_φ(y | x_t, t) of the view's classifier at its labels (autograd, under no_grad too)."""
+        from lit_score.scores.energy import energy_gradient
+
+        labels = self.batch_labels(x)
+        return -energy_gradient(lambda z, s: -self.classifier.log_prob(z, s, labels), x, t)[1]
+
+    def _predict(self, x: Tensor, t: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
         alpha, sigma = self._coefs(x, t)
         if self.target == "eps":
             return (x - sigma * out) / alpha, out
@@ -192,7 +300,7 @@ class NetworkScore(nn.Module):
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
         """∇ₓ log p_t(x) = −ε̂/σ."""
-        if self.target == "score":
+        if self.target == "score" and not self.guided:
             return self.raw(x, t)
         return -self.predict(x, t)[1] / append_dims(self.process.sigma(t), x)
 
@@ -206,7 +314,7 @@ class NetworkScore(nn.Module):
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """Probability-flow velocity dx/dt = α' x̂₀ + σ' ε̂ (exact at α → 0, unlike the score form)."""
-        if self.target == "velocity":
+        if self.target == "velocity" and not self.guided:
             return self.raw(x, t)
         x0, eps = self.predict(x, t)
         return append_dims(self.process.alpha_dot(t), x) * x0 + append_dims(self.process.sigma_dot(t), x) * eps
@@ -224,11 +332,19 @@ class NetworkScore(nn.Module):
         if not self.has_energy:
             raise ValueError(f"{type(self.network).__name__} with target {self.target!r} defines no energy: use a"
                              " NoiseConditionalEnergy network with target score or eps")
-        tilde = self.network.energy(x, self.process.c_noise(t))
+        c_noise, labels = self.process.c_noise(t), self._labels_for(x)
+        if labels is None:
+            tilde = self.network.energy(x, c_noise)
+        else:
+            tilde = self.network.energy(x, c_noise, labels)
+            if self.guidance_scale:
+                null = self.network.energy(x, c_noise, torch.full_like(labels, -1))
+                tilde = tilde + self.guidance_scale * (tilde - null)
         sigma = self.process.sigma(t)
-        if self.target == "eps":
-            return -tilde / sigma
-        return tilde / sigma if self.scale_by_sigma else tilde
+        energy = -tilde / sigma if self.target == "eps" else (tilde / sigma if self.scale_by_sigma else tilde)
+        if self.guided:
+            energy = energy - self.classifier_scale * self.classifier.log_prob(x, t, self.batch_labels(x))
+        return energy
 
     def energy_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(E(x, t), score(x, t)) with one backward pass, for Metropolis–Hastings tests."""
