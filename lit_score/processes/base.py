@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -146,26 +148,62 @@ class NoiseProcess(nn.Module, ABC):
     def time_grid(
         self, n_steps: int, spacing: Spacing | None = None, rho: float = 7.0, device: torch.device | None = None
     ) -> Tensor:
-        """``n_steps + 1`` decreasing float64 times from t_max to t_min (fewer if a discrete process merges steps)."""
+        """``n_steps + 1`` float64 times from t_max to t_min (fewer if a discrete process merges steps).
+
+        Decreasing, except inside a reversed :meth:`window` (t_max < t_min there): then it is the forward grid of the
+        same two ends read backwards, point for point (so an ODE sampler encodes and decodes on one grid).
+        """
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")
         spacing = spacing or self.default_spacing
+        hi, lo = max(self.t_max, self.t_min), min(self.t_max, self.t_min)
         if spacing == "uniform":
-            t = uniform_grid(self.t_max, self.t_min, n_steps)
+            t = uniform_grid(hi, lo, n_steps)
         elif spacing == "quadratic":
-            t = quadratic_grid(self.t_max, self.t_min, n_steps)
+            t = quadratic_grid(hi, lo, n_steps)
+            t[0], t[-1] = hi, lo  # (√t)² is t only up to rounding: the ends are exact
         elif spacing in ("karras", "logsnr"):
-            ends = torch.tensor([self.t_max, self.t_min], dtype=torch.float64, device=self.device)
+            ends = torch.tensor([hi, lo], dtype=torch.float64, device=self.device)
             lam_min, lam_max = self.log_snr(ends).tolist()
             lam = karras_log_snr(lam_min, lam_max, n_steps, rho) if spacing == "karras" else uniform_log_snr(
                 lam_min, lam_max, n_steps
             )
             t = self.t_from_log_snr(lam.to(self.device)).cpu()
-            t[0], t[-1] = self.t_max, self.t_min
+            t[0], t[-1] = hi, lo
         else:
             raise ValueError(f"unknown time spacing {spacing!r}: use uniform, quadratic, karras or logsnr")
         t = torch.unique_consecutive(self.discretize(t.to(self.device)))
+        t = t.flip(0) if self.t_max < self.t_min else t
         return t.to(device=device if device is not None else self.device, dtype=torch.float64)
+
+    @contextmanager
+    def window(self, t_start: float, t_end: float) -> Iterator[NoiseProcess]:
+        """Inside the block (t_max, t_min) = (t_start, t_end): any sampler then runs from t_start to t_end unchanged.
+
+        This is how control runs samplers over part of the range or backwards (DESIGN.md 3c): SDEdit starts at
+        t₀ < t_max (``window(t0, t_min)``), an inpainter steps one grid interval at a time (``window(t_i, t_{i+1})``),
+        and the probability-flow ODE encodes data with ``window(t_min, t_max)`` (t_start < t_end: the grid samplers'
+        grids come out increasing, the adaptive solvers integrate forward in time). Only the two ends change: α, σ,
+        the SDE coefficients and the network conditioning do not depend on them, so a score function sharing this
+        process sees no difference. The prior (``prior_std``, ``prior_sample``) follows t_max and is not meant to be
+        used inside a window (control draws its starting points itself). The ends are restored on exit, also when
+        the block raises. It acts on this object, not on a copy: the model's own process (its buffers, parameters
+        and device) is what the sampler gets. A nested window must lie inside the enclosing one.
+
+        Args:
+            t_start: where the sampler starts (the role of t_max), inside [t_min, t_max].
+            t_end: where it stops (the role of t_min), inside [t_min, t_max], ≠ t_start.
+        """
+        lo, hi = self.t_min, self.t_max
+        t_start = check_number("t_start", float(t_start), ge=min(lo, hi), le=max(lo, hi))
+        t_end = check_number("t_end", float(t_end), ge=min(lo, hi), le=max(lo, hi))
+        if t_start == t_end:
+            raise ValueError(f"a window needs t_start != t_end, got {t_start:g} for both")
+        self.t_max, self.t_min = t_start, t_end
+        try:
+            yield self
+        finally:
+            self.t_max, self.t_min = hi, lo
 
     def extra_repr(self) -> str:
         return f"t_min={self.t_min:g}, t_max={self.t_max:g}"

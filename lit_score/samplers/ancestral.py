@@ -68,6 +68,8 @@ class Ancestral(Sampler):
         clip_denoised: clamp x̂₀ to [−c, c] before each step (DDPM clips to the image range 1.0).
     """
 
+    steps_on_grid = True
+
     def __init__(
         self,
         num_steps: int = 1000,
@@ -118,6 +120,14 @@ class Ancestral(Sampler):
 
 class DDIM(Sampler):
     """DDIM (Song, Meng & Ermon 2021, eq. 12) with stochasticity η ∈ [0, 1]; η = 0 is deterministic."""
+
+    steps_on_grid = True
+
+    @property
+    def reversible(self) -> bool:
+        """η = 0 without clipping: x_s = α_s x̂₀ + σ_s ε̂ holds for s > t too (DDIM inversion; a clamped x̂₀ is not the
+        probability-flow ODE's)."""
+        return self.eta == 0 and self.clip_denoised is None
 
     def __init__(
         self,

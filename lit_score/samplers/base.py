@@ -104,6 +104,14 @@ class Sampler(ABC):
     requires_energy: bool = False
     #: attributes that hold what the last call measured (not settings): left out of repr and of descriptions
     run_state: tuple[str, ...] = ("nfe",)
+    #: whether it is a deterministic solver of the probability-flow ODE whose updates hold with t increasing as well,
+    #: so that inside ``process.window(t_min, t_max)`` it maps data to latents (DDIM inversion; ``control.encode``)
+    reversible: bool = False
+    #: whether it walks ``grid(process)`` one interval at a time with x as its whole state, so that ``interval()``
+    #: inside ``process.window(t_i, t_{i+1})`` takes the step a full run takes there (step transforms: inpainting)
+    steps_on_grid: bool = False
+    #: the clamp [−c, c] of the final x̂₀ (DDPM's ``clip_denoised``; set by the samplers that take one)
+    clip_denoised: float | None = None
 
     def __init__(self, num_steps: int = 100, spacing: Spacing | None = None, denoise: bool = True) -> None:
         check_number("num_steps", num_steps, ge=1, integer=True)
@@ -113,8 +121,19 @@ class Sampler(ABC):
         self.nfe = 0
 
     def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
-        """Decreasing times t_max → t_min for this sampler's steps."""
+        """Times t_max → t_min for this sampler's steps (decreasing but inside a reversed ``process.window``)."""
         return process.time_grid(self.num_steps - int(self.denoise), self.spacing, device=device)
+
+    def interval(self) -> Sampler:
+        """This sampler cut to one interval of its grid, without the final denoise (for ``steps_on_grid`` samplers).
+
+        Called inside ``process.window(t, s)`` it takes the step t → s of a full run; a step transform calls it once
+        per interval and projects x in between. Samplers whose step depends on the grid's length override it.
+        """
+        if not self.steps_on_grid:
+            raise ValueError(f"{type(self).__name__} does not step along a fixed grid: it cannot be run one interval at"
+                             " a time (use a grid sampler such as Ancestral, DDIM, EulerMaruyama or Heun)")
+        return self.with_settings(num_steps=1, denoise=False)
 
     def __call__(
         self,
@@ -145,9 +164,10 @@ class Sampler(ABC):
         """The sampling loop; ``score_fn`` here counts its own evaluations."""
 
     def finish(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t_min: Tensor, clip: float | None = None):
-        """The optional final noise-free step: x̂₀ at t_min."""
+        """The optional final noise-free step: x̂₀ at t_min, clamped to ``clip`` (default: ``clip_denoised``)."""
         if not self.denoise:
             return x
+        clip = clip if clip is not None else self.clip_denoised
         return clip_x0(predict_x0_eps(score_fn, process, x, full_like_t(x, t_min))[0], clip)
 
     def settings(self) -> dict[str, Any]:

@@ -178,6 +178,11 @@ class DPMSolver(Sampler):
         corrected_3m: multistep order 3 with the third-order D₂ coefficient (see the module notes).
     """
 
+    # The updates are exact integrals of the linear part in λ, so they hold for h = λ_s − λ_t < 0 (s noisier than t):
+    # run inside process.window(t_min, t_max) DPM-Solver integrates the probability-flow ODE forward (encoding).
+    reversible = True
+    steps_on_grid = True
+
     def __init__(
         self,
         num_steps: int = 20,
@@ -196,6 +201,15 @@ class DPMSolver(Sampler):
             raise ValueError(f"unknown algorithm {algorithm!r}: use dpmsolver or dpmsolver++")
         self.order, self.multistep, self.algorithm = order, multistep, algorithm
         self.lower_order_final, self.corrected_3m = lower_order_final, corrected_3m
+
+    def interval(self) -> Sampler:
+        """One interval of ``grid()`` by the first-order update (DDIM, η = 0), 1 NFE.
+
+        A step transform changes x after every interval, so the model values a multistep update keeps from earlier
+        times no longer belong to the trajectory: the history restarts each interval and every step is order 1.
+        (The singlestep plan's own grid is not ``grid()``; on ``grid()`` it is likewise order 1, at the same NFE.)
+        """
+        return super().interval().with_settings(multistep=True)
 
     def multistep_order(self, i: int, n: int) -> int:
         """Order of multistep step i of n: warm-up i + 1, then ``order`` (lower at the end for n < 10)."""

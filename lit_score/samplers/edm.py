@@ -57,6 +57,8 @@ class EDMHeun(Sampler):
     The NFE is 2·(num_steps − 1) + 1 with ``denoise`` (EDM's count), 2·num_steps without.
     """
 
+    steps_on_grid = True
+
     def __init__(
         self,
         num_steps: int = 18,
@@ -79,6 +81,15 @@ class EDMHeun(Sampler):
     def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
         """Decreasing times t_max → t_min (Karras ρ-spacing of σ̃ by default)."""
         return process.time_grid(self.num_steps - int(self.denoise), self.spacing, rho=self.rho, device=device)
+
+    @property
+    def reversible(self) -> bool:
+        """Without churn (Algorithm 1): Heun in σ̃ steps up as well as down (x̃ = x/α at either end)."""
+        return self.S_churn == 0
+
+    def interval(self) -> Sampler:
+        """One interval, keeping the full run's churn γ = min(S_churn/num_steps, √2 − 1) per step."""
+        return super().interval().with_settings(S_churn=self.S_churn / self.num_steps)
 
     def gammas(self, sigmas: Tensor) -> Tensor:
         """γ_i for each noise level σ̃_i (a tensor: no host synchronisation)."""

@@ -187,6 +187,9 @@ def velocity_fn(score_fn: ScoreFn, process: NoiseProcess) -> ODEFn:
 class Euler(Sampler):
     """Euler's method on the probability-flow ODE (Song et al. 2021, eq. 13); 1 NFE per step."""
 
+    reversible = True  # y + (s − t)·v holds for s > t: the same method integrating forward
+    steps_on_grid = True
+
     def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One Euler step t → s; returns (x_s, x_s)."""
         x = euler_step(velocity_fn(score_fn, process), t, s, x)
@@ -202,6 +205,9 @@ class Heun(Sampler):
 
     ``num_steps`` counts grid steps (plus the final denoise): the NFE is 2·(num_steps − denoise) + denoise.
     """
+
+    reversible = True
+    steps_on_grid = True
 
     def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One Heun step t → s; returns (x_s, x_s)."""
@@ -219,6 +225,8 @@ class AdaptiveODE(Sampler):
     One host synchronisation per step (step acceptance). ``progress`` shows the fraction of [t_min, t_max] done;
     ``callback`` gets every accepted step. The NFE depends on the tolerances.
     """
+
+    reversible = True  # solve_ode integrates in either direction of time
 
     def __init__(
         self,

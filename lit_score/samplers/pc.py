@@ -61,6 +61,8 @@ class LangevinCorrector(Sampler):
     ``n_steps`` matter. The NFE is ``n_steps`` per grid time.
     """
 
+    steps_on_grid = True
+
     def __init__(
         self,
         snr: float = 0.16,
@@ -206,6 +208,15 @@ class PredictorCorrector(Sampler):
     def requires_energy(self) -> bool:
         """A Metropolis-adjusted corrector needs the model's energy."""
         return self.corrector.requires_energy
+
+    @property
+    def steps_on_grid(self) -> bool:
+        """The predictor's grid, one interval per step."""
+        return self.predictor.steps_on_grid
+
+    def interval(self) -> Sampler:
+        """The corrector and the predictor's one-interval sampler."""
+        return self.with_settings(predictor=self.predictor.interval())
 
     @property
     def acceptance_rate(self) -> float | None:

@@ -48,6 +48,8 @@ def reverse_diffusion_step(
 class EulerMaruyama(Sampler):
     """Euler–Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6); 1 NFE per step."""
 
+    steps_on_grid = True
+
     def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One step t → s; returns (x_s, x_mean)."""
         return euler_maruyama_step(score_fn, process, x, t, s, generator)
@@ -59,6 +61,8 @@ class EulerMaruyama(Sampler):
 
 class ReverseDiffusion(Sampler):
     """The reverse-diffusion predictor (Song et al. 2021, App. E) with the exact forward transition; 1 NFE per step."""
+
+    steps_on_grid = True
 
     def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One step t → s; returns (x_s, x_mean)."""
