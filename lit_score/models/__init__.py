@@ -1,6 +1,7 @@
 """LightningModules: thin compositions of process, score, loss and sampler."""
 
 from lit_score.models.base import GenerativeModule, NonFiniteLossError
+from lit_score.models.classifier import NoiseConditionalClassifier
 from lit_score.models.ddpm import DDPM
 from lit_score.models.diffusion import DiffusionModule
 from lit_score.models.ebm import EBM, EBMDivergedError
@@ -16,6 +17,7 @@ __all__ = [
     "EBMDivergedError",
     "FlowMatching",
     "GenerativeModule",
+    "NoiseConditionalClassifier",
     "NonFiniteLossError",
     "ScoreSDE",
     "max_pairwise_distance",
