@@ -53,6 +53,8 @@ class EnergyHistogram(ValidationSampling):
     Runs at the first validation batch (where EMA weights are live, as :class:`SampleGrid`); fresh chains are
     split across DDP ranks, files are written on rank zero. Logs ``ebm/ood_auroc_noise`` and
     ``ebm/ood_auroc_samples``: how well E separates real data from noise and from the model's own samples.
+    For a class-conditional EBM every set's energy is the unconditional E(x, ∅) (the null label; the reference data
+    has no labels), while the fresh chains are drawn with label = seed index mod K, as every sample grid.
 
     Args:
         every_n_epochs: how often (in validation epochs).

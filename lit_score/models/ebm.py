@@ -6,6 +6,16 @@ noise over the data range, and are written back into the buffer. The buffer is m
 keeps its own shard, all shards are saved in the checkpoint (keyed by rank) and each rank takes its own
 back on resume. A watchdog rolls the model and optimizer back to the last good in-memory (CPU) copy
 when the loss turns non-finite or |E| exceeds ``max_energy``.
+
+**Class-conditional EBMs** (an energy network with ``num_classes`` K > 0, data with ``labels: true``; IGEBM's
+conditional model): the loss is CD on E(x, y), real pairs (x⁺, y) against fakes x⁻ ~ p_θ(x | y) with the *same*
+labels, so the negative phase follows the data's label distribution exactly. Each replay-buffer slot stores the label
+its chain samples beside its state (``replay_labels``, checkpointed and DDP-sharded with the states); a training
+step draws, for every label of the batch, a distinct slot holding that label (a slot keeps its label, so a persistent
+chain always continues under its own class), and a label the buffer holds too few of starts fresh chains in other
+slots, which take the label. Fresh buffers draw their labels uniformly over the K classes (the null label at
+probability ``label_dropout``). ``label_dropout`` replaces a batch label by the null label ∅ (real and fake alike),
+so the same network also learns the unconditional E(x, ∅) (classifier-free guidance, :mod:`lit_score.scores.energy`).
 """
 
 from __future__ import annotations
@@ -28,9 +38,41 @@ from lit_score.metrics.likelihood import energy_nll
 from lit_score.models.base import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Langevin, Sampler
 from lit_score.scores import EnergyScore
+from lit_score.scores.energy import ComposedEnergy
 from lit_score.utils import rand, randn_like
 
 _BUFFER_KEY = "ebm_replay_buffer"
+
+
+def _rank_within(group: Tensor, groups: int) -> Tensor:
+    """r_i = #{j < i : group_j = group_i}: each element's position among the equal elements before it, (n,)."""
+    order = torch.argsort(group, stable=True)
+    count = torch.bincount(group, minlength=groups)
+    first = torch.cumsum(count, 0) - count
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(group.shape[0], device=group.device) - first[group[order]]
+    return rank
+
+
+def match_slots(slot_labels: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Distinct replay-buffer slots for requested labels (n,) among slots labelled ``slot_labels`` (S,), n ≤ S:
+    (index (n,), matched (n,) bool). Request i gets a random slot holding its label (matched); a label the buffer
+    holds too few of gets the left-over slots in random order (unmatched). One randperm of the S slots (on the
+    generator's device); labels are −1 (null) … K − 1."""
+    device = generator.device if generator is not None else slot_labels.device
+    slot_labels, labels = slot_labels.to(device).long(), labels.to(device).long()
+    size = slot_labels.shape[0]
+    perm = torch.randperm(size, generator=generator, device=device)
+    groups = int(torch.maximum(slot_labels.max(), labels.max())) + 2  # label −1 … K − 1 -> group 0 … K
+    slot_group, want_group = slot_labels[perm] + 1, labels + 1
+    grouped = perm[torch.argsort(slot_group, stable=True)]  # slots by label, in random order within a label
+    have = torch.bincount(slot_group, minlength=groups)
+    rank = _rank_within(want_group, groups)
+    matched = rank < have[want_group]
+    index = grouped[((torch.cumsum(have, 0) - have)[want_group] + rank).clamp(max=size - 1)]
+    taken = _rank_within(slot_group, groups) < torch.bincount(want_group, minlength=groups)[slot_group]
+    index[~matched] = perm[~taken][: int((~matched).sum())]
+    return index, matched
 
 
 class EBMDivergedError(NonFiniteLossError):
@@ -68,6 +110,9 @@ class EBM(GenerativeModule):
         snapshot_every: keep a CPU copy of model + optimizer state every K good steps.
         max_rollbacks: stop with :class:`EBMDivergedError` after this many rollbacks.
         optimizer: default Adam(lr=1e-4, betas=(0.0, 0.999)) (β₁ = 0 as Du & Mordatch).
+        label_dropout: with a class-conditional energy network (``num_classes`` > 0, data with ``labels: true``), the
+            probability that a training label is replaced by the null label, so that one network learns E(x, y) and
+            E(x, ∅) (classifier-free guidance; 0.1–0.2 as Ho & Salimans 2022).
     """
 
     has_energy = True
@@ -89,9 +134,11 @@ class EBM(GenerativeModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 0,
         sample_shape: tuple[int, ...] | None = None,
+        label_dropout: float = 0.0,
     ) -> None:
         super().__init__(sampler, optimizer, lr_scheduler, warmup_steps, sample_shape)
         check_probability("reuse_prob", reuse_prob)
+        check_number("label_dropout", label_dropout, ge=0.0, le=1.0)
         check_number("buffer_size", buffer_size, ge=1, integer=True)
         check_number("snapshot_every", snapshot_every, ge=1, integer=True)
         check_number("max_rollbacks", max_rollbacks, ge=0, integer=True)
@@ -102,6 +149,10 @@ class EBM(GenerativeModule):
         check_number("data_noise", data_noise, ge=0.0)
         self.chain_init, self.data_noise = chain_init, float(data_noise)
         self.score_model = EnergyScore(energy_net)
+        if label_dropout and not self.num_classes:
+            raise ValueError("label_dropout trains a class-conditional energy: set the energy network's num_classes"
+                             " (and data.init_args.labels true), or drop label_dropout")
+        self.label_dropout = float(label_dropout)
         self.data_range = (float(data_range[0]), float(data_range[1]))
         self.sampler = sampler if sampler is not None else self.default_sampler(None)
         self.loss = loss if loss is not None else ContrastiveDivergence()
@@ -110,6 +161,7 @@ class EBM(GenerativeModule):
         self.buffer_size, self.reuse_prob, self.max_energy = buffer_size, reuse_prob, max_energy
         self.snapshot_every, self.max_rollbacks = snapshot_every, max_rollbacks
         self.replay_buffer: Tensor | None = None  # this rank's shard (buffer_size, *sample_shape)
+        self.replay_labels: Tensor | None = None  # its chains' labels (buffer_size,), a conditional model's only
         self.rollbacks, self._snapshot, self._generator = 0, None, None
         self._snapshot_restored = False
         self._pending_generator_state: Tensor | None = None  # a resumed chain generator, set in on_fit_start
@@ -124,9 +176,40 @@ class EBM(GenerativeModule):
     def energy_net(self) -> nn.Module:
         return self.score_model.energy_net
 
-    def energy(self, x: Tensor) -> Tensor:
-        """E(x), shape (B,)."""
-        return self.score_model.energy(x)
+    @property
+    def num_classes(self) -> int:
+        """The energy network's ``num_classes`` (0: unconditional)."""
+        return self.score_model.num_classes
+
+    def energy(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """E(x), shape (B,); with class ``labels`` (B,) the conditional E(x, y) (−1: the null label)."""
+        if labels is None:
+            return self.score_model.energy(x)
+        return self.score_model.with_condition(labels).energy(x)
+
+    def conditioned_score(self, labels: Tensor | None):
+        """The energy's view conditioned on ``labels`` with the guidance of :meth:`set_condition`."""
+        if labels is None:
+            return self.score_model
+        condition = self.condition
+        return self.score_model.with_condition(labels, condition["guidance_scale"], self.classifier,
+                                               condition["classifier_scale"])
+
+    def compose(self, labels, weights=None) -> ComposedEnergy:
+        """Σₖ wₖ·E(x, yₖ) of this conditional model's ``labels`` (concept conjunction, Du et al. 2020): a
+        :class:`~lit_score.scores.energy.ComposedEnergy` to sample with :meth:`sample_energy`."""
+        return ComposedEnergy.of_labels(self, labels, weights)
+
+    def sample_energy(self, energy, n: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
+                      progress: bool = False, x: Tensor | None = None) -> Tensor:
+        """``n`` samples of any energy transform (a :class:`~lit_score.scores.energy.ComposedEnergy`, a guided view)
+        with this model's sampler (or ``sampler``), from uniform noise over the data range (or ``x``), frozen."""
+        sampler = sampler if sampler is not None else self.sampler
+        with self.frozen(), torch.no_grad():
+            x = self.uniform_noise(n, generator) if x is None else x
+            out = sampler(energy, x, None, generator=generator, progress=progress)
+        self.last_nfe = sampler.nfe
+        return out
 
     # --- sampling ---------------------------------------------------------------------------------
     def uniform_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -157,6 +240,22 @@ class EBM(GenerativeModule):
         index = torch.randperm(self.replay_buffer.shape[0], generator=generator, device=device)[:n]
         return self.replay_buffer[index.to(self.replay_buffer.device)].to(self.device)
 
+    def buffer_start(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Distinct replay-buffer states whose chains sample the requested ``labels`` (n,) (−1: null-label chains);
+        refused in one line when the buffer holds too few chains of a label."""
+        if self.replay_buffer is None or self.replay_labels is None:
+            raise ValueError("this EBM holds no labelled replay buffer (trained with chain_init noise or data, or not"
+                             " trained): sample from noise instead")
+        labels = labels.long()
+        if labels.shape[0] > self.buffer_size:
+            raise ValueError(f"{labels.shape[0]} chains from a replay buffer of {self.buffer_size}: sample fewer")
+        index, matched = match_slots(self.replay_labels, labels, generator)
+        if not bool(matched.all()):
+            k = int(labels.to(matched.device)[~matched][0])
+            raise ValueError(f"{int((labels == k).sum())} chains of class {k} requested from the replay buffer, which"
+                             f" holds {int((self.replay_labels == k).sum())}: sample fewer, or from noise")
+        return self.replay_buffer[index.to(self.replay_buffer.device)].to(self.device)
+
     @contextmanager
     def frozen(self):
         """Eval mode and no parameter gradients (Langevin needs only ∇ₓE); both restored on exit."""
@@ -171,9 +270,15 @@ class EBM(GenerativeModule):
                 p.requires_grad_(flag)
             self.train(was_training)
 
-    def sample(self, n, sampler=None, generator=None, progress=False, x=None, labels=None) -> Tensor:
+    def sample(self, n, sampler=None, generator=None, progress=False, x=None, labels=None, **kwargs) -> Tensor:
+        """:meth:`GenerativeModule.sample` (its further keywords passed on), frozen. With
+        ``set_sample_start("buffer")``, class ``labels`` (n,) and a conditional energy, chains continue buffer chains
+        of those labels (:meth:`buffer_start`); without labels they continue any buffer chains."""
+        if x is None and not kwargs and labels is not None and self.num_classes and self.sample_start == "buffer":
+            labels = torch.as_tensor(labels).long()
+            x = self.buffer_start(labels.expand(n) if labels.ndim == 0 else labels, generator)
         with self.frozen():
-            return super().sample(n, sampler, generator, progress, x, labels)
+            return super().sample(n, sampler, generator, progress, x, labels, **kwargs)
 
     # --- likelihood ------------------------------------------------------------------------------
     def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
@@ -216,33 +321,61 @@ class EBM(GenerativeModule):
 
     # --- replay buffer ----------------------------------------------------------------------------
     def reset_buffer(self) -> None:
-        """Fill this rank's buffer with fresh uniform noise."""
+        """Fill this rank's buffer with fresh uniform noise (and, for a conditional model, fresh labels)."""
         self.replay_buffer = self.uniform_noise(self.buffer_size, self._generator)
+        self.replay_labels = self.fresh_labels(self.buffer_size, self._generator) if self.num_classes else None
+
+    def fresh_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Labels of new buffer chains (n,): uniform over the K classes, the null label at probability
+        ``label_dropout``."""
+        device = generator.device if generator is not None else self.device
+        labels = torch.randint(self.num_classes, (n,), generator=generator, device=device)
+        if self.label_dropout:
+            dropped = rand((n,), generator, device) < self.label_dropout
+            labels = torch.where(dropped, torch.full_like(labels, -1), labels)
+        return labels.to(self.device)
+
+    def training_labels(self, batch) -> Tensor | None:
+        """The batch's labels, ``label_dropout`` of them replaced by the null label (−1); None if unconditional."""
+        y = self.data_labels(batch)
+        if y is None or not self.label_dropout:
+            return y
+        u = rand(y.shape, self._generator, y.device)
+        return torch.where(u < self.label_dropout, torch.full_like(y, -1), y)
 
     def _rank_generator(self) -> torch.Generator:
         """A generator seeded from the global RNG and the rank, so DDP shards and chains differ per rank."""
         seed = int(torch.randint(2**62, (1,)).item()) + 1_000_003 * self.global_rank
         return torch.Generator(self.device).manual_seed(seed)
 
-    def fake_samples(self, n: int, x_real: Tensor | None = None) -> Tensor:
+    def fake_samples(self, n: int, x_real: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
         """Run the sampler from the ``chain_init`` starts (buffer / fresh noise / the data batch ``x_real``), write
-        persistent chains back, return the fakes (n, *shape)."""
+        persistent chains back, return the fakes (n, *shape); with class ``labels`` (n,) chain i samples
+        p_θ(x | y_i) and starts from a buffer chain of label y_i (module docstring)."""
+        score_fn = self.score_model if labels is None else self.score_model.with_condition(labels)
         if self.chain_init != "buffer":
             if self.chain_init == "data" and x_real is None:
                 raise ValueError("chain_init data starts the chains at the data batch: pass x_real")
             x = self.uniform_noise(n, self._generator) if self.chain_init == "noise" else x_real[:n].detach()
             with self.frozen():
-                return self.sampler(self.score_model, x, None, generator=self._generator,
-                                    callback=self._record_chain).detach()
+                return self.sampler(score_fn, x, None, generator=self._generator, callback=self._record_chain).detach()
         if n > self.buffer_size:
             raise ValueError(f"a batch of {n} is larger than the replay buffer ({self.buffer_size}): raise buffer_size")
         buffer = self.replay_buffer.to(self.device)
-        index = torch.randperm(self.buffer_size, generator=self._generator, device=self.device)[:n]
-        fresh = rand((n,), self._generator, self.device) >= self.reuse_prob
+        if labels is None:
+            index = torch.randperm(self.buffer_size, generator=self._generator, device=self.device)[:n]
+            fresh = rand((n,), self._generator, self.device) >= self.reuse_prob
+        else:  # a slot of each requested label; the slots keep (or, when fresh for want of one, take) the label
+            slot_labels = self.replay_labels.to(self.device)
+            index, matched = match_slots(slot_labels, labels, self._generator)
+            index = index.to(self.device)
+            fresh = (rand((n,), self._generator, self.device) >= self.reuse_prob) | ~matched.to(self.device)
+            slot_labels[index] = labels.to(self.device)
+            self.replay_labels = slot_labels
         fresh = fresh.reshape(n, *([1] * (buffer.ndim - 1)))
         x = torch.where(fresh, self.uniform_noise(n, self._generator), buffer[index])
         with self.frozen():
-            x = self.sampler(self.score_model, x, None, generator=self._generator, callback=self._record_chain).detach()
+            x = self.sampler(score_fn, x, None, generator=self._generator, callback=self._record_chain).detach()
         buffer[index] = x
         self.replay_buffer = buffer
         return x
@@ -254,9 +387,11 @@ class EBM(GenerativeModule):
             self._generator.set_state(pending.to(self._generator.get_state().device))
             self._pending_generator_state = None
         if self.chain_init != "buffer":
-            self.replay_buffer = None  # short-run and CD chains keep no buffer
+            self.replay_buffer = self.replay_labels = None  # short-run and CD chains keep no buffer
         elif self.replay_buffer is None or tuple(self.replay_buffer.shape) != (self.buffer_size, *self.require_shape()):
             self.reset_buffer()
+        elif self.num_classes and (self.replay_labels is None or self.replay_labels.shape != (self.buffer_size,)):
+            self.replay_labels = self.fresh_labels(self.buffer_size, self._generator)  # states kept, labels drawn
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """All ranks' shards under ``checkpoint['ebm_replay_buffer']['shards']`` (world, size, *shape)."""
@@ -269,6 +404,10 @@ class EBM(GenerativeModule):
         if generators is not None and world > 1:  # every rank's chain generator, so a resume continues each chain
             generators = self.trainer.strategy.all_gather(generators.to(self.device)).cpu()
         checkpoint[_BUFFER_KEY] = {"shards": shards.cpu(), "rollbacks": self.rollbacks, "generators": generators}
+        if self.replay_labels is not None:  # a conditional model's chain labels, sharded like the states
+            labels = self.replay_labels.to(self.device)
+            checkpoint[_BUFFER_KEY]["labels"] = (self.trainer.strategy.all_gather(labels) if world > 1
+                                                 else labels[None]).cpu()
         if self._snapshot is not None:  # the rollback target (equal on every rank), so a resumed run rolls back alike
             step, model_state, optimizer_states = self._snapshot
             checkpoint[_BUFFER_KEY]["snapshot"] = {"step": step, "model": model_state, "optimizers": optimizer_states}
@@ -290,8 +429,10 @@ class EBM(GenerativeModule):
         elif generators is not None:
             rank_zero_warn(f"the chain generators were saved by {generators.shape[0]} rank(s), this run has {world}:"
                            " the chains draw fresh random streams, so the resumed run is not an exact continuation")
+        labels = state.get("labels")  # (world, size) chain labels of a conditional model
         if shards.shape[0] == world and shards.shape[1] == self.buffer_size:
             self.replay_buffer = shards[self.global_rank].clone()
+            self.replay_labels = None if labels is None else labels[self.global_rank].clone()
             return
         pool = shards.flatten(0, 1)[self.global_rank :: world][: self.buffer_size]
         rank_zero_warn(
@@ -300,6 +441,10 @@ class EBM(GenerativeModule):
         )
         self.replay_buffer = self.uniform_noise(self.buffer_size).cpu()
         self.replay_buffer[: len(pool)] = pool
+        self.replay_labels = None
+        if labels is not None:  # the same deal for the labels; fresh labels for the fresh noise
+            self.replay_labels = self.fresh_labels(self.buffer_size).cpu()
+            self.replay_labels[: len(pool)] = labels.flatten(0, 1)[self.global_rank :: world][: self.buffer_size]
 
     # --- training ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -339,9 +484,9 @@ class EBM(GenerativeModule):
         return x_real
 
     def training_step(self, batch, batch_idx: int) -> Tensor | None:
-        x_real = self.real_samples(batch)
-        x_fake = self.fake_samples(x_real.shape[0], x_real)
-        e_real, e_fake = self.energy(x_real), self.energy(x_fake)
+        x_real, labels = self.real_samples(batch), self.training_labels(batch)
+        x_fake = self.fake_samples(x_real.shape[0], x_real, labels)
+        e_real, e_fake = self.energy(x_real, labels), self.energy(x_fake, labels)
         loss = self.loss(e_real, e_fake).mean()
         if self._diverged(loss, e_real, e_fake):
             self._roll_back(loss, e_real, e_fake)
@@ -349,7 +494,7 @@ class EBM(GenerativeModule):
         if self.global_step % self.snapshot_every == 0:
             self._take_snapshot()
         with torch.no_grad():
-            e_noise = self.energy(self.uniform_noise(x_real.shape[0], self._generator))
+            e_noise = self.energy(self.uniform_noise(x_real.shape[0], self._generator), labels)
         self.log("train/loss", loss, prog_bar=True)
         self._log_energies("train", e_real.detach(), e_fake.detach(), e_noise)
         self._log_chain_diagnostics(e_real.detach(), e_fake.detach())
@@ -368,16 +513,20 @@ class EBM(GenerativeModule):
         self._evaluate("test", batch, batch_idx)
 
     def _evaluate(self, stage: str, batch, batch_idx: int) -> None:
-        """Energies of held-out data, of fakes (the buffer, or fresh chains without one) and of uniform noise."""
-        x_real = self.data_batch(batch)
+        """Energies of held-out data, of fakes (the buffer, or fresh chains without one) and of uniform noise; a
+        conditional model's at the batch's labels (the buffer's at its chains' labels)."""
+        x_real, labels = self.data_batch(batch), self.data_labels(batch)
         n = x_real.shape[0]
         generator = torch.Generator(self.device).manual_seed(batch_idx)
+        fake_labels = labels
         if self.replay_buffer is not None and n <= self.buffer_size:
             x_fake = self.replay_buffer[:n].to(self.device)
+            if labels is not None and self.replay_labels is not None:
+                fake_labels = self.replay_labels[:n].to(self.device)
         else:  # under trainer.validate/test this runs Langevin inside inference_mode (EnergyScore allows it)
-            x_fake = self.sample(n, generator=generator)
-        e_real, e_fake = self.energy(x_real), self.energy(x_fake)
-        e_noise = self.energy(self.uniform_noise(n, generator))
+            x_fake = self.sample(n, generator=generator, labels=labels)
+        e_real, e_fake = self.energy(x_real, labels), self.energy(x_fake, fake_labels)
+        e_noise = self.energy(self.uniform_noise(n, generator), labels)
         self.log(f"{stage}/loss", self.loss(e_real, e_fake).mean(), sync_dist=True)
         self._log_energies(stage, e_real, e_fake, e_noise, sync_dist=True)
 
