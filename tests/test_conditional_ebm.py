@@ -28,6 +28,7 @@ from lit_score.metrics.distances import energy_distance
 from lit_score.models import EBM
 from lit_score.models.ebm import match_slots
 from lit_score.networks import EnergyCNN, EnergyMLP
+from lit_score.processes import VP
 from lit_score.samplers import HMC, MALA, ULA, AnnealedMCMC, Langevin
 from lit_score.scores import EnergyScore
 from lit_score.scores.energy import ComposedEnergy
@@ -107,6 +108,12 @@ def test_guided_views_and_their_closed_forms():
     plain = EBM(MixtureEnergy(conditional=False), sample_shape=(2,), data_range=RANGE)
     by_classifier = plain.score_model.with_condition(y, classifier=ExactClassifier(), classifier_scale=1.0)
     torch.testing.assert_close(by_classifier.energy(x), e_y - MIXTURE.weights.double().log()[y])
+    asked = []
+    noise_conditional = ExactClassifier()
+    noise_conditional.process = VP()  # a noise-conditional classifier guides an EBM at its t_min
+    noise_conditional.log_prob = lambda x, t, y: (asked.append(t), ExactClassifier().log_prob(x, t, y))[1]
+    plain.score_model.with_condition(y, classifier=noise_conditional, classifier_scale=1.0).energy(x)
+    assert asked == [VP().t_min]
     with pytest.raises(ValueError, match="unconditional"):
         plain.score_model.with_condition(y)
     with pytest.raises(ValueError, match="classifier-free guidance needs a class-conditional energy"):

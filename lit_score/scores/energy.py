@@ -9,9 +9,10 @@ the null condition ∅), mirroring :meth:`~lit_score.scores.NetworkScore.with_co
 |---|---|
 | E(x, y), E(x, ∅) | the energy with label y and with the null label |
 | w | classifier-free guidance: Ẽ = (1 + w)·E(x, y) − w·E(x, ∅) (one batched network call; w = 0: E(x, y)) |
-| w_c | classifier guidance: Ẽ = E − w_c·log p_φ(y \| x, t) (``classifier.log_prob(x, t, y)``, t = None for an EBM) |
+| w_c | classifier guidance: Ẽ = E − w_c·log p_φ(y \| x, t) (``classifier.log_prob(x, t, y)``) |
 
-Both are energies, so the guided score is −∇ₓẼ and MALA / HMC can use Ẽ for their accept/reject test.
+An EBM's t is None: a noise-conditional classifier (one with a ``process``) is then asked at its t_min. Both are
+energies, so the guided score is −∇ₓẼ and MALA / HMC can use Ẽ for their accept/reject test.
 
 **Composition** (Du, Li & Mordatch 2020, "Compositional visual generation with energy based models"):
 :class:`ComposedEnergy` is E(x, t) = Σᵢ wᵢ·Eᵢ(x, t[, yᵢ]), the product of experts ∏ pᵢ(x)^{wᵢ}; terms of one
@@ -124,8 +125,14 @@ class EnergyScore(nn.Module):
         else:
             energy = self.energy_net(x, t, labels)
         if self.classifier_scale:
-            energy = energy - self.classifier_scale * self.classifier.log_prob(x, t, labels)
+            energy = energy - self.classifier_scale * self.classifier.log_prob(x, self._classifier_time(t), labels)
         return energy
+
+    def _classifier_time(self, t: Tensor | None) -> Tensor | float | None:
+        """The time the classifier is asked at: the energy's t; for an EBM (t = None) a noise-conditional classifier's
+        t_min (its cleanest level; one with a ``process``), else None."""
+        process = getattr(self.classifier, "process", None)
+        return process.t_min if t is None and process is not None else t
 
     def energy_and_score(self, x: Tensor, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(E(x, t), −∇ₓE(x, t)) from one forward and one backward pass (what MALA and HMC need per step)."""
