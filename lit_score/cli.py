@@ -47,7 +47,7 @@ from lit_score.models import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Sampler
 from lit_score.visualize import save_picture, save_samples
 
-SUBCOMMANDS_OUTSIDE_LIGHTNING = ("sample", "evaluate", "compare")
+SUBCOMMANDS_OUTSIDE_LIGHTNING = ("sample", "evaluate", "compare", "encode")
 SUBCOMMANDS = {
     "fit": "train a model (LightningCLI: --config, --trainer.*, --model.*, --data.*)",
     "validate": "held-out loss of a checkpoint (LightningCLI)",
@@ -56,6 +56,7 @@ SUBCOMMANDS = {
     "sample": "draw samples from a checkpoint with any sampler: PNG + .npz with NFE",
     "evaluate": "FID / KID / IS / PR, toy distances with floors and bits/dim of a checkpoint, with the protocol",
     "compare": "train and/or evaluate several families on one protocol and write a report",
+    "encode": "probability-flow ODE latents of data (and their decoding), with a latent interpolation grid",
 }
 
 
@@ -441,10 +442,89 @@ def _sample_parser() -> ArgumentParser:
     parser.add_argument("--start", type=str | None, default=None,
                         help="where chains start: the model's default (prior, or an EBM's noise) or one it declares"
                              " (an EBM's buffer: continue the checkpoint's replay-buffer chains)")
+    add_condition_arguments(parser)
+    parser.add_argument("--init", type=str | None, default=None,
+                        help="SDEdit: guide(s) to start from (.npz of samples, or a PNG image), perturbed to"
+                             " t0 = t_min + strength (t_max - t_min) and sampled back (sample i edits guide i mod M)")
+    parser.add_argument("--strength", type=float, default=0.5,
+                        help="SDEdit strength in [0, 1]: 0 returns the guide, 1 is ordinary sampling")
+    parser.add_argument("--inpaint", type=str | None, default=None,
+                        help="inpainting / imputation: known values (.npz, or a PNG image) where --mask is 1")
+    parser.add_argument("--mask", type=str | None, default=None,
+                        help="1 where --inpaint's values are known (.npz shaped like them, or a PNG: white = known)")
+    parser.add_argument("--resample", type=int, default=1,
+                        help="RePaint resampling count r (1: plain replacement, which is biased; r ~ 10-20 harmonises)")
+    parser.add_argument("--jump_length", type=int, default=1, help="RePaint jump length j (e.g. 10)")
     parser.add_argument("--output", type=str | None, default=None, help="output stem (default: <run>/samples/…)")
     parser.add_argument("--accelerator", type=str, default="auto", help="auto, cpu or cuda")
     parser.add_argument("--overwrite", type=bool, default=False, help="replace existing output files")
     return parser
+
+
+def add_condition_arguments(parser: ArgumentParser) -> None:
+    """``--class_label``, ``--guidance_scale``, ``--classifier_ckpt``, ``--classifier_scale`` (sample and evaluate)."""
+    parser.add_argument("--class_label", type=int | None, default=None,
+                        help="class of every sample of a class-conditional model (default: every class in turn, one"
+                             " grid row per class; -1: the null label, i.e. the unconditional model)")
+    parser.add_argument("--guidance_scale", type=float, default=0.0,
+                        help="classifier-free guidance w: (1 + w) s(x, t, y) - w s(x, t, none) (0: conditional)")
+    parser.add_argument("--classifier_ckpt", type=str | None, default=None,
+                        help="a noise-conditional classifier (lit-score fit --config configs/classifier/...) for"
+                             " classifier guidance")
+    parser.add_argument("--classifier_scale", type=float, default=0.0,
+                        help="classifier guidance w_c: s + w_c grad log p(y | x_t, t)")
+
+
+def build_edit(model: GenerativeModule, cfg):
+    """The SDEdit / inpainting :class:`~lit_score.control.edit.Edit` of ``--init`` / ``--inpaint --mask`` (None
+    without them); one line for a model without a noise process, both at once, or a file that does not fit."""
+    from lit_score.control.edit import Edit, load_array
+
+    if cfg.init is None and cfg.inpaint is None:
+        if cfg.mask is not None:
+            raise UserError("a mask (--mask) goes with --inpaint FILE (the known values)")
+        return None
+    if cfg.init is not None and cfg.inpaint is not None:
+        raise UserError("--init (SDEdit) and --inpaint are two different edits: pass one of them")
+    if model.process is None:
+        raise UserError(f"{type(model).__name__} has no noise process: SDEdit and inpainting need a diffusion, score or"
+                        " flow model")
+    shape, data_range = model.require_shape(), _data_range(model)
+    if cfg.init is not None:
+        return Edit("sdedit", load_array(cfg.init, shape, data_range, "--init"), strength=cfg.strength)
+    if cfg.mask is None:
+        raise UserError("inpainting (--inpaint) needs --mask FILE: 1 (white) where the values are known")
+    known = load_array(cfg.inpaint, shape, data_range, "--inpaint")
+    mask = load_array(cfg.mask, shape, data_range, "--mask", mask=True)
+    if mask.shape[0] not in (1, known.shape[0]):
+        raise UserError(f"--mask holds {mask.shape[0]} masks for {known.shape[0]} rows of --inpaint: give one mask or"
+                        " one per row")
+    return Edit("inpaint", known, mask, resample=cfg.resample, jump_length=cfg.jump_length)
+
+
+def _data_range(model: GenerativeModule) -> tuple[float, float]:
+    """The data range the model's samples live in: images in [−1, 1], an EBM's own range, unbounded otherwise."""
+    if hasattr(model, "data_range"):
+        return tuple(model.data_range)
+    return (-1.0, 1.0)
+
+
+def apply_condition(model: GenerativeModule, cfg, device: torch.device) -> None:
+    """Set the model's labels and guidance from the parsed ``add_condition_arguments`` (one line on a mismatch)."""
+    classifier = None
+    if cfg.classifier_ckpt:
+        classifier = load_model(cfg.classifier_ckpt, map_location=device)
+        if not callable(getattr(classifier, "log_prob", None)):
+            raise UserError(f"{cfg.classifier_ckpt} holds a {type(classifier).__name__}, not a noise-conditional"
+                            " classifier: train one with lit-score fit --config configs/classifier/digits.yaml")
+        classifier.eval()
+        mismatch = classifier.process_mismatch(model.process) if model.process is not None else None
+        if mismatch:
+            raise UserError(f"{cfg.classifier_ckpt} cannot guide this model: {mismatch} — train the classifier on"
+                            " the model's process (configs/classifier/*.yaml)")
+        if not cfg.classifier_scale:
+            raise UserError("--classifier_ckpt needs --classifier_scale > 0 (the guidance strength w_c)")
+    model.set_condition(cfg.class_label, cfg.guidance_scale, classifier, cfg.classifier_scale)
 
 
 def sample_main(argv: list[str]) -> dict[str, Path]:
@@ -457,11 +537,19 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
         "cpu" if cfg.accelerator == "auto" else cfg.accelerator))
     model = load_model(cfg.ckpt_path, map_location=device)
     model.set_sample_start(cfg.start)
+    apply_condition(model, cfg, device)
+    edit = build_edit(model, cfg)
     sampler = resolve_sampler(parser.instantiate_classes(cfg).sampler, parser, argv, model)
     check_sampler(model, sampler)
     ckpt = Path(cfg.ckpt_path)
+    condition = model.condition
+    tag = "".join(f"_{key}{condition[key]:g}" for key in ("guidance_scale", "classifier_scale") if condition[key])
+    tag += f"_class{condition['class_label']}" if condition["class_label"] is not None else ""
+    tag += "" if edit is None else (f"_sdedit{edit.strength:g}" if edit.kind == "sdedit" else
+                                    f"_inpaint_r{edit.resample}j{edit.jump_length}")
+    tag = tag.replace(".", "p")  # 1.5 -> 1p5: the stem takes .png / .npz suffixes
     stem = Path(cfg.output) if cfg.output else (
-        ckpt.parent.parent / "samples" / f"{ckpt.stem}_{type(sampler).__name__}_n{cfg.num_samples}_seed{cfg.seed}"
+        ckpt.parent.parent / "samples" / f"{ckpt.stem}_{type(sampler).__name__}_n{cfg.num_samples}_seed{cfg.seed}{tag}"
     )
     existing = [p for p in (stem.with_suffix(".png"), stem.with_suffix(".npz")) if p.exists()]
     if existing and not cfg.overwrite:
@@ -470,13 +558,20 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     batches = SeedBatches(cfg.num_samples, cfg.batch_size or min(cfg.num_samples, 1000), cfg.seed)  # = evaluate's
     chunks, nfe = [], 0
     for k in tqdm(range(len(batches)), desc="batches", disable=len(batches) == 1):
-        chunks.append(draw_seed_batch(model, batches[k], sampler, progress=True).cpu())
+        chunks.append(draw_seed_batch(model, batches[k], sampler, progress=True, edit=edit).cpu())
         nfe = model.last_nfe
     x = torch.cat(chunks)
     measured = sampler.measured()
+    labels = model.condition_labels(torch.arange(cfg.num_samples))
+    conditional = {k: v for k, v in condition.items() if k != "classifier"} if labels is not None else {}
+    if conditional.get("class_label") is None:
+        conditional.pop("class_label", None)  # None: every class in turn, given per sample by "labels"
     metadata = {
         "nfe": nfe,
         "start": model.sample_start,
+        **conditional,
+        **({"classifier_ckpt": cfg.classifier_ckpt} if cfg.classifier_ckpt else {}),
+        **({} if edit is None else {**edit.describe(), "edit_file": cfg.init or cfg.inpaint}),
         **measured,  # what the sampler measured on the last batch (an MCMC kernel's acceptance and adapted step)
         "sampler": repr(sampler),
         "model": type(model).__name__,
@@ -485,13 +580,128 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
         "ema": _used_ema(ckpt),
     }
     title = f"{type(model).__name__} · {type(sampler).__name__} · NFE {nfe}"
-    paths = save_samples(x, stem, title=title, metadata=metadata, reference=_reference_beside(ckpt, x))
+    if labels is not None:
+        title += f" · {_condition_words(condition)}"
+    paths = save_samples(x, stem, title=title, metadata=metadata, reference=_reference_beside(ckpt, x),
+                         labels=None if labels is None else labels.cpu())
     finite = torch.isfinite(x).all().item()
     extra = "".join(f", {k} {v:.4g}" for k, v in sampler.measured(scalars=True).items())
-    print(f"wrote {paths['png']} and {paths['npz']} ({cfg.num_samples} samples from {model.sample_start}, NFE {nfe}"
+    extra += f", {_condition_words(condition)}" if labels is not None else ""
+    origin = f"from {model.sample_start}" if edit is None else (
+        f"by SDEdit at strength {edit.strength:g} from {edit.data.shape[0]} guide(s)" if edit.kind == "sdedit" else
+        f"inpainted ({edit.describe()['known_fraction']:.0%} known, resample {edit.resample}) from"
+        f" {edit.data.shape[0]} row(s)")
+    print(f"wrote {paths['png']} and {paths['npz']} ({cfg.num_samples} samples {origin}, NFE {nfe}"
           f"{extra}, EMA {metadata['ema']})")
     if not finite:
         print("lit-score: warning: some samples are not finite (the model or sampler diverged)", file=sys.stderr)
+    return paths
+
+
+def _condition_words(condition: dict) -> str:
+    """"class 3, CFG w=2" for titles and summaries."""
+    label = condition["class_label"]
+    words = ["every class" if label is None else ("no label" if label == -1 else f"class {label}")]
+    if condition["guidance_scale"]:
+        words.append(f"CFG w={condition['guidance_scale']:g}")
+    if condition["classifier_scale"]:
+        words.append(f"classifier w={condition['classifier_scale']:g}")
+    return ", ".join(words)
+
+
+def _encode_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="lit-score encode", exit_on_error=False,
+                            description="Encode data into the prior's latent space by the probability-flow ODE (DDIM"
+                                        " inversion), decode it back, and interpolate between encodings (slerp).")
+    parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint written by `lit-score fit`")
+    parser.add_argument("--input", type=str | None, default=None,
+                        help="data to encode: .npz (samples, or the first array) or a PNG image; default: the"
+                             " checkpoint's held-out split")
+    parser.add_argument("--num_samples", type=int, default=16, help="how many held-out samples (without --input)")
+    parser.add_subclass_arguments(Sampler, "sampler", required=False,
+                                  help="a reversible ODE sampler (default DPMSolver, 20 steps; also Heun, Euler,"
+                                       " AdaptiveODE, DDIM with eta 0, EDMHeun without churn)")
+    parser.add_argument("--interpolate", type=int, default=8,
+                        help="points on each slerp path between consecutive inputs (0: no interpolation grid)")
+    parser.add_argument("--class_label", type=int | None, default=None,
+                        help="a class-conditional model's class for the ODE (default: the null label)")
+    parser.add_argument("--output", type=str | None, default=None, help="output stem (default: <run>/latents/…)")
+    parser.add_argument("--accelerator", type=str, default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace existing output files")
+    return parser
+
+
+def encode_main(argv: list[str]) -> dict[str, Path]:
+    """``lit-score encode``: latents z = ODE(x) of data, the reconstruction decode(z), and slerp paths between
+    consecutive inputs, written as ``<stem>.npz`` (x, z, reconstruction, its error, NFE) and PNGs."""
+    from lit_score.control import decode, encode, interpolate
+    from lit_score.control.edit import load_array
+    from lit_score.samplers import DPMSolver
+
+    parser = _encode_parser()
+    cfg = parser.parse_args(argv)
+    if cfg.num_samples < 1 or cfg.interpolate < 0 or cfg.interpolate == 1:
+        raise UserError(f"need --num_samples >= 1 and --interpolate 0 or >= 2, got {cfg.num_samples} and"
+                        f" {cfg.interpolate}")
+    device = torch.device("cuda" if cfg.accelerator == "auto" and torch.cuda.is_available() else (
+        "cpu" if cfg.accelerator == "auto" else cfg.accelerator))
+    model = load_model(cfg.ckpt_path, map_location=device).eval()
+    if model.process is None:
+        raise UserError(f"{type(model).__name__} has no noise process, so no probability-flow ODE: encode a"
+                        " diffusion, score or flow model")
+    chosen = parser.instantiate_classes(cfg).sampler
+    sampler = chosen if chosen is not None else DPMSolver(num_steps=20)
+    check_sampler(model, sampler)
+    if not sampler.reversible:
+        raise UserError(f"{type(sampler).__name__} cannot run backwards in time: encode with DPMSolver, Heun, Euler,"
+                        " AdaptiveODE, DDIM (eta 0) or EDMHeun (S_churn 0)")
+    ckpt = Path(cfg.ckpt_path)
+    if cfg.input is not None:
+        x = load_array(cfg.input, model.require_shape(), _data_range(model), "--input")
+    else:
+        from lit_score.evaluation.cli import checkpoint_datamodule
+
+        data = checkpoint_datamodule(ckpt)
+        held_out = data.split_dataset("test")
+        x = torch.stack([held_out[i] for i in range(min(cfg.num_samples, len(held_out)))])
+    stem = Path(cfg.output) if cfg.output else ckpt.parent.parent / "latents" / f"{ckpt.stem}_{type(sampler).__name__}"
+    outputs = [stem.with_suffix(".npz"), stem.with_suffix(".png"), stem.with_name(stem.name + "_interpolation.png")]
+    existing = [p for p in outputs if p.exists()]
+    if existing and not cfg.overwrite:
+        raise UserError(f"{existing[0]} exists: pass --output elsewhere or --overwrite true")
+    check_writable(stem.parent)
+    x = x.to(device)
+    labels = None
+    if cfg.class_label is not None:
+        model.set_condition(cfg.class_label)
+        labels = model.condition_labels(torch.arange(x.shape[0]))
+    with torch.no_grad():
+        score_fn = model.conditioned_score(labels)
+        z = encode(score_fn, model.process, sampler, x, progress=True)
+        nfe = sampler.nfe
+        back = decode(score_fn, model.process, sampler, z, progress=True)
+    error = (back - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)
+    metadata = {"latents": z.cpu().numpy(), "reconstruction": back.cpu().numpy(),
+                "relative_error": error.cpu().numpy(), "nfe": nfe, "sampler": repr(sampler), "ckpt_path": str(ckpt)}
+    paths = save_samples(x.cpu(), stem, data_range=_data_range(model), title=f"inputs of {type(model).__name__}",
+                         metadata=metadata)
+    paths = {"npz": paths["npz"]}
+    if cfg.interpolate and x.shape[0] >= 2:
+        pairs = x.shape[0] // 2
+        score_fn = model.conditioned_score(None if labels is None else labels[:pairs])
+        with torch.no_grad():
+            path = interpolate(score_fn, model.process, sampler, x[0 : 2 * pairs : 2], x[1 : 2 * pairs : 2],
+                               num=cfg.interpolate)  # (num, pairs, ...)
+        rows = path.transpose(0, 1).flatten(0, 1).cpu()  # one row per pair: x_a … x_b
+        if rows.ndim == 4:
+            from lit_score.visualize import save_image_grid
+
+            save_image_grid(rows, outputs[2], _data_range(model), nrow=cfg.interpolate)
+        else:
+            save_picture(rows, outputs[2], title=f"slerp paths between {pairs} pairs ({cfg.interpolate} points)")
+        paths["interpolation"] = outputs[2]
+    print(f"wrote {', '.join(str(p) for p in paths.values())} ({x.shape[0]} inputs, NFE {nfe} each way, median"
+          f" relative reconstruction error {float(error.median()):.2e})")
     return paths
 
 
@@ -580,6 +790,9 @@ def main(args: list[str] | None = None) -> None:
             from lit_score.evaluation.cli import evaluate_main
 
             evaluate_main(argv[1:])
+            return
+        if argv[0] == "encode":
+            encode_main(argv[1:])
             return
         if argv[0] == "compare":
             from lit_score.evaluation.compare import compare_main

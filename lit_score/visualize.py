@@ -24,12 +24,12 @@ MIN_GRID_SIDE = 512  # px: small images (8x8 digits, 32x32 CIFAR) are upscaled t
 
 
 def save_image_grid(x: Tensor, path: Path, data_range: tuple[float, float] = (-1.0, 1.0),
-                    min_side: int = MIN_GRID_SIDE) -> Path:
+                    min_side: int = MIN_GRID_SIDE, nrow: int | None = None) -> Path:
     """Save images x (B, C, H, W) as one PNG grid, upscaled by an integer factor (nearest neighbour: every pixel
     stays a sharp square) until its longer side is at least ``min_side`` pixels; the .npz keeps the raw tensors."""
     from PIL import Image
 
-    grid = image_grid(x, data_range).numpy()
+    grid = image_grid(x, data_range, nrow).numpy()
     factor = max(1, math.ceil(min_side / max(grid.shape[:2])))
     if factor > 1:
         grid = grid.repeat(factor, axis=0).repeat(factor, axis=1)
@@ -37,8 +37,20 @@ def save_image_grid(x: Tensor, path: Path, data_range: tuple[float, float] = (-1
     return path
 
 
-def save_scatter(x: Tensor, path: Path, reference: Tensor | None = None, title: str | None = None) -> Path:
-    """Scatter plot of the first two coordinates of x (B, D), beside ``reference`` data when given.
+def class_rows(x: Tensor, labels: Tensor) -> tuple[Tensor, int]:
+    """Images x (B, C, H, W) rearranged one row per class (classes ascending, the null label −1 last, samples in
+    seed-index order), every row as long as the shortest (at most 16): (images, row length) for :func:`image_grid`."""
+    labels = labels.detach().cpu()
+    classes = sorted(labels.unique().tolist(), key=lambda k: (k < 0, k))
+    rows = [x[(labels == k).nonzero().flatten()] for k in classes]
+    width = max(1, min(16, min(len(r) for r in rows)))
+    return torch.cat([r[:width] for r in rows]), width
+
+
+def save_scatter(x: Tensor, path: Path, reference: Tensor | None = None, title: str | None = None,
+                 labels: Tensor | None = None) -> Path:
+    """Scatter plot of the first two coordinates of x (B, D), beside ``reference`` data when given; coloured by class
+    when ``labels`` (B,) are given.
 
     The view spans the 0.5–99.5 percentiles of samples and data together (so a few far samples do not shrink the
     picture to a dot); each panel's title counts the points outside the view (with the largest |coordinate|) and
@@ -58,7 +70,14 @@ def save_scatter(x: Tensor, path: Path, reference: Tensor | None = None, title: 
     view_lo, view_hi = np.asarray(lo) - pad, np.asarray(hi) + pad
     for ax, (name, _), pts in zip(axes[0], panels, points):
         xy = np.stack([pts[:, 0], pts[:, 1] if pts.shape[1] > 1 else np.zeros(len(pts))], axis=1)
-        ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.5)
+        if labels is not None and name == "samples":
+            colour = labels.detach().cpu().numpy()
+            classes = max(int(colour.max()) + 1, 1)
+            cmap = plt.get_cmap("tab10" if classes <= 10 else "tab20", classes)
+            dots = ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.6, c=colour, cmap=cmap, vmin=-0.5, vmax=classes - 0.5)
+            fig.colorbar(dots, ax=ax, label="class", fraction=0.046, pad=0.04)
+        else:
+            ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.5)
         ax.set_xlim(view_lo[0], view_hi[0])
         ax.set_ylim(view_lo[1], view_hi[1])
         ax.set_title(f"{name} (n={len(xy)}){outside_note(xy, view_lo, view_hi)}", fontsize=9)
@@ -89,13 +108,18 @@ def save_picture(
     data_range: tuple[float, float] = (-1.0, 1.0),
     reference: Tensor | None = None,
     title: str | None = None,
+    labels: Tensor | None = None,
 ) -> Path:
-    """One PNG of samples as a person looks at them: a grid of (at most 256) images, else a scatter over the data."""
+    """One PNG of samples as a person looks at them: a grid of (at most 256) images — one row per class when class
+    ``labels`` (B,) are given — else a scatter over the data (coloured by class)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if x.ndim == 4:
+        if labels is not None:
+            x, width = class_rows(x, labels)
+            return save_image_grid(x[: 16 * width], path, data_range, nrow=width)
         return save_image_grid(x[:256], path, data_range)
-    return save_scatter(x, path, reference, title)
+    return save_scatter(x, path, reference, title, labels)
 
 
 def save_samples(
@@ -105,11 +129,15 @@ def save_samples(
     reference: Tensor | None = None,
     title: str | None = None,
     metadata: dict | None = None,
+    labels: Tensor | None = None,
 ) -> dict[str, Path]:
-    """Write ``stem.png`` (grid for images, scatter otherwise) and ``stem.npz`` (raw samples + metadata)."""
+    """Write ``stem.png`` (grid for images — a row per class with ``labels`` —, scatter otherwise) and ``stem.npz``
+    (raw samples, their ``labels`` when given, and the metadata)."""
     stem = Path(stem)
-    png = save_picture(x, stem.with_suffix(".png"), data_range, reference, title)
+    png = save_picture(x, stem.with_suffix(".png"), data_range, reference, title, labels)
     npz = stem.with_suffix(".npz")
     extras = {k: np.asarray(v) for k, v in (metadata or {}).items()}
+    if labels is not None:
+        extras["labels"] = labels.detach().cpu().numpy()
     np.savez_compressed(npz, samples=x.detach().float().cpu().numpy(), **extras)
     return {"png": png, "npz": npz}

@@ -64,8 +64,8 @@ def process():
 
 def floor(distribution: GaussianMixtureDistribution) -> float:
     generator = torch.Generator().manual_seed(0)
-    return statistics.median(float(energy_distance(distribution.sample(N, generator), distribution.sample(N, generator)))
-                             for _ in range(SETS))
+    pairs = ((distribution.sample(N, generator), distribution.sample(N, generator)) for _ in range(SETS))
+    return statistics.median(float(energy_distance(a, b)) for a, b in pairs)
 
 
 def distance(samples: torch.Tensor, distribution: GaussianMixtureDistribution) -> float:

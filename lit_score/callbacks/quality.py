@@ -6,6 +6,8 @@
 | | | its own share of the samples and its shard ``reference[rank::world]``; the metrics sync their states |
 | other | ``val/energy_distance``, ``val/mmd``, | :func:`~lit_score.metrics.distances.distance_report` of all |
 | | ``val/sliced_wasserstein`` | samples (gathered) against fresh reference draws, identically on every rank |
+| class-conditional model | ``val/class_accuracy`` | the data's reference classifier (``class_log_probs``) on the |
+| on data that classifies | | samples, each requesting class (seed index mod K); hits summed over ranks |
 
 The samples are those of :mod:`lit_score.evaluation.generation`: generation batches of a fixed ``batch_size``, each
 seeded by its first seed index, so the numbers do not depend on the world size.
@@ -223,16 +225,32 @@ class SampleQuality(pl.Callback):
         """Sample and compute the metrics (every rank takes part); returns ``{logged name: value}``."""
         n = min(self.num_samples, FAST_DEV_RUN_SAMPLES) if trainer.fast_dev_run else self.num_samples
         if trainer.datamodule.is_image:
-            values = self._measure_images(trainer, pl_module, n)
+            values, x, index = self._measure_images(trainer, pl_module, n)
         else:
-            values = self._measure_distances(trainer, pl_module, n)
+            values, x = self._measure_distances(trainer, pl_module, n)
+            index = None  # every rank holds all n samples
+        labels = pl_module.condition_labels(torch.arange(n))
+        if labels is not None and trainer.datamodule.can_classify and pl_module.condition["class_label"] != -1:
+            values["val/class_accuracy"] = self._class_accuracy(trainer, x, labels, index)
         drew = trainer.global_rank < math.ceil(n / self.batch_size)  # ranks take the generation batches round-robin
         nfe = torch.tensor(float(pl_module.last_nfe if drew else 0), device=trainer.strategy.root_device)
         values["val/quality_nfe"] = float(trainer.strategy.reduce(nfe, reduce_op="max"))
         self.last_metrics = values
         return values
 
-    def _measure_distances(self, trainer: pl.Trainer, pl_module, n: int) -> dict[str, float]:
+    @staticmethod
+    def _class_accuracy(trainer: pl.Trainer, x: Tensor, labels: Tensor, index: Tensor | None) -> float:
+        """Fraction of samples the data's reference classifier puts in their requested class (this rank's share
+        ``index`` of them, summed over ranks; all of them when ``index`` is None)."""
+        wanted = labels.cpu() if index is None else labels.cpu()[index.cpu()]
+        hits = (trainer.datamodule.class_log_probs(x.detach().cpu()).argmax(1) == wanted).sum() if len(x) else 0
+        if index is None:
+            return float(hits) / len(labels)
+        device = trainer.strategy.root_device
+        total = trainer.strategy.reduce(torch.tensor(float(hits), device=device), reduce_op="sum")
+        return float(total) / len(labels)
+
+    def _measure_distances(self, trainer: pl.Trainer, pl_module, n: int) -> tuple[dict[str, float], Tensor]:
         datamodule = trainer.datamodule
         x = generate_across_ranks(trainer, pl_module, n, self.sampler, self.seed, self.batch_size)
         draw = (lambda k, g: datamodule.reference_draw(k, g, self.reference))  # noqa: E731
@@ -246,9 +264,9 @@ class SampleQuality(pl.Callback):
             values[f"val/{name}"] = row["value"]
             values[f"val/{name}_floor"] = row["floor"]
             values[f"val/{name}_ratio"] = row["ratio"]
-        return values
+        return values, x
 
-    def _measure_images(self, trainer: pl.Trainer, pl_module, n: int) -> dict[str, float]:
+    def _measure_images(self, trainer: pl.Trainer, pl_module, n: int) -> tuple[dict[str, float], Tensor, Tensor]:
         datamodule = trainer.datamodule
         x, index = generate_local(trainer, pl_module, n, self.sampler, self.seed, self.batch_size)
         # metric states must be ordinary tensors: trainer.validate runs under inference_mode
@@ -272,7 +290,7 @@ class SampleQuality(pl.Callback):
                     kid_mean, kid_std = kid.compute()
                 values["val/kid"], values["val/kid_std"] = float(kid_mean), float(kid_std)
                 kid.reset()
-        return values
+        return values, x, index
 
     def _reference(self, trainer: pl.Trainer, fast: int | None) -> Tensor:
         """The reference images, uint8 (N_ref, 3, H, W): the split, or its ``num_reference`` subset fixed by seed."""

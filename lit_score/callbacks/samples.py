@@ -59,7 +59,8 @@ class SampleGrid(ValidationSampling):
     Sampling happens at the first validation batch, where weight-averaging callbacks (EMA) have their
     averaged weights swapped in, so the grid shows the EMA model whatever the callback order; a last
     grid, ``samples/final.png``, is drawn when fit ends (after EMA has copied its weights in). The
-    generation is split across DDP ranks; files are written and logged on rank zero.
+    generation is split across DDP ranks; files are written and logged on rank zero. A class-conditional model
+    draws every class in turn (its ``condition_labels``) and the grid has one row per class.
 
     Args:
         every_n_epochs: how often (in validation epochs).
@@ -105,7 +106,8 @@ class SampleGrid(ValidationSampling):
             reference = datamodule.reference_samples(x.shape[0], torch.Generator().manual_seed(self.seed))
         stem = self.dirpath / name
         title = f"{type(pl_module).__name__} epoch {trainer.current_epoch}, NFE {pl_module.last_nfe}"
-        self.last_paths = save_samples(x, stem, data_range, reference, title, {"nfe": pl_module.last_nfe})
+        labels = pl_module.condition_labels(torch.arange(x.shape[0]))  # what generation used, by seed index
+        self.last_paths = save_samples(x, stem, data_range, reference, title, {"nfe": pl_module.last_nfe}, labels)
         self._log_image(trainer, self.last_paths["png"])
 
     @staticmethod

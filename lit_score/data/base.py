@@ -201,6 +201,17 @@ class GenerativeDataModule(pl.LightningDataModule):
         """K of data with class labels (0: the data has none). Subclasses with classes override it."""
         return 0
 
+    @property
+    def can_classify(self) -> bool:
+        """Whether :meth:`class_log_probs` has a reference classifier for this data."""
+        return False
+
+    def class_log_probs(self, x: Tensor) -> Tensor | None:
+        """log p(y | x) (N, K) of samples x under this data's reference classifier, for the class accuracy of
+        conditional samples (None where the data has none): the exact Bayes classifier of an analytic mixture, the
+        shipped digits classifier for digits. Subclasses with one override it."""
+        return None
+
     def check_labels(self) -> None:
         """Refuse ``labels: true`` on data without classes, in one line (called by subclasses' ``__init__``)."""
         if self.labels and not self.num_classes:

@@ -77,6 +77,21 @@ class Digits(GenerativeDataModule):
         return 10
 
     @property
+    def can_classify(self) -> bool:
+        return True
+
+    def class_log_probs(self, x: Tensor) -> Tensor:
+        """log-softmax of the shipped digits classifier (:mod:`lit_score.metrics.digits_extractor`: the network behind
+        the ``digits`` FID features) on images in [-1, 1], resized to its 16×16 as the extractor does."""
+        from lit_score.metrics.digits_extractor import DigitsClassifier, default_weights_path, preprocess
+
+        classifier = DigitsClassifier()
+        classifier.load_state_dict(torch.load(default_weights_path(), map_location="cpu", weights_only=True))
+        u8 = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # as FID sees them
+        with torch.no_grad():
+            return torch.cat([classifier.eval()(preprocess(chunk)).log_softmax(1) for chunk in u8.split(1000)])
+
+    @property
     def default_feature_extractor(self) -> str:
         """The digits classifier shipped with lit-score (:mod:`lit_score.metrics.digits_extractor`)."""
         return "digits"

@@ -232,6 +232,15 @@ class GaussianMixture(GenerativeDataModule):
         return self.distribution.num_components
 
     @property
+    def can_classify(self) -> bool:
+        return True
+
+    def class_log_probs(self, x: Tensor) -> Tensor:
+        """The exact posterior over components, log p(y = k | x) (the Bayes classifier)."""
+        one = torch.ones(x.shape[0], dtype=torch.float64)
+        return self.distribution.log_posterior(x.double().cpu(), one, 0 * one)
+
+    @property
     def has_exact_sampler(self) -> bool:
         return True
 

@@ -171,6 +171,21 @@ class Toy2D(GenerativeDataModule):
         self.reference_dataset = self.train_dataset
 
     @property
+    def can_classify(self) -> bool:
+        return self.name == "8gaussians"
+
+    def class_log_probs(self, x: Tensor) -> Tensor | None:
+        """For the 8 Gaussians, the exact posterior over the modes (equal weights and widths): log-softmax of
+        −|x − μ_k|²/(2 s²) in the standardised coordinates; None for the distributions without classes."""
+        if self.name != "8gaussians":
+            return None
+        scale = math.sqrt(0.5 + 0.125**2)  # eight_gaussians' standardisation
+        angle = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
+        means = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1) / scale
+        logits = -torch.cdist(x.double().cpu(), means) ** 2 / (2 * (0.125 / scale) ** 2)
+        return logits.log_softmax(1)
+
+    @property
     def has_exact_sampler(self) -> bool:
         return True
 

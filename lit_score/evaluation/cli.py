@@ -140,6 +140,12 @@ def evaluate_parser() -> ArgumentParser:
     parser.add_argument("--weights", type=str, default="auto", help="auto, ema or raw weights of the checkpoint")
     parser.add_argument("--start", type=str | None, default=None,
                         help="where chains start: the model's default or one it declares (an EBM's buffer)")
+    from lit_score.cli import add_condition_arguments
+
+    add_condition_arguments(parser)
+    parser.add_argument("--guidance_scales", type=str | None, default=None,
+                        help="a guidance curve: evaluate at each classifier-free guidance scale w (e.g. 0,1,2,4; or"
+                             " the classifier's with --classifier_ckpt), writing guidance_curve.json/.png")
     parser.add_subclass_arguments(GenerativeDataModule, "data", required=False,
                                   help="data to compare against (default: the checkpoint's own)")
     parser.add_argument("--likelihood_samples", type=int, default=1000, help="held-out samples for bpd")
@@ -186,6 +192,9 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
     if cfg.ckpt_path is not None:
         model, weights = load_for_evaluation(cfg.ckpt_path, cfg.weights, device)
         model.set_sample_start(cfg.start)
+        from lit_score.cli import apply_condition
+
+        apply_condition(model, cfg, device)
         checkpoint = checkpoint_summary(cfg.ckpt_path, weights)
         datamodule = datamodule if datamodule is not None else checkpoint_datamodule(cfg.ckpt_path)
         if tuple(datamodule.sample_shape) != tuple(model.require_shape()):
@@ -220,33 +229,111 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
         raise EvaluationError(f"{output / 'metrics.json'} exists: pass --output elsewhere or --overwrite true")
     trainer_kwargs = {"accelerator": "gpu" if device.type == "cuda" else "cpu", "devices": cfg.devices,
                       "strategy": cfg.strategy, "num_nodes": cfg.num_nodes, "precision": cfg.precision}
-    result = evaluate(
-        model, datamodule, num_samples=cfg.num_samples, sampler=sampler, metrics=metrics, reference=cfg.reference,
-        feature_extractor=cfg.feature_extractor, feature_extractor_weights_path=cfg.feature_extractor_weights_path,
-        seeds=seeds, batch_size=cfg.batch_size, samples=samples, samples_source=source,
-        likelihood_samples=cfg.likelihood_samples, likelihood_estimator=cfg.likelihood_estimator,
-        likelihood_options=cfg.likelihood_options, distance_samples=cfg.distance_samples,
-        kid_subset_size=cfg.kid_subset_size, cache_root=cfg.cache_root, trainer_kwargs=trainer_kwargs,
-        output=output if cfg.samples is None else None, checkpoint=checkpoint, progress=cfg.progress,
-    )
+
+    def run(out: Path) -> EvaluationResult | None:
+        return evaluate(
+            model, datamodule, num_samples=cfg.num_samples, sampler=sampler, metrics=metrics,
+            reference=cfg.reference, feature_extractor=cfg.feature_extractor,
+            feature_extractor_weights_path=cfg.feature_extractor_weights_path, seeds=seeds, batch_size=cfg.batch_size,
+            samples=samples, samples_source=source, likelihood_samples=cfg.likelihood_samples,
+            likelihood_estimator=cfg.likelihood_estimator, likelihood_options=cfg.likelihood_options,
+            distance_samples=cfg.distance_samples, kid_subset_size=cfg.kid_subset_size, cache_root=cfg.cache_root,
+            trainer_kwargs=trainer_kwargs, output=out if cfg.samples is None else None, checkpoint=checkpoint,
+            progress=cfg.progress,
+        )
+
+    if cfg.guidance_scales is not None:
+        if metrics is None:  # bpd is the null-label model's: the same at every scale, so not re-measured by default
+            from lit_score.evaluation.evaluate import default_metrics
+
+            metrics = [m for m in default_metrics(model, datamodule) if m != "bpd"]
+        return guidance_curve(model, cfg, parse_list(cfg.guidance_scales, float), run, output, datamodule, device)
+    result = run(output)
     if result is None:
         return None
-    write_outputs(result, output, datamodule, title=f"{result.protocol['model'] or 'samples'}".rpartition(".")[2])
+    write_outputs(result, output, datamodule, title=f"{result.protocol['model'] or 'samples'}".rpartition(".")[2],
+                  labels=_labels(model, cfg))
     if logger is not None:
         log_result(logger, result, step=(checkpoint or {}).get("global_step") or 0)
     print_summary(result, output)
     return result
 
 
-def write_outputs(result: EvaluationResult, output: Path, datamodule: GenerativeDataModule, title: str) -> Path:
-    """``metrics.json`` and a picture of the first seed set's samples (grid or scatter beside the data)."""
+def guidance_curve(model, cfg, scales: list[float], run, output: Path, datamodule, device) -> EvaluationResult | None:
+    """Evaluate at every guidance scale w (classifier-free, or the classifier's with ``--classifier_ckpt``) into
+    ``output/w<w>/``, then write ``guidance_curve.json`` (a row per w: the headline metrics, accuracy included) and
+    ``guidance_curve.png`` (each metric against w): the fidelity / class-adherence trade-off of guided sampling."""
+    from lit_score.cli import UserError, apply_condition
+
+    if model is None or not scales:
+        raise EvaluationError("--guidance_scales needs --ckpt_path and at least one scale")
+    kind = "classifier_scale" if cfg.classifier_ckpt else "guidance_scale"
+    rows, result = [], None
+    for w in scales:
+        try:
+            setattr(cfg, kind, w)
+            if kind == "classifier_scale" and w == 0:
+                model.set_condition(cfg.class_label, cfg.guidance_scale)  # w_c = 0: the unguided model
+            else:
+                apply_condition(model, cfg, device)
+        except (UserError, ValueError) as err:
+            raise EvaluationError(f"guidance scale {w:g}: {err}") from err
+        result = run(output / f"w{w:g}")
+        if result is None:  # a DDP child rank: it took part in the generation only
+            continue
+        write_outputs(result, output / f"w{w:g}", datamodule, title=f"{kind} {w:g}", labels=_labels(model, cfg))
+        print_summary(result, output / f"w{w:g}")
+        rows.append({kind: w, **{k: v for k, v in result.headline().items()},
+                     "nfe": result.protocol.get("nfe")})
+    if not rows:
+        return None
+    write_json(output / "guidance_curve.json", {"scale": kind, "rows": rows, "condition": result.protocol["condition"]})
+    _plot_curve(rows, kind, output / "guidance_curve.png")
+    print(f"wrote {output / 'guidance_curve.json'} and {output / 'guidance_curve.png'}")
+    return result
+
+
+def _labels(model, cfg) -> torch.Tensor | None:
+    """The class labels of generated samples (by seed index), None for an unconditional model or given samples."""
+    if model is None or cfg.samples is not None:
+        return None
+    return model.condition_labels(torch.arange(cfg.num_samples))
+
+
+def _plot_curve(rows: list[dict[str, Any]], kind: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in rows[0].items()
+             if k not in (kind, "nfe") and not k.endswith("_floor") and isinstance(v, (int, float))]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+    scales = [r[kind] for r in rows]
+    for ax, name in zip(axes[0], names):
+        ax.plot(scales, [r[name] for r in rows], marker="o")
+        ax.set_xlabel(kind.replace("_", " "))
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: EvaluationResult, output: Path, datamodule: GenerativeDataModule, title: str,
+                  labels: torch.Tensor | None = None) -> Path:
+    """``metrics.json`` and a picture of the first seed set's samples (grid or scatter beside the data; a row per
+    class, or coloured by class, with the samples' class ``labels``)."""
     output.mkdir(parents=True, exist_ok=True)
     x = result.samples[0]
     reference = None if datamodule.is_image else datamodule.reference_draw(min(len(x), 2000),
                                                                            torch.Generator().manual_seed(0))
     nfe = result.protocol.get("nfe")
-    save_picture(x[:2000] if not datamodule.is_image else x[:64], output / "samples.png", datamodule.data_range,
-                 reference, f"{title} · NFE {nfe:g}" if nfe is not None else title)
+    shown = min(len(x), 2000 if not datamodule.is_image else (256 if labels is not None else 64))
+    save_picture(x[:shown], output / "samples.png", datamodule.data_range, reference,
+                 f"{title} · NFE {nfe:g}" if nfe is not None else title,
+                 None if labels is None else labels[:shown].cpu())
     return write_json(output / "metrics.json", result.to_dict())
 
 

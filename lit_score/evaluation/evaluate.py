@@ -38,7 +38,7 @@ from lit_score.metrics.likelihood import LikelihoodEstimate
 from lit_score.samplers import Sampler
 
 IMAGE_METRICS = fidelity.METRICS  # fid, kid, isc, prc
-METRIC_GROUPS = (*IMAGE_METRICS, "bpd", "distances")
+METRIC_GROUPS = (*IMAGE_METRICS, "bpd", "distances", "accuracy")
 PUBLISHED_N = 50_000  # samples behind published CIFAR-10 FID / IS numbers
 
 
@@ -66,7 +66,28 @@ def default_metrics(model, datamodule: GenerativeDataModule) -> list[str]:
     out = ["distances"]
     if model is not None and model.likelihood_estimators("none"):
         out.append("bpd")
-    return out
+    return out + (["accuracy"] if _accuracy_problem(model, datamodule) is None else [])
+
+
+def _accuracy_problem(model, datamodule: GenerativeDataModule) -> str | None:
+    """Why the class accuracy of conditional samples does not apply (None: it does)."""
+    if model is None or model.condition_labels(torch.arange(1)) is None:
+        return "accuracy measures conditional samples: the model is unconditional (no class labels to check)"
+    if model.condition["class_label"] == -1:
+        return "accuracy measures conditional samples: --class_label -1 draws the unconditional model"
+    if not datamodule.can_classify:
+        return f"{datamodule.label} has no reference classifier for the class accuracy"
+    return None
+
+
+def class_accuracy(log_probs: Tensor, labels: Tensor) -> dict[str, Any]:
+    """Accuracy of samples whose requested classes are ``labels`` (N,) under a reference classifier's ``log_probs``
+    (N, K): overall, per class, and the mean log p(y | x) of the requested class."""
+    labels = labels.cpu().long()
+    hit = (log_probs.argmax(1) == labels).double()
+    per_class = {str(k): float(hit[labels == k].mean()) for k in sorted(labels.unique().tolist())}
+    return {"accuracy": float(hit.mean()), "per_class": per_class,
+            "log_prob": float(log_probs.gather(1, labels[:, None]).mean()), "chance": 1 / log_probs.shape[1]}
 
 
 def check_metrics(metrics: Sequence[str], model, datamodule: GenerativeDataModule, skip: bool = False) -> list[str]:
@@ -82,6 +103,8 @@ def check_metrics(metrics: Sequence[str], model, datamodule: GenerativeDataModul
             problem = "distances are for toy / tabular data: use fid,kid,isc,prc on images"
         elif name == "bpd" and (model is None or not model.likelihood_estimators(_dequantize(datamodule))):
             problem = f"{type(model).__name__} offers no likelihood estimator for this data"
+        elif name == "accuracy":
+            problem = _accuracy_problem(model, datamodule)
         if problem is None:
             out.append(name)
         elif not skip:
@@ -334,6 +357,15 @@ def evaluate(
                                  "sliced_wasserstein": "256 fixed projections",
                                  "floor": "median distance between two independent reference draws of the same n"}
 
+    if "accuracy" in wanted:
+        labels = model.condition_labels(torch.arange(len(sets[0])))
+        for row, x in zip(per_seed, sets):
+            row["class_accuracy"] = class_accuracy(datamodule.class_log_probs(x), labels)
+        label = model.condition["class_label"]
+        protocol["accuracy"] = {"classifier": f"{type(datamodule).__name__}.class_log_probs",
+                                "labels": "sample i requests class i mod K" if label is None
+                                else f"every sample requests class {label}"}
+
     likelihood = None
     if "bpd" in wanted:
         start = time.perf_counter()
@@ -403,6 +435,11 @@ def _summaries(per_seed, wanted, likelihood) -> dict[str, dict[str, Any]]:
         if "data_nll" in per_seed[0]:
             out["data_nll"] = {**summarize([row["data_nll"] for row in per_seed]),
                                "floor": float(np.mean([row["data_nll_floor"] for row in per_seed]))}
+    if "class_accuracy" in per_seed[0]:
+        rows = [row["class_accuracy"] for row in per_seed]
+        per_class = {k: float(np.mean([r["per_class"][k] for r in rows])) for k in rows[0]["per_class"]}
+        out["accuracy"] = {**summarize([r["accuracy"] for r in rows]), "chance": rows[0]["chance"],
+                           "per_class": per_class}
     if likelihood:
         for name, record in likelihood.items():
             key = "bpd" if len(likelihood) == 1 else f"bpd_{name}"
@@ -425,6 +462,8 @@ def _protocol(model, datamodule, sampler, seeds, sets, generation, reference, ex
         "sampler": describe_sampler(sampler),
         "nfe": float(np.mean(nfes)) if nfes else None,
         "start": None if model is None or samples_source is not None else model.sample_start,
+        "condition": None if model is None or samples_source is not None or model.condition_labels(
+            torch.arange(1)) is None else {k: v for k, v in model.condition.items()},
         "model": None if model is None else f"{type(model).__module__}.{type(model).__qualname__}",
         "parameters": None if model is None else sum(p.numel() for p in model.parameters()),
         "weights": (checkpoint or {}).get("weights"),

@@ -76,11 +76,15 @@ def seed_loader(num_samples: int, batch_size: int, seed: int = 0) -> DataLoader:
     return DataLoader(SeedBatches(num_samples, batch_size, seed), batch_size=None, shuffle=False)
 
 
-def draw_seed_batch(pl_module, batch: dict[str, Any], sampler=None, progress: bool = False) -> Tensor:
+def draw_seed_batch(pl_module, batch: dict[str, Any], sampler=None, progress: bool = False, edit=None) -> Tensor:
     """``pl_module.sample`` for one generation batch, with the generator of its first seed index and the class labels
-    of its seed indices (``pl_module.condition_labels``; None for an unconditional model)."""
+    of its seed indices (``pl_module.condition_labels``; None for an unconditional model); with an ``edit``
+    (SDEdit / inpainting, :class:`~lit_score.control.edit.Edit`) the rows of its seed indices are edited."""
     generator = torch.Generator(pl_module.device).manual_seed(batch_seed(int(batch["seed"]), int(batch["start"])))
     labels = pl_module.condition_labels(batch["index"])
+    if edit is not None:
+        return pl_module.sample(len(batch["index"]), sampler=sampler, generator=generator, progress=progress,
+                                labels=labels, edit=edit.rows(batch["index"]))
     return pl_module.sample(len(batch["index"]), sampler=sampler, generator=generator, progress=progress,
                             labels=labels)
 

@@ -197,6 +197,10 @@ class GenerativeModule(pl.LightningModule):
                              " is unconditional (use a classifier and --classifier_scale instead)")
         if classifier_scale and classifier is None:
             raise ValueError("classifier_scale needs a classifier: pass --classifier_ckpt")
+        theirs = int(getattr(classifier, "num_classes", 0) or 0) if classifier is not None else 0
+        if conditional and classifier is not None and theirs != self.num_classes:
+            raise ValueError(f"the classifier has {theirs} classes and the model {self.num_classes}: use a classifier"
+                             " of the model's classes")
         if class_label == -1 and (guidance_scale or classifier_scale):
             raise ValueError("guidance towards the null label is the unconditional model: drop the guidance scale")
         self.__dict__["_guidance_classifier"] = classifier
@@ -228,17 +232,22 @@ class GenerativeModule(pl.LightningModule):
         progress: bool = False,
         x: Tensor | None = None,
         labels: Tensor | None = None,
+        edit=None,
     ) -> Tensor:
         """Draw ``n`` samples (n, *sample_shape) with ``sampler`` (default: the model's), in eval mode; with class
-        ``labels`` (n,) from the conditional, guided score of :meth:`conditioned_score`."""
+        ``labels`` (n,) from the conditional, guided score of :meth:`conditioned_score`; with an ``edit``
+        (:class:`~lit_score.control.edit.Edit` of n rows: SDEdit or inpainting) that edit instead of plain sampling."""
         sampler = sampler if sampler is not None else self.sampler
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                x = self.initial_state(n, generator) if x is None else x
                 score_fn = self.conditioned_score(labels)
-                out = sampler(score_fn, x, self.process, generator=generator, progress=progress)
+                if edit is not None:
+                    out = edit(score_fn, self.process, sampler, generator=generator, progress=progress)
+                else:
+                    x = self.initial_state(n, generator) if x is None else x
+                    out = sampler(score_fn, x, self.process, generator=generator, progress=progress)
         finally:
             self.train(was_training)
         self.last_nfe = sampler.nfe
