@@ -226,3 +226,47 @@ def test_unconditional_models_refuse_conditions():
         model.set_condition(guidance_scale=1.0)
     with pytest.raises(ValueError, match="label_dropout trains a class-conditional network"):
         DDPM(MLP(2, hidden=16, depth=1), label_dropout=0.1)
+
+
+def write_mnist(root, n_train: int = 12, n_test: int = 6):
+    """A tiny MNIST in torchvision's raw idx format (big-endian magic 2051 / 2049), with known labels."""
+    import struct
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    labels = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = (torch.arange(n * 28 * 28) % 256).to(torch.uint8).reshape(n, 28, 28)
+        labels[split] = torch.arange(n) % 10
+        header = struct.pack(">IIII", 2051, n, 28, 28)
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(header + images.numpy().tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n)
+                                                         + labels[split].to(torch.uint8).numpy().tobytes())
+    return labels
+
+
+def test_torchvision_targets_and_folder_classes_become_labels(tmp_path):
+    from PIL import Image
+
+    from lit_score.data import ImageData
+
+    labels = write_mnist(tmp_path)
+    data = ImageData(str(tmp_path), dataset="mnist", labels=True, val_size=4, batch_size=4, num_workers=0)
+    data.setup()
+    assert data.num_classes == 10 and torch.equal(data.train_labels, labels["train"])
+    x, y = next(iter(data.val_dataloader()))
+    assert x.shape == (4, 1, 28, 28) and set(y.tolist()) <= set(labels["t10k"].tolist())
+    folder = tmp_path / "folder"
+    for name, count in (("cats", 3), ("dogs", 2)):
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(torch.full((8, 8), 40 * i, dtype=torch.uint8).numpy()).save(folder / name / f"{i}.png")
+    images = ImageData(str(folder), labels=True, val_size=0, batch_size=5, num_workers=0)
+    images.setup()
+    assert images.class_names == ["cats", "dogs"] and images.num_classes == 2
+    assert sorted(images.train_labels.tolist() + images.val_labels.tolist()) == [0, 0, 0, 1, 1]
+    (folder / "loose.png").write_bytes((folder / "cats" / "0.png").read_bytes())
+    with pytest.raises(ValueError, match="loose.png lies directly in it"):
+        ImageData(str(folder), labels=True)
+    with pytest.raises(ValueError, match="has no class labels"):
+        ImageData(str(tmp_path), dataset="celeba", labels=True)

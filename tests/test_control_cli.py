@@ -115,3 +115,27 @@ def test_bad_control_input_is_one_line(ckpt, tmp_path, capsys):
         ["encode", "--ckpt_path", ckpt, "--sampler.class_path", "lit_score.samplers.Ancestral", "--output",
          tmp_path / "x"], capsys)
     assert not list(tmp_path.glob("x*"))
+
+
+@pytest.mark.parametrize("config", ["ddpm/digits_conditional", "flow/digits_conditional"])
+def test_conditional_digits_configs_run(config, tmp_path):
+    """(sde/vp_digits_conditional differs from the DDPM one only in its process and sampler: its parse test covers it.)"""
+    run(["fit", "--config", ROOT / f"configs/{config}.yaml", "--trainer.logger.init_args.save_dir", tmp_path,
+         "--trainer.default_root_dir", tmp_path, "--trainer.fast_dev_run", "true"])
+
+
+def test_conditional_cifar10_config_on_a_labelled_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("airplane", "cat")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(
+                tmp_path / "images" / name / f"{k}{i}.png")
+    run(["fit", "--config", ROOT / "configs/ddpm/cifar10_conditional.yaml", "--trainer.logger.init_args.save_dir",
+         tmp_path, "--trainer.default_root_dir", tmp_path, "--trainer.accelerator", "cpu", "--trainer.fast_dev_run",
+         "true", "--trainer.precision", "32-true", "--data.init_args.root", tmp_path / "images",
+         "--data.init_args.dataset", "folder", "--data.init_args.batch_size", 4, "--data.init_args.num_workers", 0,
+         "--model.init_args.network.init_args.base_channels", 32, "--model.init_args.network.init_args.channel_mult",
+         "[1, 2]", "--model.init_args.network.init_args.num_res_blocks", 1])
