@@ -119,7 +119,7 @@ def test_bad_control_input_is_one_line(ckpt, tmp_path, capsys):
 
 @pytest.mark.parametrize("config", ["ddpm/digits_conditional", "flow/digits_conditional"])
 def test_conditional_digits_configs_run(config, tmp_path):
-    """(sde/vp_digits_conditional differs from the DDPM one only in its process and sampler: its parse test covers it.)"""
+    """(sde/vp_digits_conditional differs from the DDPM one only in process and sampler: its parse test covers it.)"""
     run(["fit", "--config", ROOT / f"configs/{config}.yaml", "--trainer.logger.init_args.save_dir", tmp_path,
          "--trainer.default_root_dir", tmp_path, "--trainer.fast_dev_run", "true"])
 
