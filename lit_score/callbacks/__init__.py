@@ -3,11 +3,12 @@ and what makes a long run resumable and safe to stop (added to every `lit-score 
 
 from lit_score.callbacks.ebm import ChainDiagnostics, EnergyHistogram
 from lit_score.callbacks.likelihood import LikelihoodCallback
+from lit_score.callbacks.performance import Performance
 from lit_score.callbacks.quality import SampleQuality
 from lit_score.callbacks.resume import FinalCheckpoint, GracefulStop, NonFiniteGuard, ResumeState
 from lit_score.callbacks.samples import SampleGrid, generate_across_ranks, run_dir
 
 __all__ = [
     "ChainDiagnostics", "EnergyHistogram", "FinalCheckpoint", "GracefulStop", "LikelihoodCallback", "NonFiniteGuard",
-    "ResumeState", "SampleGrid", "SampleQuality", "generate_across_ranks", "run_dir",
+    "Performance", "ResumeState", "SampleGrid", "SampleQuality", "generate_across_ranks", "run_dir",
 ]

@@ -249,6 +249,7 @@ class GenerativeDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             worker_init_fn=_ignore_stop_signals if self.num_workers > 0 else None,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),  # page-locked host batches: asynchronous copies to the GPU
         )
 
     def _ensure_setup(self) -> None:

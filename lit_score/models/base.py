@@ -99,6 +99,11 @@ class GenerativeModule(pl.LightningModule):
         """∇ₓ log p_t(x) under the model."""
         return self.score_model(x, t)
 
+    @property
+    def network(self) -> nn.Module:
+        """The trainable network (what :class:`~lit_score.callbacks.Performance` compiles)."""
+        return self.score_model.network
+
     #: where sampling chains can start (the first is the default); a family with more than its prior declares them
     sample_starts: tuple[str, ...] = ("prior",)
 
