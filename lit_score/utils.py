@@ -1,6 +1,8 @@
-"""Small shared helpers: widening per-sample tensors and seeded noise."""
+"""Small shared helpers: widening per-sample tensors, seeded noise, full precision inside mixed-precision runs."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import Tensor
@@ -39,3 +41,14 @@ def per_sample_norm(x: Tensor) -> Tensor:
 def batch_sum(x: Tensor) -> Tensor:
     """Sum over every dimension but the first: (B, ...) -> (B,)."""
     return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+@contextlib.contextmanager
+def full_precision():
+    """Switch autocast off (CPU and CUDA) for numerically sensitive work inside a ``bf16-mixed`` / ``16-mixed`` run:
+    the likelihood ODE and its divergence, variational bounds. Inputs should be float32 already."""
+    with contextlib.ExitStack() as stack:
+        for device_type in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+        yield

@@ -238,9 +238,12 @@ def save_last(trainer: pl.Trainer) -> Path:
     path = last_checkpoint_path(trainer)
     trainer.save_checkpoint(path)
     for cb in trainer.checkpoint_callbacks:
-        same_folder = cb.dirpath is not None and Path(cb.dirpath) == path.parent
+        same_folder = cb.dirpath is not None and Path(cb.dirpath).resolve() == path.parent.resolve()
         if isinstance(cb, ModelCheckpoint) and cb.save_last and same_folder:
-            cb.last_model_path = str(path)
+            # the very string ModelCheckpoint compares its next "last" name with ("./runs/…" is not "runs/…"), and its
+            # record that a last checkpoint exists: otherwise its on_train_end writes last-v1.ckpt and deletes ours
+            cb.last_model_path = cb.format_checkpoint_name({}, cb.CHECKPOINT_NAME_LAST)
+            cb._last_checkpoint_saved = cb.last_model_path
     return path
 
 

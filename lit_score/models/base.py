@@ -16,6 +16,7 @@ from lit_score.evaluation.generation import draw_seed_batch
 from lit_score.metrics.likelihood import LikelihoodEstimate
 from lit_score.processes import NoiseProcess
 from lit_score.samplers import Sampler
+from lit_score.utils import full_precision
 
 _PLAIN = (type(None), bool, int, float, str)
 
@@ -288,7 +289,8 @@ class GenerativeModule(pl.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            return self.estimate_likelihood(estimator, x.to(self.device), dequantize, generator, options)
+            with full_precision():  # an ODE solve / bound summed over steps: never in bf16, even in a bf16-mixed run
+                return self.estimate_likelihood(estimator, x.to(self.device), dequantize, generator, options)
         finally:
             self.train(was_training)
 
