@@ -308,3 +308,55 @@ def test_training_logs_the_chain_diagnostics_and_the_callback_r_hat(tmp_path):
         from lit_score.networks import MLP
 
         ChainDiagnostics().setup(None, DDPM(MLP(data_dim=2), sample_shape=(2,)), "fit")
+
+
+class Weights(pl.Callback):
+    """Record the weights after chosen steps (and, under DDP, write each rank's final weights to a file)."""
+
+    def __init__(self, steps=(), folder: Path | None = None) -> None:
+        self.steps, self.folder, self.after = set(steps), folder, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step in self.steps:
+            self.after[trainer.global_step] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.folder is not None:
+            record = {"state": dict(pl_module.state_dict()), "rollbacks": pl_module.rollbacks}
+            torch.save(record, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def test_a_rolled_back_step_leaves_the_snapshot_weights_and_returns_a_loss():
+    """The rolled-back step returns a zero loss (never None: Lightning refuses that under DDP) and drops its gradients:
+    the weights after it are the snapshot's exactly (Adam's restored momentum does not step them)."""
+    model = make_ebm(max_energy=100.0, snapshot_every=4)
+    record = Weights(steps={4, 6})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(Path("."), 7, [BlowUp({5}), record]).fit(model, make_data())
+    assert model.rollbacks == 1
+    snapshot_step, snapshot_state, _ = model._snapshot
+    assert snapshot_step == 4
+    for name, value in record.after[6].items():  # step 5 diverged and was rolled back: no update in that step
+        if "replay" not in name:
+            assert torch.equal(value, record.after[4][name]), name
+
+
+def test_ddp_ranks_roll_back_together_and_end_with_equal_weights(tmp_path):
+    """Two gloo ranks (ddp_fork); only rank 1's energies blow up at step 3. Both roll back (the decision is agreed),
+    nobody hangs, and the ranks end with identical weights."""
+
+    class BlowUpOnRankOne(BlowUp):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_rank == 1:
+                super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    model = make_ebm(max_energy=100.0, snapshot_every=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path, 6, [BlowUpOnRankOne({3}), Weights(folder=tmp_path)], devices=2,
+                     strategy="ddp_fork").fit(model, make_data())
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["rollbacks"] == ranks[1]["rollbacks"] == 1
+    for name, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][name]), name

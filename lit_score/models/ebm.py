@@ -163,6 +163,7 @@ class EBM(GenerativeModule):
         self.replay_buffer: Tensor | None = None  # this rank's shard (buffer_size, *sample_shape)
         self.replay_labels: Tensor | None = None  # its chains' labels (buffer_size,), a conditional model's only
         self.rollbacks, self._snapshot, self._generator = 0, None, None
+        self._skip_step = False  # set by a rollback: the step's optimizer update is dropped
         self._snapshot_restored = False
         self._pending_generator_state: Tensor | None = None  # a resumed chain generator, set in on_fit_start
         self._chain_grad_norm: Tensor | None = None
@@ -182,10 +183,16 @@ class EBM(GenerativeModule):
         return self.score_model.num_classes
 
     def energy(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        """E(x), shape (B,); with class ``labels`` (B,) the conditional E(x, y) (−1: the null label)."""
-        if labels is None:
-            return self.score_model.energy(x)
-        return self.score_model.with_condition(labels).energy(x)
+        """E(x), shape (B,); with class ``labels`` (B,) the conditional E(x, y) (−1: the null label). Float32 even
+        under bf16 / fp16 autocast (the network's last layer then returns half precision): the contrastive loss is a
+        small difference of energies, which must not be taken in 8 mantissa bits."""
+        energy = self.score_model.energy(x) if labels is None else self.score_model.with_condition(labels).energy(x)
+        return energy.float() if energy.dtype in (torch.bfloat16, torch.float16) else energy
+
+    @property
+    def network(self) -> nn.Module:
+        """The energy network (what :class:`~lit_score.callbacks.Performance` acts on)."""
+        return self.energy_net
 
     def conditioned_score(self, labels: Tensor | None):
         """The energy's view conditioned on ``labels`` with the guidance of :meth:`set_condition`."""
@@ -488,9 +495,13 @@ class EBM(GenerativeModule):
         x_fake = self.fake_samples(x_real.shape[0], x_real, labels)
         e_real, e_fake = self.energy(x_real, labels), self.energy(x_fake, labels)
         loss = self.loss(e_real, e_fake).mean()
-        if self._diverged(loss, e_real, e_fake):
+        if self._diverged(loss, e_real, e_fake):  # decided on all ranks together
             self._roll_back(loss, e_real, e_fake)
-            return None
+            # Not ``return None``: Lightning refuses to skip a step under DDP. A zero loss on every parameter keeps the
+            # gradient all-reduce in step on every rank; on_before_optimizer_step then drops the (zero) gradients, so
+            # the restored weights and optimizer state do not move (Adam would step by its restored momentum).
+            self._skip_step = True
+            return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
         if self.global_step % self.snapshot_every == 0:
             self._take_snapshot()
         with torch.no_grad():
@@ -502,6 +513,12 @@ class EBM(GenerativeModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        if self._skip_step:  # a rolled-back step: the optimizer skips parameters without gradients
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self._skip_step = False
+            return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:
             self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))

@@ -1,6 +1,6 @@
 """Scores: the boundary between networks and ∇ₓ log p_t."""
 
-from lit_score.scores.energy import EnergyScore, energy_gradient
+from lit_score.scores.energy import ComposedEnergy, EnergyScore, as_energy, energy_gradient
 from lit_score.scores.network import NetworkScore, Target
 
-__all__ = ["NetworkScore", "EnergyScore", "energy_gradient", "Target"]
+__all__ = ["ComposedEnergy", "EnergyScore", "NetworkScore", "Target", "as_energy", "energy_gradient"]
