@@ -5,10 +5,12 @@ from lit_score.callbacks.ebm import ChainDiagnostics, EnergyHistogram
 from lit_score.callbacks.likelihood import LikelihoodCallback
 from lit_score.callbacks.performance import Performance
 from lit_score.callbacks.quality import SampleQuality
+from lit_score.callbacks.ranks import RanksDisagreeError, RankSync
 from lit_score.callbacks.resume import FinalCheckpoint, GracefulStop, NonFiniteGuard, ResumeState
 from lit_score.callbacks.samples import SampleGrid, generate_across_ranks, run_dir
 
 __all__ = [
     "ChainDiagnostics", "EnergyHistogram", "FinalCheckpoint", "GracefulStop", "LikelihoodCallback", "NonFiniteGuard",
-    "Performance", "ResumeState", "SampleGrid", "SampleQuality", "generate_across_ranks", "run_dir",
+    "Performance", "RankSync", "RanksDisagreeError", "ResumeState", "SampleGrid", "SampleQuality",
+    "generate_across_ranks", "run_dir",
 ]
