@@ -47,7 +47,7 @@ from lit_score.models import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Sampler
 from lit_score.visualize import save_picture, save_samples
 
-SUBCOMMANDS_OUTSIDE_LIGHTNING = ("sample", "evaluate", "compare", "encode")
+SUBCOMMANDS_OUTSIDE_LIGHTNING = ("sample", "evaluate", "compare", "encode", "sweep")
 SUBCOMMANDS = {
     "fit": "train a model (LightningCLI: --config, --trainer.*, --model.*, --data.*)",
     "validate": "held-out loss of a checkpoint (LightningCLI)",
@@ -57,6 +57,7 @@ SUBCOMMANDS = {
     "evaluate": "FID / KID / IS / PR, toy distances with floors and bits/dim of a checkpoint, with the protocol",
     "compare": "train and/or evaluate several families on one protocol and write a report",
     "encode": "probability-flow ODE latents of data (and their decoding), with a latent interpolation grid",
+    "sweep": "run a W&B sweep file (sweeps/*.yaml) locally, no W&B server: resumable, ranked summary, best config",
 }
 
 
@@ -793,6 +794,11 @@ def main(args: list[str] | None = None) -> None:
             return
         if argv[0] == "encode":
             encode_main(argv[1:])
+            return
+        if argv[0] == "sweep":
+            from lit_score.sweeps.local import sweep_main
+
+            sweep_main(argv[1:])
             return
         if argv[0] == "compare":
             from lit_score.evaluation.compare import compare_main
