@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
 
+from lit_score.callbacks.ranks import RanksDisagreeError
 from lit_score.callbacks.resume import (
     FinalCheckpoint,
     GracefulStop,
@@ -445,8 +446,9 @@ def _sample_parser() -> ArgumentParser:
                              " (an EBM's buffer: continue the checkpoint's replay-buffer chains)")
     add_condition_arguments(parser)
     parser.add_argument("--init", type=str | None, default=None,
-                        help="SDEdit: guide(s) to start from (.npz of samples, or a PNG image), perturbed to"
-                             " t0 = t_min + strength (t_max - t_min) and sampled back (sample i edits guide i mod M)")
+                        help="SDEdit: guide(s) to start from (.npz of samples, or a PNG image), perturbed to the"
+                             " log-SNR a fraction `strength` of the way from t_min to t_max and sampled back (sample i"
+                             " edits guide i mod M)")
     parser.add_argument("--strength", type=float, default=0.5,
                         help="SDEdit strength in [0, 1]: 0 returns the guide, 1 is ordinary sampling")
     parser.add_argument("--inpaint", type=str | None, default=None,
@@ -675,24 +677,27 @@ def encode_main(argv: list[str]) -> dict[str, Path]:
     labels = None
     if cfg.class_label is not None:
         model.set_condition(cfg.class_label)
-        labels = model.condition_labels(torch.arange(x.shape[0]))
+        labels = torch.tensor(cfg.class_label, device=device)  # one label: the view repeats it for any batch
     with torch.no_grad():
         score_fn = model.conditioned_score(labels)
         z = encode(score_fn, model.process, sampler, x, progress=True)
         nfe = sampler.nfe
         back = decode(score_fn, model.process, sampler, z, progress=True)
+        path = None
+        if cfg.interpolate and x.shape[0] >= 2:
+            pairs = x.shape[0] // 2
+            path = interpolate(score_fn, model.process, sampler, x[0 : 2 * pairs : 2], x[1 : 2 * pairs : 2],
+                               num=cfg.interpolate)  # (num, pairs, ...)
+    # every file is written once the work has succeeded
     error = (back - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)
     metadata = {"latents": z.cpu().numpy(), "reconstruction": back.cpu().numpy(),
                 "relative_error": error.cpu().numpy(), "nfe": nfe, "sampler": repr(sampler), "ckpt_path": str(ckpt)}
+    if cfg.class_label is not None:
+        metadata["class_label"] = cfg.class_label
     paths = save_samples(x.cpu(), stem, data_range=_data_range(model), title=f"inputs of {type(model).__name__}",
                          metadata=metadata)
     paths = {"npz": paths["npz"]}
-    if cfg.interpolate and x.shape[0] >= 2:
-        pairs = x.shape[0] // 2
-        score_fn = model.conditioned_score(None if labels is None else labels[:pairs])
-        with torch.no_grad():
-            path = interpolate(score_fn, model.process, sampler, x[0 : 2 * pairs : 2], x[1 : 2 * pairs : 2],
-                               num=cfg.interpolate)  # (num, pairs, ...)
+    if path is not None:
         rows = path.transpose(0, 1).flatten(0, 1).cpu()  # one row per pair: x_a … x_b
         if rows.ndim == 4:
             from lit_score.visualize import save_image_grid
@@ -818,7 +823,7 @@ def main(args: list[str] | None = None) -> None:
         print(f"lit-score: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from err
     except (UserError, ValueError, OSError, NonFiniteLossError, NonFiniteStepsError, NonFiniteWeightsError,
-            ArgumentError) as err:
+            RanksDisagreeError, ArgumentError) as err:
         if os.environ.get("LIT_SCORE_DEBUG"):
             raise
         command = f"lit-score {argv[0]}" if argv and argv[0] in SUBCOMMANDS else "lit-score"

@@ -94,13 +94,29 @@ def test_inpainting_from_files_keeps_the_known_coordinate_and_sdedit_strength_ze
     assert int(same["nfe"]) == 0
 
 
-def test_encode_writes_latents_a_reconstruction_and_slerp_paths(ckpt, tmp_path):
+@pytest.mark.parametrize("label", [None, 5])
+def test_encode_writes_latents_a_reconstruction_and_slerp_paths(ckpt, tmp_path, label):
+    extra = [] if label is None else ["--class_label", label]  # a class's ODE: one label for every batch size
     run(["encode", "--ckpt_path", ckpt, "--num_samples", 6, "--interpolate", 4, "--sampler.class_path",
-         "lit_score.samplers.DPMSolver", "--sampler.init_args.num_steps", 30, "--output", tmp_path / "z"])
+         "lit_score.samplers.DPMSolver", "--sampler.init_args.num_steps", 30, "--output", tmp_path / "z", *extra])
     out = np.load(tmp_path / "z.npz")
     assert out["latents"].shape == out["samples"].shape == (6, 2)
     assert float(np.median(out["relative_error"])) < 0.05  # DPM-Solver round trip at 30 steps
     assert (tmp_path / "z_interpolation.png").is_file() and int(out["nfe"]) > 0
+    assert ("class_label" in out) == (label is not None)
+
+
+def test_evaluate_reads_the_classes_of_samples_made_elsewhere(ckpt, tmp_path, capsys):
+    run(["sample", "--ckpt_path", ckpt, "--num_samples", 80, "--class_label", 2, *DDIM, "--output", tmp_path / "two"])
+    run(["evaluate", "--ckpt_path", ckpt, "--samples", tmp_path / "two.npz", "--metrics", "accuracy",
+         "--output", tmp_path / "eval"])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert list(metrics["metrics"]["accuracy"]["per_class"]) == ["2"]  # the file's labels, not i mod K
+    assert metrics["protocol"]["accuracy"]["labels"] == "the samples' file's labels"
+    np.savez(tmp_path / "bare.npz", samples=np.load(tmp_path / "two.npz")["samples"])
+    assert "needs the classes they were drawn for" in fails(
+        ["evaluate", "--ckpt_path", ckpt, "--samples", tmp_path / "bare.npz", "--metrics", "accuracy", "--output",
+         tmp_path / "eval2"], capsys)
 
 
 def test_bad_control_input_is_one_line(ckpt, tmp_path, capsys):

@@ -5,13 +5,16 @@ sampler runs the rest of the way (DESIGN.md 3c: a sampler started at t₀ < t_ma
 
 | symbol | meaning |
 |---|---|
-| s ∈ [0, 1] | ``strength``: how much of the process is re-run (the paper's t₀ on its [0, 1] time axis) |
-| t₀ = t_min + s·(t_max − t_min) | the start time, snapped onto a discrete process's grid (``process.discretize``) |
+| s ∈ [0, 1] | ``strength``: how much of the process is re-run, measured in log-SNR |
+| λ₀ = λ(t_min) + s·(λ(t_max) − λ(t_min)) | the start's log-SNR λ = log(α/σ), linear in the strength |
+| t₀ = λ⁻¹(λ₀) | the start time (``process.t_from_log_snr``), snapped onto a discrete process's grid |
 | x_{t₀} = α(t₀)·x_g + σ(t₀)·ε | the perturbed guide (the paper's Algorithm 1, line 2, for VE and VP alike) |
 | x = sampler from x_{t₀} inside ``process.window(t₀, t_min)`` | the sampler, unchanged, over [t_min, t₀] |
 
-t₀ is affine in the strength so that both ends are the process's own ends for every process (the paper's t₀ ∈ [0, 1]
-assumes t_min ≈ 0, where the two readings agree; EDM's t is σ ∈ [0.002, 80] and DDPM's t_min is 1/N). Conventions:
+The strength is read on the log-SNR axis so that it means the same noise fraction on every process: on the paper's VE
+SDE (σ geometric in t) this is exactly its t₀ ∈ [0, 1]; a strength affine in t would put half of EDM's t = σ ∈ [0.002,
+80] at σ = 40, erasing any guide at almost every strength. (diffusers' img2img on DDPM takes the step fraction,
+linear in t, instead: on a VP schedule the two readings differ; pass a strength accordingly.) Conventions:
 
 - ``strength = 1`` starts from the prior draw σ(t_max)·ε with the same ε (the prior already neglects α(t_max)·x_g), so
   it is exactly ordinary sampling from ``process.prior_sample`` with the same generator;
@@ -32,12 +35,18 @@ from lit_score.samplers.base import Sampler, ScoreFn, full_like_t
 
 
 def sdedit_time(process: NoiseProcess, strength: float) -> float:
-    """t₀ = t_min + strength·(t_max − t_min), snapped onto a discrete process's grid (t_max exactly at strength 1)."""
+    """t₀ with log-SNR λ(t_min) + strength·(λ(t_max) − λ(t_min)), snapped onto a discrete process's grid (t_max
+    exactly at strength 1, t_min at 0)."""
     strength = check_number("strength", strength, ge=0.0, le=1.0)
     if strength == 1:
         return process.t_max
-    t0 = process.t_min + strength * (process.t_max - process.t_min)
-    t0 = float(process.discretize(torch.tensor([t0], dtype=torch.float64, device=process.device)).item())
+    if strength == 0:
+        return process.t_min
+    ends = torch.tensor([process.t_min, process.t_max], dtype=torch.float64, device=process.device)
+    lam_min, lam_max = process.log_snr(ends).tolist()  # λ at t_min (large) and at t_max (small)
+    lam = torch.tensor([lam_min + strength * (lam_max - lam_min)], dtype=torch.float64, device=process.device)
+    t0 = process.discretize(process.t_from_log_snr(lam).to(torch.float64))
+    t0 = float(t0.item())
     return min(max(t0, process.t_min), process.t_max)
 
 

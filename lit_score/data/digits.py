@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -28,6 +30,16 @@ def load_digit_images(image_size: int = 8) -> Tensor:
         antialias = image_size < x.shape[-1]  # only downsampling needs a low-pass filter
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=antialias)
     return x.clamp(-1, 1)
+
+
+@functools.cache
+def _digits_classifier():
+    """The shipped digits classifier, loaded once per process (eval mode)."""
+    from lit_score.metrics.digits_extractor import DigitsClassifier, default_weights_path
+
+    classifier = DigitsClassifier()
+    classifier.load_state_dict(torch.load(default_weights_path(), map_location="cpu", weights_only=True))
+    return classifier.eval()
 
 
 class Digits(GenerativeDataModule):
@@ -83,13 +95,12 @@ class Digits(GenerativeDataModule):
     def class_log_probs(self, x: Tensor) -> Tensor:
         """log-softmax of the shipped digits classifier (:mod:`lit_score.metrics.digits_extractor`: the network behind
         the ``digits`` FID features) on images in [-1, 1], resized to its 16×16 as the extractor does."""
-        from lit_score.metrics.digits_extractor import DigitsClassifier, default_weights_path, preprocess
+        from lit_score.metrics.digits_extractor import preprocess
 
-        classifier = DigitsClassifier()
-        classifier.load_state_dict(torch.load(default_weights_path(), map_location="cpu", weights_only=True))
+        classifier = _digits_classifier()
         u8 = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # as FID sees them
         with torch.no_grad():
-            return torch.cat([classifier.eval()(preprocess(chunk)).log_softmax(1) for chunk in u8.split(1000)])
+            return torch.cat([classifier(preprocess(chunk)).log_softmax(1) for chunk in u8.split(1000)])
 
     @property
     def default_feature_extractor(self) -> str:

@@ -106,6 +106,7 @@ def load_samples(path: str | Path, datamodule: GenerativeDataModule) -> tuple[to
         with np.load(path) as data:
             raw = np.asarray(data["samples"])
             nfe = data["nfe"] if "nfe" in data else None
+            labels = np.asarray(data["labels"]) if "labels" in data else None
         if raw.dtype == np.uint8:  # 8-bit images: 0 … 255 onto the data range
             lo, hi = datamodule.data_range
             x = lo + (hi - lo) * torch.from_numpy(raw).float() / 255
@@ -114,7 +115,10 @@ def load_samples(path: str | Path, datamodule: GenerativeDataModule) -> tuple[to
     except (OSError, ValueError, KeyError) as err:
         raise EvaluationError(f"samples {path} are not an .npz with a 'samples' array: {err}") from err
     nfe_value = float(np.mean(nfe)) if nfe is not None else None
-    return x, {"path": str(path), "format": "npz", "nfe": nfe_value}
+    info = {"path": str(path), "format": "npz", "nfe": nfe_value}
+    if labels is not None:  # the classes the samples were drawn for (lit-score sample writes them)
+        info["labels"] = torch.from_numpy(labels.astype(np.int64))
+    return x, info
 
 
 def evaluate_parser() -> ArgumentParser:
@@ -206,6 +210,7 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
                                                                  else cfg.samples[0])]
         samples, source = [x for x, _ in loaded], {"sets": [info for _, info in loaded]}
         source["nfe"] = loaded[0][1].get("nfe")
+        source["labels"] = [info.pop("labels", None) for info in source["sets"]]  # kept out of the protocol's JSON
         if len(samples) != len(seeds):
             seeds = list(range(len(samples)))
     effective_sampler = sampler
@@ -225,8 +230,9 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
                   f"{Path(cfg.ckpt_path).stem}_{name}_n{cfg.num_samples}_{content_key(settings, 8)}")
     else:
         raise EvaluationError("pass --output for samples evaluated without a checkpoint")
-    if not _is_child_rank() and (output / "metrics.json").exists() and not cfg.overwrite:
-        raise EvaluationError(f"{output / 'metrics.json'} exists: pass --output elsewhere or --overwrite true")
+    written = output / ("guidance_curve.json" if cfg.guidance_scales is not None else "metrics.json")
+    if not _is_child_rank() and written.exists() and not cfg.overwrite:
+        raise EvaluationError(f"{written} exists: pass --output elsewhere or --overwrite true")
     trainer_kwargs = {"accelerator": "gpu" if device.type == "cuda" else "cpu", "devices": cfg.devices,
                       "strategy": cfg.strategy, "num_nodes": cfg.num_nodes, "precision": cfg.precision}
 

@@ -70,7 +70,8 @@ def default_metrics(model, datamodule: GenerativeDataModule) -> list[str]:
 
 
 def _accuracy_problem(model, datamodule: GenerativeDataModule) -> str | None:
-    """Why the class accuracy of conditional samples does not apply (None: it does)."""
+    """Why the class accuracy of conditional samples does not apply (None: it does; for samples made elsewhere the
+    labels come from their file, checked when they are read)."""
     if model is None or model.condition_labels(torch.arange(1)) is None:
         return "accuracy measures conditional samples: the model is unconditional (no class labels to check)"
     if model.condition["class_label"] == -1:
@@ -358,13 +359,20 @@ def evaluate(
                                  "floor": "median distance between two independent reference draws of the same n"}
 
     if "accuracy" in wanted:
-        labels = model.condition_labels(torch.arange(len(sets[0])))
-        for row, x in zip(per_seed, sets):
+        given = (samples_source or {}).get("labels") if samples is not None else None
+        if samples is not None and (not given or any(y is None for y in given)):
+            raise EvaluationError("accuracy of samples made elsewhere needs the classes they were drawn for: an .npz"
+                                  " with a 'labels' array (lit-score sample writes one), or drop accuracy")
+        for i, (row, x) in enumerate(zip(per_seed, sets)):
+            labels = given[i] if given else model.condition_labels(torch.arange(len(x)))
+            if len(labels) != len(x):
+                raise EvaluationError(f"{len(labels)} labels for {len(x)} samples in seed set {seeds[i]}")
             row["class_accuracy"] = class_accuracy(datamodule.class_log_probs(x), labels)
-        label = model.condition["class_label"]
+        label = None if given else model.condition["class_label"]
         protocol["accuracy"] = {"classifier": f"{type(datamodule).__name__}.class_log_probs",
-                                "labels": "sample i requests class i mod K" if label is None
-                                else f"every sample requests class {label}"}
+                                "labels": "the samples' file's labels" if given else
+                                ("sample i requests class i mod K" if label is None
+                                 else f"every sample requests class {label}")}
 
     likelihood = None
     if "bpd" in wanted:
@@ -468,7 +476,8 @@ def _protocol(model, datamodule, sampler, seeds, sets, generation, reference, ex
         "parameters": None if model is None else sum(p.numel() for p in model.parameters()),
         "weights": (checkpoint or {}).get("weights"),
         "checkpoint": checkpoint,
-        "samples_source": samples_source,
+        "samples_source": None if samples_source is None else {k: v for k, v in samples_source.items()
+                                                                 if k != "labels"},
         "data": {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": hparams,
                  "label": datamodule.label, "sample_shape": list(datamodule.sample_shape)},
         "reference": {"split": reference, "num_samples": ref_count,

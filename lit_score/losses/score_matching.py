@@ -58,6 +58,13 @@ def _score(score_model, x: Tensor, t: Tensor) -> Tensor:
     return getattr(score_model, "score", score_model)(x, t)
 
 
+def _repeated(score_model, times: int):
+    """The score model for its batch repeated ``times`` times (a conditioned NetworkScore view repeats its labels;
+    plain score functions carry none)."""
+    repeated = getattr(score_model, "repeated", None)
+    return repeated(times) if repeated is not None else score_model
+
+
 class ExactScoreMatching(DiffusionLoss):
     """Hyvärinen (2005): ½‖s‖² + tr ∇ₓs, the trace by one backward pass per dimension (only for D ≤ ``max_dim``).
 
@@ -131,7 +138,7 @@ class SlicedScoreMatching(DiffusionLoss):
             x, t, weight = _inputs(score_model, x0, self.t, self.perturb, self.anneal, generator)
             x_rep = x.repeat(m, *([1] * (x.ndim - 1)))  # (M·B, ...): every projection sees every sample
             v = projections(x_rep, self.distribution, generator)
-            s = _score(score_model, x_rep, t.repeat(m))
+            s = _score(_repeated(score_model, m), x_rep, t.repeat(m))
             vs = batch_sum(v * s)
             (grad,) = torch.autograd.grad(vs.sum(), x_rep, create_graph=True)
             first = 0.5 * batch_sum(s**2) if self.variance_reduced else 0.5 * vs**2

@@ -99,7 +99,7 @@ class VDMLoss(DiffusionLoss):
         noise = randn_like(x0, generator)
         x_t = append_dims(alpha, x0) * x0 + append_dims(sigma, x0) * noise
         if learned:  # the network sees the (scaled) normalised γ: c_noise = 999·ν(t), as LearnedVP.c_noise
-            eps_hat = score_model.network(x_t, 999.0 * nu.to(x0.dtype))
+            eps_hat = score_model.network_output(x_t, 999.0 * nu.to(x0.dtype))  # labels of a conditional view too
         else:
             eps_hat = score_model.predict(x_t, t)[1]
         diffusion = 0.5 * (t_max - t_min) * dgamma * batch_sum((eps_hat - noise) ** 2)

@@ -244,6 +244,8 @@ class GenerativeModule(pl.LightningModule):
         ``labels`` (n,) from the conditional, guided score of :meth:`conditioned_score`; with an ``edit``
         (:class:`~lit_score.control.edit.Edit` of n rows: SDEdit or inpainting) that edit instead of plain sampling."""
         sampler = sampler if sampler is not None else self.sampler
+        if labels is None and getattr(self, "_condition", None) is not None:  # after set_condition: its labels
+            labels = self.condition_labels(torch.arange(n))
         was_training = self.training
         self.eval()
         try:
@@ -306,10 +308,20 @@ class GenerativeModule(pl.LightningModule):
         if self.num_classes and y is None:
             raise ValueError(f"{type(self).__name__} is class-conditional ({self.num_classes} classes) but the data"
                              " has no labels: set data.init_args.labels true")
-        if y is not None and self.num_classes and int(y.max()) >= self.num_classes:
-            raise ValueError(f"the data has class {int(y.max())} but the network has num_classes {self.num_classes}:"
-                             f" set it to at least {int(y.max()) + 1}")
         return y if self.num_classes else None
+
+    def check_data_classes(self) -> None:
+        """At ``setup``, on every rank alike (no per-batch host sync, no rank deciding alone): a class-conditional
+        model needs labelled data of at most its number of classes."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if not self.num_classes or datamodule is None or not hasattr(datamodule, "num_classes"):
+            return
+        if not datamodule.labels:
+            raise ValueError(f"{type(self).__name__} is class-conditional ({self.num_classes} classes) but the data"
+                             " has no labels: set data.init_args.labels true")
+        if datamodule.num_classes > self.num_classes:
+            raise ValueError(f"the data has {datamodule.num_classes} classes but the network has num_classes"
+                             f" {self.num_classes}: set it to at least {datamodule.num_classes}")
 
     def data_batch(self, batch: Tensor | tuple | list | dict) -> Tensor:
         """The data tensor of a batch, checked against ``sample_shape``."""

@@ -129,10 +129,7 @@ class NoiseConditionalClassifier(GenerativeModule):
         if not (isinstance(batch, (tuple, list)) and len(batch) > 1):
             raise ValueError(f"{type(self).__name__} learns p(y | x_t) from class labels but the data has none: set"
                              " data.init_args.labels true")
-        y = self.data_labels(batch)  # labels beyond num_classes are refused there
-        if int(y.min()) < 0:
-            raise ValueError(f"the data has label {int(y.min())}: a classifier trains on classes 0 … K − 1")
-        return y
+        return self.data_labels(batch)  # the data's classes are checked against num_classes at setup
 
     def objective(self, batch, generator: torch.Generator | None = None, t: Tensor | None = None):
         """Per-sample cross-entropy (B,) of the batch's labels at x_t (t from ``process.sample_time`` unless given),
@@ -173,8 +170,14 @@ class NoiseConditionalClassifier(GenerativeModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self.held_out(batch, batch_idx, "test")
 
+    @property
+    def network(self) -> nn.Module:
+        """The classifier network (registered as the submodule ``network``)."""
+        return self._modules["network"]
+
     def setup(self, stage: str) -> None:
-        """Run the network once on zeros of the sample shape: it must give (B, num_classes) logits."""
+        """Check the data's classes; run the network once on zeros of the sample shape: (B, num_classes) logits."""
+        self.check_data_classes()
         if self.sample_shape is None:
             return
         x = torch.zeros((2, *self.sample_shape), device=self.device)

@@ -141,6 +141,7 @@ class DiffusionModule(GenerativeModule):
                               **options).estimate()
 
     def setup(self, stage: str) -> None:
+        self.check_data_classes()
         channels = 2 if self.score_model.learned_variance else 1
         self.check_network(self.network, torch.zeros(2, device=self.device), channels_factor=channels)
 

@@ -455,6 +455,7 @@ class EBM(GenerativeModule):
 
     # --- training ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        self.check_data_classes()
         self.check_network(self.energy_net, None)
 
     def on_train_start(self) -> None:

@@ -52,10 +52,10 @@ class-conditional network (``network(x, c_noise, y)``; a label < 0 or None is th
 Every row of the parameterisation table is affine in F with coefficients that do not depend on the network, so
 guiding the raw output is guiding x̂₀, ε̂, the score and the velocity alike: s̃ = (1 + w)·s(x, t, y) − w·s(x, t, ∅) for
 every target (one batched network call evaluates F_y and F_∅; a learned variance takes the conditional half, as
-GLIDE does; an energy network's E is guided the same way). Classifier guidance enters at :meth:`NetworkScore.predict`
-as ε̃ = ε̂ − σ·w_c·∇ₓ log p_φ(y | x_t, t) (so x̂₀, the score and the velocity follow), and the energy as
-E − w_c·log p_φ. A sampler's NFE counts guided score evaluations (CFG costs two network passes per evaluation,
-in one batch).
+GLIDE does; an energy network's E is guided the same way, also in one batched call). Classifier guidance enters
+at :meth:`NetworkScore.predict` as ε̃ = ε̂ − σ·w_c·∇ₓ log p_φ(y | x_t, t) (so x̂₀, the score and the velocity follow),
+and the energy as E − w_c·log p_φ. A sampler's NFE counts guided score evaluations (CFG costs two network passes
+per evaluation, in one batch).
 """
 
 from __future__ import annotations
@@ -131,9 +131,13 @@ class NetworkScore(nn.Module):
             raise ValueError("guidance needs class labels: pass --class_label (or labels) with a guidance scale")
         if classifier_scale and classifier is None:
             raise ValueError("classifier_scale needs a classifier (a noise-conditional classifier checkpoint)")
-        if labels is not None and not getattr(self.network, "num_classes", 0) and classifier is None:
+        conditional = bool(getattr(self.network, "num_classes", 0))
+        if labels is not None and not conditional and classifier is None:
             raise ValueError(f"this model's {type(self.network).__name__} is unconditional (num_classes 0): train a"
                              " class-conditional network, or guide it with a classifier")
+        if guidance_scale and not conditional:
+            raise ValueError("classifier-free guidance needs a class-conditional network (num_classes > 0); guide an"
+                             " unconditional one with a classifier (classifier_scale)")
         view = copy.copy(self)  # shares _modules / _parameters / _buffers: nothing is registered on the view
         for name, value in (("labels", None if labels is None else torch.as_tensor(labels).long()),
                             ("guidance_scale", float(guidance_scale)), ("classifier", classifier),
@@ -161,6 +165,22 @@ class NetworkScore(nn.Module):
         if self.labels is None or not getattr(self.network, "num_classes", 0):
             return None
         return self.batch_labels(x)
+
+    def repeated(self, times: int) -> NetworkScore:
+        """This view for a batch repeated ``times`` times along dim 0 (``x.repeat(times, …)``): its labels repeated
+        alike (the model itself when unconditional)."""
+        if self.labels is None or self.labels.ndim == 0:
+            return self
+        view = copy.copy(self)
+        object.__setattr__(view, "labels", self.labels.repeat(times))
+        return view
+
+    def network_output(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
+        """The network's raw output at a network input and noise conditioning given directly (a loss that conditions
+        on something other than ``process.c_noise(t)``, e.g. VDM's normalised γ), with the view's labels and guidance:
+        (1 + w)·F_y − w·F_∅ on the whole output."""
+        out, out_null = self._network(x_in, c_noise)
+        return out if out_null is None else out + self.guidance_scale * (out - out_null)
 
     def _network(self, x_in: Tensor, c_noise: Tensor) -> tuple[Tensor, Tensor | None]:
         """(F_y, F_∅ or None): the raw network output with the view's labels, and with the null label when
@@ -335,11 +355,13 @@ class NetworkScore(nn.Module):
         c_noise, labels = self.process.c_noise(t), self._labels_for(x)
         if labels is None:
             tilde = self.network.energy(x, c_noise)
-        else:
+        elif not self.guidance_scale:
             tilde = self.network.energy(x, c_noise, labels)
-            if self.guidance_scale:
-                null = self.network.energy(x, c_noise, torch.full_like(labels, -1))
-                tilde = tilde + self.guidance_scale * (tilde - null)
+        else:  # Ẽ_y and Ẽ_∅ from one batched call, as the raw output
+            c_noise = torch.broadcast_to(c_noise, x.shape[:1])
+            tilde, null = self.network.energy(torch.cat([x, x]), torch.cat([c_noise, c_noise]),
+                                              torch.cat([labels, torch.full_like(labels, -1)])).chunk(2)
+            tilde = tilde + self.guidance_scale * (tilde - null)
         sigma = self.process.sigma(t)
         energy = -tilde / sigma if self.target == "eps" else (tilde / sigma if self.scale_by_sigma else tilde)
         if self.guided:
