@@ -78,20 +78,28 @@ class LabelEmbedding(nn.Module):
 
     A label < 0 (``NULL_LABEL``) or a missing label (``y=None``) selects the null row, which is what classifier-free
     guidance (Ho & Salimans 2022) evaluates as the unconditional model; training drops labels to it with some
-    probability. Initialised at zero, so a conditional network starts as its unconditional counterpart.
+    probability.
 
     Args:
         num_classes: K; labels are 0 … K − 1.
         dim: output width (the width of the time embedding it is added to).
+        init: ``normal`` (N(0, 1), ``nn.Embedding``'s default, as guided-diffusion's ``label_emb`` added to the time
+            embedding: every class is distinct from the first step) or ``zeros`` (the conditional network starts as
+            its unconditional counterpart, as a projection head of an energy wants). A digits DDPM with zero rows
+            still sampled at chance class accuracy after 650 steps (rows of magnitude 0.07 against a time embedding of
+            order 1); with N(0, 1) rows the labels act from the start.
     """
 
-    def __init__(self, num_classes: int, dim: int) -> None:
+    def __init__(self, num_classes: int, dim: int, init: str = "normal") -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        if init not in ("normal", "zeros"):
+            raise ValueError(f"unknown init {init!r}: use normal or zeros")
         self.num_classes = num_classes
-        self.table = nn.Embedding(num_classes + 1, dim)
-        nn.init.zeros_(self.table.weight)
+        self.table = nn.Embedding(num_classes + 1, dim)  # N(0, 1) rows
+        if init == "zeros":
+            nn.init.zeros_(self.table.weight)
 
     def forward(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
         """(B, dim) features of labels ``y`` (B,) (None: all null)."""

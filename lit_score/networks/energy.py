@@ -78,7 +78,7 @@ class EnergyCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = _maybe_sn(nn.Linear(cur * res * res, 1), spectral_norm)
         self.num_classes = num_classes
-        self.label_embed = LabelEmbedding(num_classes, cur * res * res) if num_classes else None
+        self.label_embed = LabelEmbedding(num_classes, cur * res * res, init="zeros") if num_classes else None
 
     def forward(self, x: Tensor, t: Tensor | None = None, y: Tensor | None = None) -> Tensor:
         """x: (B, C, H, W), y: class labels (B,) or None (the null label) -> energies (B,)."""
@@ -118,7 +118,7 @@ class EnergyMLP(nn.Module):
         layers.append(_maybe_sn(nn.Linear(cur, 1), spectral_norm))
         self.net = nn.Sequential(*layers)  # hidden layers φ, then the read-out ψ = net[-1]
         self.num_classes = num_classes
-        self.label_embed = LabelEmbedding(num_classes, cur) if num_classes else None
+        self.label_embed = LabelEmbedding(num_classes, cur, init="zeros") if num_classes else None
 
     def forward(self, x: Tensor, t: Tensor | None = None, y: Tensor | None = None) -> Tensor:
         """x: (B, D), y: class labels (B,) or None (the null label) -> energies (B,)."""
