@@ -71,6 +71,8 @@ def test_guidance_curve_writes_a_row_per_scale_with_class_accuracy(ckpt, tmp_pat
     assert [row["guidance_scale"] for row in curve["rows"]] == [0.0, 3.0]
     assert all(0 <= row["accuracy"] <= 1 for row in curve["rows"])
     assert (tmp_path / "curve" / "guidance_curve.png").is_file()
+    assert curve["protocol"]["condition"]["guidance_scale"] == [0.0, 3.0]  # the sweep, not its last scale
+    assert curve["protocol"]["num_samples"] == 200
     metrics = json.loads((tmp_path / "curve" / "w3" / "metrics.json").read_text())
     assert metrics["protocol"]["condition"]["guidance_scale"] == 3.0
     per_class = metrics["metrics"]["accuracy"]["per_class"]

@@ -293,7 +293,9 @@ def guidance_curve(model, cfg, scales: list[float], run, output: Path, datamodul
                      "nfe": result.protocol.get("nfe")})
     if not rows:
         return None
-    write_json(output / "guidance_curve.json", {"scale": kind, "rows": rows, "condition": result.protocol["condition"]})
+    # The protocol every row shares (samples, reference, extractor, weights, sampler); the swept scale is the rows'.
+    protocol = {**result.protocol, "condition": {**(result.protocol.get("condition") or {}), kind: scales}}
+    write_json(output / "guidance_curve.json", {"scale": kind, "rows": rows, "protocol": protocol})
     _plot_curve(rows, kind, output / "guidance_curve.png")
     print(f"wrote {output / 'guidance_curve.json'} and {output / 'guidance_curve.png'}")
     return result
