@@ -14,6 +14,7 @@ import importlib
 import os
 import re
 import sys
+import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
@@ -810,7 +811,11 @@ def main(args: list[str] | None = None) -> None:
 
             compare_main(argv[1:])
             return
-        LitScoreCLI(args=args)
+        with warnings.catch_warnings():
+            # compare and sweep run `fit` in-process with their own argv: Lightning's warning that both args and
+            # sys.argv were given is about exactly that, and says nothing to the user.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            LitScoreCLI(args=args)
     except MisconfigurationException as err:
         if os.environ.get("LIT_SCORE_DEBUG"):
             raise
