@@ -320,6 +320,23 @@ def test_ebm_normalised_nll_equals_the_exact_gaussian_nll():
     assert ais["estimator"] == "ais" and low <= exact <= high and high - low < 0.4  # box [−9, 9]²: a far base
 
 
+def test_evaluate_scores_an_ebms_held_out_set_with_one_ais_log_partition():
+    """Beyond one 250-sample chunk every held-out sample shares one log Ẑ (mean NLL = mean E(x) + log Ẑ), and options
+    keyed by estimator reach AIS; the quadrature record normalises exactly on the same set."""
+    from lit_score.evaluation.evaluate import _likelihood
+
+    a = torch.tensor([[2.0, 0.6], [0.6, 1.0]])
+    model = EBM(energy_net=QuadraticEnergy(a), data_range=(-9.0, 9.0), sample_shape=(2,))
+    data = Toy2D(name="8gaussians", num_samples=1200, val_size=600)
+    out = _likelihood(model, data, 600, "all", {"ais": {"num_levels": 100, "num_chains": 64}}, seed=0)
+    assert set(out) == {"quadrature", "ais"} and out["ais"]["num_levels"] == 100
+    mean_energy = model.energy(data.split_tensor("test")).double().mean().item()
+    assert out["ais"]["num_samples"] == 600
+    assert out["ais"]["nats"] == pytest.approx(mean_energy + out["ais"]["log_partition"], abs=1e-9)
+    exact = math.log(2 * math.pi) - 0.5 * math.log(torch.det(a).item())
+    assert out["quadrature"]["log_partition"] == pytest.approx(exact, abs=1e-5)
+
+
 def test_every_family_declares_its_likelihood_estimators():
     ddpm = tiny_ddpm()
     assert ddpm.likelihood_estimators("none") == ("pf_ode",)

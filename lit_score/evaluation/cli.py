@@ -154,7 +154,7 @@ def evaluate_parser() -> ArgumentParser:
                                   help="data to compare against (default: the checkpoint's own)")
     parser.add_argument("--likelihood_samples", type=int, default=1000, help="held-out samples for bpd")
     parser.add_argument("--likelihood_estimator", type=str | None, default=None,
-                        help="pf_ode, vlb, quadrature or all (default: the family's first)")
+                        help="pf_ode, vlb, quadrature, ais or all (default: the family's first)")
     parser.add_argument("--likelihood_options", type=dict | None, default=None,
                         help='estimator options, e.g. {"divergence": "hutchinson", "fixed_steps": 100}, or per'
                              ' estimator: {"pf_ode": {"fixed_steps": 100}, "vlb": {"variance": "beta"}}')

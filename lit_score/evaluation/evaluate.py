@@ -412,7 +412,7 @@ def _likelihood(model, datamodule, n, estimator, options, seed, chunk_size: int 
     x = torch.stack([held_out[i] for i in range(min(n, len(held_out)))])
     dim = x[0].numel()
     options = dict(options or {})
-    per_estimator = bool(options) and set(options) <= {"pf_ode", "vlb", "quadrature"}
+    per_estimator = bool(options) and set(options) <= {"pf_ode", "vlb", "quadrature", "ais"}
     out = {}
     for name in names:
         opts = dict(options.get(name) or {}) if per_estimator else dict(options)
@@ -420,8 +420,9 @@ def _likelihood(model, datamodule, n, estimator, options, seed, chunk_size: int 
             opts.setdefault("divergence", "exact" if dim <= 8 else "hutchinson")
         generator = torch.Generator(model.device).manual_seed(seed)
         try:  # in chunks, so a big held-out set fits in memory; one generator runs through all of them
+            size = len(x) if model.likelihood_normalizes_once(name) else chunk_size
             parts = [model.likelihood(chunk, name, dequantize=dequantize, generator=generator, **opts)
-                     for chunk in x.split(chunk_size)]
+                     for chunk in x.split(size)]
         except TypeError as err:
             raise EvaluationError(f"likelihood options {sorted(opts)} do not fit the {name} estimator ({err}): give "
                                   'them per estimator, e.g. {"pf_ode": {"fixed_steps": 100}}') from err

@@ -272,6 +272,12 @@ class GenerativeModule(pl.LightningModule):
         (``dequantize="none"``) or 8-bit (``"uniform8bit"``); none unless a family declares some."""
         return ()
 
+    def likelihood_normalizes_once(self, estimator: str) -> bool:
+        """Whether ``estimator`` estimates one normalising constant for the whole set (an EBM's log Z by quadrature
+        or AIS) rather than a bound per sample: callers then score the held-out set in one call, so every sample
+        shares one log Ẑ (in chunks, each chunk would draw its own)."""
+        return False
+
     def likelihood(
         self,
         x: Tensor,

@@ -296,6 +296,9 @@ class EBM(GenerativeModule):
         finite = all(math.isfinite(v) for v in self.data_range)
         return ("quadrature", "ais") if math.prod(self.sample_shape) <= 2 and finite else ("ais",)
 
+    def likelihood_normalizes_once(self, estimator: str) -> bool:
+        return estimator in ("quadrature", "ais")  # log Z once for the set; E(x) per sample is cheap
+
     def estimate_likelihood(self, estimator: str, x: Tensor, dequantize: str, generator, options: dict):
         """``quadrature``: :func:`~lit_score.metrics.likelihood.energy_nll` on the box ``data_range`` (the sampler's
         clamp); option ``resolution`` (cells per axis, default 512). ``ais``: log Z by
