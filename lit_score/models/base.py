@@ -224,11 +224,14 @@ class GenerativeModule(pl.LightningModule):
         return index % classes if label is None else torch.full_like(index, int(label))
 
     def conditioned_score(self, labels: Tensor | None):
-        """The score function that sampling with ``labels`` (B,) uses: the model's own without labels, else the family's
-        conditional (and guided, per :meth:`set_condition`) view of it."""
+        """The score function that sampling with ``labels`` (B,) uses: the model's own without labels, else its score
+        model's conditional (and guided, per :meth:`set_condition`) view, which refuses labels for an unconditional
+        network."""
         if labels is None:
             return self.score_model
-        raise ValueError(f"{type(self).__name__} takes no class labels")
+        condition = self.condition
+        return self.score_model.with_condition(labels, condition["guidance_scale"], self.classifier,
+                                               condition["classifier_scale"])
 
     def sample(
         self,

@@ -107,14 +107,6 @@ class DiffusionModule(GenerativeModule):
         """The network's ``num_classes`` (0: unconditional)."""
         return int(getattr(self.network, "num_classes", 0) or 0)
 
-    def conditioned_score(self, labels: Tensor | None):
-        """The score model's view conditioned on ``labels`` with the guidance of :meth:`set_condition`."""
-        if labels is None:
-            return self.score_model
-        condition = self.condition
-        return self.score_model.with_condition(labels, condition["guidance_scale"], self.classifier,
-                                               condition["classifier_scale"])
-
     def training_labels(self, batch, generator: torch.Generator | None = None) -> Tensor | None:
         """The batch's labels, ``label_dropout`` of them replaced by the null label (−1); None if unconditional."""
         y = self.data_labels(batch)

@@ -194,14 +194,6 @@ class EBM(GenerativeModule):
         """The energy network (what :class:`~lit_score.callbacks.Performance` acts on)."""
         return self.energy_net
 
-    def conditioned_score(self, labels: Tensor | None):
-        """The energy's view conditioned on ``labels`` with the guidance of :meth:`set_condition`."""
-        if labels is None:
-            return self.score_model
-        condition = self.condition
-        return self.score_model.with_condition(labels, condition["guidance_scale"], self.classifier,
-                                               condition["classifier_scale"])
-
     def compose(self, labels, weights=None) -> ComposedEnergy:
         """Σₖ wₖ·E(x, yₖ) of this conditional model's ``labels`` (concept conjunction, Du et al. 2020): a
         :class:`~lit_score.scores.energy.ComposedEnergy` to sample with :meth:`sample_energy`."""
