@@ -23,13 +23,13 @@ AnnealedMCMC) samples it unchanged.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
+from lit_score.scores.condition import conditioned_view
 
 
 def energy_gradient(energy_fn, x: Tensor, t: Tensor | None = None, create_graph: bool = False) -> tuple[Tensor, Tensor]:
@@ -93,23 +93,9 @@ class EnergyScore(nn.Module):
         """A view of this energy (same network and parameters) conditioned on class ``labels`` (B,) (or one label for
         every sample), with classifier-free guidance scale ``guidance_scale`` and/or classifier guidance by
         ``classifier`` (``log_prob(x, t, y) -> (B,)``) at ``classifier_scale`` (module docstring)."""
-        check_number("guidance_scale", guidance_scale)
-        check_number("classifier_scale", classifier_scale)
-        if labels is None and (guidance_scale or classifier_scale):
-            raise ValueError("guidance needs class labels: pass --class_label (or labels) with a guidance scale")
-        if classifier_scale and classifier is None:
-            raise ValueError("classifier_scale needs a classifier")
-        if labels is not None and not self.num_classes and classifier is None:
-            raise ValueError(f"this model's {type(self.energy_net).__name__} is unconditional (num_classes 0): train a"
-                             " class-conditional energy, or guide it with a classifier")
-        if guidance_scale and not self.num_classes:
-            raise ValueError("classifier-free guidance needs a class-conditional energy (num_classes > 0)")
-        view = copy.copy(self)  # shares _modules / _parameters / _buffers: nothing is registered on the view
-        for name, value in (("labels", None if labels is None else torch.as_tensor(labels).long()),
-                            ("guidance_scale", float(guidance_scale)), ("classifier", classifier),
-                            ("classifier_scale", float(classifier_scale))):
-            object.__setattr__(view, name, value)
-        return view
+        return conditioned_view(self, labels, guidance_scale, classifier, classifier_scale,
+                                num_classes=self.num_classes, network=type(self.energy_net).__name__,
+                                what="energy")
 
     def energy(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         """E(x), shape (B,); on a view, the conditional and guided Ẽ(x, y) of the module docstring."""

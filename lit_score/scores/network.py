@@ -68,6 +68,7 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess
+from lit_score.scores.condition import conditioned_view
 from lit_score.utils import append_dims
 
 Target = Literal["eps", "x0", "v", "score", "velocity", "edm"]
@@ -125,25 +126,9 @@ class NetworkScore(nn.Module):
         """A view of this score model (same network, process and parameters) conditioned on class ``labels`` (B,),
         with classifier-free guidance scale ``guidance_scale`` and/or classifier guidance by ``classifier`` (an
         object with ``log_prob(x, t, y) -> (B,)``) at ``classifier_scale`` (module docstring)."""
-        check_number("guidance_scale", guidance_scale)
-        check_number("classifier_scale", classifier_scale)
-        if labels is None and (guidance_scale or classifier_scale):
-            raise ValueError("guidance needs class labels: pass --class_label (or labels) with a guidance scale")
-        if classifier_scale and classifier is None:
-            raise ValueError("classifier_scale needs a classifier (a noise-conditional classifier checkpoint)")
-        conditional = bool(getattr(self.network, "num_classes", 0))
-        if labels is not None and not conditional and classifier is None:
-            raise ValueError(f"this model's {type(self.network).__name__} is unconditional (num_classes 0): train a"
-                             " class-conditional network, or guide it with a classifier")
-        if guidance_scale and not conditional:
-            raise ValueError("classifier-free guidance needs a class-conditional network (num_classes > 0); guide an"
-                             " unconditional one with a classifier (classifier_scale)")
-        view = copy.copy(self)  # shares _modules / _parameters / _buffers: nothing is registered on the view
-        for name, value in (("labels", None if labels is None else torch.as_tensor(labels).long()),
-                            ("guidance_scale", float(guidance_scale)), ("classifier", classifier),
-                            ("classifier_scale", float(classifier_scale))):
-            object.__setattr__(view, name, value)
-        return view
+        return conditioned_view(self, labels, guidance_scale, classifier, classifier_scale,
+                                num_classes=int(getattr(self.network, "num_classes", 0) or 0),
+                                network=type(self.network).__name__, what="network")
 
     @property
     def guided(self) -> bool:
