@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,11 @@ def test_compare_configs_parse_and_every_run_config_exists(config):
 
     from lit_score.evaluation.compare import Compare, compare_parser
 
-    overlay = "runs" not in yaml.safe_load(config.read_text())  # a data overlay stacked on the config its header names
-    base = [str(ROOT / "configs/compare/ebm_toy.yaml")] if overlay else []
-    assert not overlay or "ebm_toy.yaml --config" in config.read_text()
+    overlay = "runs" not in yaml.safe_load(config.read_text())  # an overlay stacked on the config its header names
+    text = config.read_text()
+    named = re.search(r"--config (configs/compare/\S+\.yaml) --config configs/compare/" + config.name, text)
+    assert not overlay or named, f"{config.name}: an overlay names its base in its header"
+    base = [str(ROOT / named.group(1))] if overlay else []
     cfg = compare_parser().parse_args([*(a for b in base for a in ("--config", b)), "--config", str(config)])
     runs = [{**r, "config": str(ROOT / r["config"])} for r in cfg.runs]
     compare = Compare(Path(cfg.output), runs, cfg.samplers, cfg.evaluation, cfg.shared, "cpu", False)
