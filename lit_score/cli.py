@@ -377,6 +377,15 @@ def resume_differences(configured: dict | None, saved: dict, mutable: tuple[str,
     return out
 
 
+def wandb_credentials() -> bool:
+    """Whether wandb can log in without asking: an API key, an identity token file or a netrc entry file."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    netrc = [Path(os.environ["NETRC"]).expanduser()] if os.environ.get("NETRC") else [
+        Path("~/.netrc").expanduser(), Path("~/_netrc").expanduser()]
+    return any(path.is_file() for path in netrc)
+
+
 def check_wandb_login(loggers) -> None:
     """Refuse an online WandbLogger that wandb could not log in, before any run folder exists.
 
@@ -391,11 +400,7 @@ def check_wandb_login(loggers) -> None:
         mode = str(logger._wandb_init.get("mode") or os.environ.get("WANDB_MODE") or "online").lower()
         if logger._offline or mode in ("offline", "dryrun", "disabled"):
             continue
-        if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-            continue
-        netrc = [Path(os.environ["NETRC"]).expanduser()] if os.environ.get("NETRC") else [
-            Path("~/.netrc").expanduser(), Path("~/_netrc").expanduser()]
-        if any(path.is_file() for path in netrc) or (sys.stdin is not None and sys.stdin.isatty()):
+        if wandb_credentials() or (sys.stdin is not None and sys.stdin.isatty()):
             continue
         raise UserError("the WandbLogger has no API key and no terminal to ask for one: run `wandb login` or set"
                         " WANDB_API_KEY, or log offline with WANDB_MODE=offline (upload later with `wandb sync`)")

@@ -5,13 +5,12 @@ a buffer-dependent branch that touches parameters) breaks that silently, and the
 of which only rank 0's is saved. ``RankSync`` compares a float64 checksum of every parameter and buffer across ranks
 (one all-gather of a few numbers) every ``every_n_steps`` optimizer steps and at the end of training, logs
 ``train/rank_weight_spread`` (the largest difference between ranks' checksums, 0 when they agree) and stops the run with
-one line when the ranks disagree. At the end it writes ``rank_checksums.json`` (each rank's checksums and its last
-loss) beside the checkpoints.
+one line when the ranks disagree. At the end it writes ``rank_checksums.json`` (each rank's checksums and their
+spread) beside the checkpoints.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -50,6 +49,7 @@ class RankSync(pl.Callback):
         check_number("tolerance", tolerance, ge=0.0)
         self.every_n_steps, self.tolerance = every_n_steps, float(tolerance)
         self.last_spread: float | None = None
+        self._last_checked_step = -1
 
     def _gather(self, trainer: pl.Trainer, pl_module) -> torch.Tensor:
         local = checksums(pl_module).to(trainer.strategy.root_device)
@@ -69,7 +69,9 @@ class RankSync(pl.Callback):
         return sums
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step  # optimizer steps: with gradient accumulation several batches share one
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_checked_step:
+            self._last_checked_step = step
             self._check(trainer, pl_module)
             pl_module.log("train/rank_weight_spread", self.last_spread, rank_zero_only=True)
 
@@ -77,12 +79,11 @@ class RankSync(pl.Callback):
         sums = self._check(trainer, pl_module)
         if trainer.is_global_zero:
             from lit_score.callbacks.resume import last_checkpoint_path
+            from lit_score.evaluation.evaluate import write_json
 
-            folder = Path(last_checkpoint_path(trainer)).parent
-            folder.mkdir(parents=True, exist_ok=True)
             record = {"world_size": trainer.world_size, "global_step": trainer.global_step,
                       "checksums": sums.tolist(), "spread": self.last_spread}
-            (folder / "rank_checksums.json").write_text(json.dumps(record, indent=2) + "\n")
+            write_json(Path(last_checkpoint_path(trainer)).parent / "rank_checksums.json", record)
 
 
 __all__ = ["RankSync", "RanksDisagreeError", "checksums"]

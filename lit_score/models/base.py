@@ -73,6 +73,7 @@ class GenerativeModule(pl.LightningModule):
         self.optimizer_fn, self.lr_scheduler_fn, self.warmup_steps = optimizer, lr_scheduler, warmup_steps
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.last_nfe = 0
+        self._condition: dict | None = None  # what set_condition chose (None: nothing yet)
         self.skip_nonfinite_steps = False  # set by NonFiniteGuard: a non-finite step is then skipped, not fatal
 
     # --- family hooks ----------------------------------------------------------------------------
@@ -164,7 +165,7 @@ class GenerativeModule(pl.LightningModule):
     def condition(self) -> dict:
         """What :meth:`set_condition` chose: ``class_label`` (None: every class in turn; −1: the null label),
         ``guidance_scale`` w, ``classifier_scale`` w_c (and whether a classifier is set) — for protocols."""
-        chosen = getattr(self, "_condition", None) or {"class_label": None, "guidance_scale": 0.0,
+        chosen = self._condition or {"class_label": None, "guidance_scale": 0.0,
                                                          "classifier_scale": 0.0}
         return {**chosen, "classifier": self.classifier is not None}
 
@@ -247,7 +248,7 @@ class GenerativeModule(pl.LightningModule):
         ``labels`` (n,) from the conditional, guided score of :meth:`conditioned_score`; with an ``edit``
         (:class:`~lit_score.control.edit.Edit` of n rows: SDEdit or inpainting) that edit instead of plain sampling."""
         sampler = sampler if sampler is not None else self.sampler
-        if labels is None and getattr(self, "_condition", None) is not None:  # after set_condition: its labels
+        if labels is None and self._condition is not None:  # after set_condition: its labels
             labels = self.condition_labels(torch.arange(n))
         was_training = self.training
         self.eval()

@@ -22,6 +22,12 @@ from torch import Tensor
 from lit_score.checks import check_number
 
 
+def cfg_combine(conditional: Tensor, null: Tensor | None, guidance_scale: float) -> Tensor:
+    """Classifier-free guidance on any quantity affine in the network output (raw F, an energy):
+    (1 + w)·conditional − w·null; the conditional alone when there is no null evaluation."""
+    return conditional if null is None else conditional + guidance_scale * (conditional - null)
+
+
 def conditioned_view(score, labels: Tensor | int | None, guidance_scale: float, classifier, classifier_scale: float,
                      *, num_classes: int, network: str, what: str):
     """Check the condition against the model (``num_classes`` of its ``network``, a ``what`` such as "network" or

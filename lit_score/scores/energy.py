@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
-from lit_score.scores.condition import conditioned_view
+from lit_score.scores.condition import cfg_combine, conditioned_view
 
 
 def energy_gradient(energy_fn, x: Tensor, t: Tensor | None = None, create_graph: bool = False) -> tuple[Tensor, Tensor]:
@@ -107,7 +107,7 @@ class EnergyScore(nn.Module):
         elif self.guidance_scale:
             both = self.energy_net(torch.cat([x, x]), _twice(t), torch.cat([labels, torch.full_like(labels, -1)]))
             energy, null = both.chunk(2)
-            energy = energy + self.guidance_scale * (energy - null)  # (1 + w)·E(x, y) − w·E(x, ∅)
+            energy = cfg_combine(energy, null, self.guidance_scale)  # (1 + w)·E(x, y) − w·E(x, ∅)
         else:
             energy = self.energy_net(x, t, labels)
         if self.classifier_scale:

@@ -68,7 +68,7 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess
-from lit_score.scores.condition import conditioned_view
+from lit_score.scores.condition import cfg_combine, conditioned_view
 from lit_score.utils import append_dims
 
 Target = Literal["eps", "x0", "v", "score", "velocity", "edm"]
@@ -165,7 +165,7 @@ class NetworkScore(nn.Module):
         on something other than ``process.c_noise(t)``, e.g. VDM's normalised γ), with the view's labels and guidance:
         (1 + w)·F_y − w·F_∅ on the whole output."""
         out, out_null = self._network(x_in, c_noise)
-        return out if out_null is None else out + self.guidance_scale * (out - out_null)
+        return cfg_combine(out, out_null, self.guidance_scale)
 
     def _network(self, x_in: Tensor, c_noise: Tensor) -> tuple[Tensor, Tensor | None]:
         """(F_y, F_∅ or None): the raw network output with the view's labels, and with the null label when
@@ -201,8 +201,7 @@ class NetworkScore(nn.Module):
             out, v = out.chunk(2, dim=1)
             frac = (v + 1) / 2  # the conditional variance (GLIDE guides the mean only)
             out_null = None if out_null is None else out_null.chunk(2, dim=1)[0]
-        if out_null is not None:
-            out = out + self.guidance_scale * (out - out_null)  # (1 + w)·F_y − w·F_∅
+        out = cfg_combine(out, out_null, self.guidance_scale)  # (1 + w)·F_y − w·F_∅
         if self.scale_by_sigma:
             out = out / append_dims(self.process.sigma(t), x)
         return out, frac
@@ -346,7 +345,7 @@ class NetworkScore(nn.Module):
             c_noise = torch.broadcast_to(c_noise, x.shape[:1])
             tilde, null = self.network.energy(torch.cat([x, x]), torch.cat([c_noise, c_noise]),
                                               torch.cat([labels, torch.full_like(labels, -1)])).chunk(2)
-            tilde = tilde + self.guidance_scale * (tilde - null)
+            tilde = cfg_combine(tilde, null, self.guidance_scale)
         sigma = self.process.sigma(t)
         energy = -tilde / sigma if self.target == "eps" else (tilde / sigma if self.scale_by_sigma else tilde)
         if self.guided:

@@ -181,6 +181,7 @@ class LocalSweep:
         self.goal = self.sweep["metric"].get("goal", "minimize")
         self.count = self._count(count)
         self.seed, self.launch, self.echo = seed, launch, echo
+        self._best_written: tuple | None = None  # (run, metric) of the best.yaml on disk
         self.state: dict[str, Any] = {}
 
     def _count(self, count: int | None) -> int:
@@ -385,8 +386,10 @@ class LocalSweep:
     def environment(self) -> dict[str, str]:
         """The runs' environment: this one, with the sweep's W&B group, and W&B offline when the config logs to W&B
         and no login is found (no W&B server needed; ``wandb sync`` uploads the runs later)."""
+        from lit_score.cli import wandb_credentials
+
         env = {**os.environ, "WANDB_RUN_GROUP": self.name}
-        if "WANDB_MODE" not in os.environ and not _wandb_credentials():
+        if "WANDB_MODE" not in os.environ and not wandb_credentials():
             args = fit_args(self.sweep, self.state["runs"][0]["params"] if self.state["runs"] else self.propose() or {})
             try:
                 config = resolve_quietly_offline(args)
@@ -440,7 +443,7 @@ class LocalSweep:
         best = ranked[0] if ranked and rows[0]["rank"] == 1 else None
         if best is not None:
             paths["best"] = self.output / "best.yaml"
-            if getattr(self, "_best_written", None) != (best["name"], best["metric"]) or not paths["best"].is_file():
+            if self._best_written != (best["name"], best["metric"]) or not paths["best"].is_file():
                 self.write_best(best)
                 self._best_written = (best["name"], best["metric"])
         paths["md"].write_text(self.markdown(rows, keys, best))
@@ -502,15 +505,6 @@ def resolve_quietly_offline(args: list[str]) -> dict:
             os.environ.pop("WANDB_MODE", None)
         else:
             os.environ["WANDB_MODE"] = saved
-
-
-def _wandb_credentials() -> bool:
-    """Whether wandb can log in without asking (the sources :func:`lit_score.cli.check_wandb_login` looks at)."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    netrc = [Path(os.environ["NETRC"]).expanduser()] if os.environ.get("NETRC") else [
-        Path("~/.netrc").expanduser(), Path("~/_netrc").expanduser()]
-    return any(p.is_file() for p in netrc)
 
 
 def _last_error(log: Path) -> str:
