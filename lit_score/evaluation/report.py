@@ -268,7 +268,8 @@ def protocol_lines(rows: list[dict[str, Any]], evaluation: dict[str, Any]) -> li
     return lines
 
 
-def _markdown_table(headings: list[str], cells: list[list[str]]) -> str:
+def markdown_table(headings: list[str], cells: list[list[str]]) -> str:
+    """A markdown table; ``|`` inside a cell is escaped."""
     out = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
     return "\n".join(out)
@@ -291,7 +292,7 @@ def write_report(output: Path, trained: list[dict], rows: list[dict], evaluation
     captions = {"samples": "Samples of every run with its own sampler (2-D: over the data in grey).",
                 "quality_vs_nfe": "Quality against the number of network evaluations, per run and sampler.",
                 "loss": "Training loss (each family's own objective, so compare shapes, not levels)."}
-    md = [f"# lit-score compare: {output.name}", "", f"Runs: {families}.", "", _markdown_table(headings, cells), "",
+    md = [f"# lit-score compare: {output.name}", "", f"Runs: {families}.", "", markdown_table(headings, cells), "",
           "## Protocol", "", *protocol_lines(rows, evaluation), ""]
     for name, path in made.items():
         if path is not None:

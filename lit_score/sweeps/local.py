@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lit_score.evaluation.report import markdown_table
 from lit_score.sweeps.spec import METHODS, SweepError, agent_values, fit_args, grid_size, load_sweep, plain
 
 STATE_FILE = "sweep.json"
@@ -418,9 +419,9 @@ class LocalSweep:
         sign = -1.0 if self.goal == "maximize" else 1.0
 
         def key(r: dict):
-            value = r.get("metric")
-            finite = r["state"] == "finished" and isinstance(value, (int, float)) and math.isfinite(value)
-            return (0 if finite else 1 if r["state"] == "finished" else 2, sign * value if finite else 0.0, r["name"])
+            finite = _scored(r)
+            return (0 if finite else 1 if r["state"] == "finished" else 2, sign * r["metric"] if finite else 0.0,
+                    r["name"])
 
         return sorted(self.state["runs"], key=key)
 
@@ -430,9 +431,8 @@ class LocalSweep:
         keys = list(self.sweep["parameters"])
         rows = []
         for i, r in enumerate(ranked):
-            value = r.get("metric")
-            good = r["state"] == "finished" and isinstance(value, (int, float)) and math.isfinite(value)
-            rows.append({"rank": i + 1 if good else "", "run": r["name"], "state": r["state"], self.metric: value,
+            rows.append({"rank": i + 1 if _scored(r) else "", "run": r["name"], "state": r["state"],
+                         self.metric: r.get("metric"),
                          **{k: r["params"].get(k) for k in keys}, "wall_s": r.get("wall_s"),
                          "run_dir": r.get("run_dir"), "error": r.get("error") or ""})
         paths = {"csv": self.output / "summary.csv", "md": self.output / "summary.md"}
@@ -455,11 +455,9 @@ class LocalSweep:
         lines = [f"# Sweep {self.name}: {self.metric} ({self.goal})", "",
                  f"{len(rows)} runs of `{self.sweep_file}` ({self.sweep['method']}); command"
                  f" `{' '.join(map(str, self.sweep['command']))}`.", "",
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for row in rows:
-            wall = "–" if row["wall_s"] is None else f"{row['wall_s']:.0f}"
-            cells = [row["rank"], row["run"], _fmt(row[self.metric]), *(_fmt(row[k]) for k in keys), row["state"], wall]
-            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+                 markdown_table(head, [[str(row["rank"]), row["run"], _fmt(row[self.metric]),
+                                        *(_fmt(row[k]) for k in keys), row["state"],
+                                        "–" if row["wall_s"] is None else f"{row['wall_s']:.0f}"] for row in rows])]
         lines += ["", "Columns: " + "; ".join(f"`{s}` = `{k}`" for k, s in short.items()) + "."]
         if best is not None:
             lines += ["", f"Best: {best['name']} ({self.metric} = {_fmt(best['metric'])}); its config:"
@@ -505,6 +503,12 @@ def resolve_quietly_offline(args: list[str]) -> dict:
             os.environ.pop("WANDB_MODE", None)
         else:
             os.environ["WANDB_MODE"] = saved
+
+
+def _scored(run: dict) -> bool:
+    """Whether a run finished with a finite metric (what ranks it)."""
+    value = run.get("metric")
+    return run["state"] == "finished" and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _last_error(log: Path) -> str:
