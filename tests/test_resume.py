@@ -34,7 +34,7 @@ def checkpoint_every(steps: int) -> dict:
             "init_args": {"every_n_train_steps": steps, "save_last": True, "save_top_k": -1}}
 
 
-EMA = {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}}
+EMA = {"class_path": "lit_score.callbacks.EMA", "init_args": {"decay": 0.9}}
 
 
 def kill_at(step: int, signal_name: str = "SIGKILL") -> dict:

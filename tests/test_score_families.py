@@ -153,7 +153,7 @@ HEUN_3 = {"class_path": "lit_score.samplers.Heun", "init_args": {"num_steps": 3}
 CHEAP_CALLBACKS = json.dumps([
     {"class_path": "lit_score.callbacks.SampleGrid", "init_args": {"num_samples": 4, "sampler": HEUN_3}},
     {"class_path": "lit_score.callbacks.LikelihoodCallback", "init_args": {"num_samples": 4, "fixed_steps": 2}},
-    {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.995}},
+    {"class_path": "lit_score.callbacks.EMA", "init_args": {"decay": 0.995}},
 ])
 
 

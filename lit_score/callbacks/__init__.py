@@ -1,7 +1,8 @@
 """Callbacks: sample grids, sample quality, likelihood, EBM diagnostics (they call pl_module.sample(), never redo it),
-and what makes a long run resumable and safe to stop (added to every `lit-score fit` run)."""
+an EMA of the weights with a warm-up, and what makes a long run resumable and safe to stop (added to every `lit-score fit` run)."""
 
 from lit_score.callbacks.ebm import ChainDiagnostics, EnergyHistogram
+from lit_score.callbacks.ema import EMA, ema_decay
 from lit_score.callbacks.likelihood import LikelihoodCallback
 from lit_score.callbacks.performance import Performance
 from lit_score.callbacks.quality import SampleQuality
@@ -10,7 +11,7 @@ from lit_score.callbacks.resume import FinalCheckpoint, GracefulStop, NonFiniteG
 from lit_score.callbacks.samples import SampleGrid, generate_across_ranks, run_dir
 
 __all__ = [
-    "ChainDiagnostics", "EnergyHistogram", "FinalCheckpoint", "GracefulStop", "LikelihoodCallback", "NonFiniteGuard",
-    "Performance", "RankSync", "RanksDisagreeError", "ResumeState", "SampleGrid", "SampleQuality",
-    "generate_across_ranks", "run_dir",
+    "EMA", "ChainDiagnostics", "EnergyHistogram", "FinalCheckpoint", "GracefulStop", "LikelihoodCallback",
+    "NonFiniteGuard", "Performance", "RankSync", "RanksDisagreeError", "ResumeState", "SampleGrid", "SampleQuality",
+    "ema_decay", "generate_across_ranks", "run_dir",
 ]

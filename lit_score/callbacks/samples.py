@@ -91,7 +91,7 @@ class SampleGrid(ValidationSampling):
         self._write(trainer, pl_module, x, f"epoch={trainer.current_epoch:04d}")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
-        """A last grid from the final weights (EMA weights, once EMAWeightAveraging has copied them in)."""
+        """A last grid from the final weights (EMA weights, once the EMA callback has copied them in)."""
         if trainer.fast_dev_run or trainer.interrupted:
             return
         x = generate_across_ranks(trainer, pl_module, self.num_samples, self.sampler, self.seed)

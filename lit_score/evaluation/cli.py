@@ -71,7 +71,7 @@ def load_for_evaluation(ckpt_path: str | Path, weights: str, device: torch.devic
     if weights not in ("auto", "ema", "raw"):
         raise EvaluationError(f"--weights must be auto, ema or raw, got {weights!r}")
     if weights == "ema" and not has_ema:
-        raise EvaluationError(f"checkpoint {ckpt_path} holds no EMA weights (the run used no EMAWeightAveraging):"
+        raise EvaluationError(f"checkpoint {ckpt_path} holds no EMA weights (the run used no lit_score.callbacks.EMA):"
                               " use --weights raw")
     model = load_model(ckpt_path, map_location=device)
     if weights == "raw" and has_ema:
