@@ -1,5 +1,6 @@
-"""Callbacks: sample grids, sample quality, likelihood, EBM diagnostics (they call pl_module.sample(), never redo it),
-an EMA of the weights with a warm-up, and what makes a long run resumable and safe to stop (added to every `lit-score fit` run)."""
+"""Callbacks: sample grids, sample quality, likelihood, EBM diagnostics (they call pl_module.sample(), never redo
+it), an EMA of the weights with a warm-up, and what makes a long run resumable and safe to stop (added to every
+`lit-score fit` run)."""
 
 from lit_score.callbacks.ebm import ChainDiagnostics, EnergyHistogram
 from lit_score.callbacks.ema import EMA, ema_decay

@@ -11,11 +11,16 @@
 | θ̄_n | the average after it: θ̄_0 = θ_0, θ̄_n = β_n·θ̄_{n−1} + (1 − β_n)·θ_n |
 | β_n | the decay used at update n; ``decay`` is its ceiling |
 
-| warmup | β_n | source |
-|---|---|---|
-| ``score_sde`` | min(decay, (1 + n)/(10 + n)) | score_sde's ``ExponentialMovingAverage(use_num_updates=True)``, TensorFlow's ``num_updates``, diffusers' ``EMAModel`` default |
-| ``power`` | clamp(1 − (1 + n/γ⁻¹)^(−p), min_decay, decay), γ⁻¹ = ``inv_gamma``, p = ``power`` | k-diffusion's ``EMAWarmup`` (p = 2/3 for ≥ 1M steps, 3/4 for fewer), diffusers' ``use_ema_warmup`` |
-| ``none`` | decay | Lightning's ``EMAWeightAveraging``, improved-diffusion |
+| warmup | β_n |
+|---|---|
+| ``score_sde`` | min(decay, (1 + n)/(10 + n)) |
+| ``power`` | clamp(1 − (1 + n/γ⁻¹)^(−p), min_decay, decay), γ⁻¹ = ``inv_gamma``, p = ``power`` |
+| ``none`` | decay |
+
+Sources: ``score_sde`` is score_sde's ``ExponentialMovingAverage(use_num_updates=True)`` (TensorFlow's
+``num_updates`` rule, and diffusers' ``EMAModel`` default); ``power`` is k-diffusion's ``EMAWarmup`` (p = 2/3 for runs
+of a million steps or more, 3/4 for shorter ones; diffusers' ``use_ema_warmup``); ``none`` is Lightning's
+``EMAWeightAveraging`` and improved-diffusion's fixed rate.
 
 Why a warm-up. Without one, θ̄ keeps a share decayᴺ of the first weights after N updates: 13.5 % at decay 0.999
 over 2,000 steps, 8 % at 0.995 over 500. On a short run that share is an untrained network mixed into the average,
