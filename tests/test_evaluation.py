@@ -360,6 +360,31 @@ def test_every_family_declares_its_likelihood_estimators():
     assert bpd["dequantize"] == "none" and bpd["nfe"] > 0 and math.isfinite(bpd["mean"])
 
 
+def test_bits_per_dim_alone_generates_nothing_and_is_the_models_likelihood_of_the_test_split(tmp_path, capsys):
+    main(["fit", "--config", str(ROOT / "configs/ddpm/toy.yaml"), "--trainer.logger.init_args.save_dir",
+          str(tmp_path), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+          "--trainer.enable_progress_bar", "false", "--model.init_args.process.init_args.num_timesteps", "20"])
+    ckpt = tmp_path / "ddpm_toy" / "version_0" / "checkpoints" / "last.ckpt"
+    with mock.patch("lit_score.evaluation.evaluate.generate", side_effect=AssertionError("generated")):
+        main(["evaluate", "--ckpt_path", str(ckpt), "--metrics", "bpd", "--likelihood_samples", "20",
+              "--output", str(tmp_path / "eval"), "--progress", "false"])
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    p = record["protocol"]
+    assert p["num_samples"] == 0 and p["generation"] == [] and p["nfe"] is None and p["sampler"] is None
+    assert p["reference"] is None and "no samples generated" in p["notes"][0]
+    assert sorted(f.name for f in (tmp_path / "eval").iterdir()) == ["metrics.json"]  # no samples, no picture
+    assert "no samples generated" in capsys.readouterr().out
+    # the number is the model's PF-ODE NLL of the first 20 test points, with the evaluation's generator (seed 0)
+    from lit_score.cli import load_model
+    from lit_score.evaluation.cli import checkpoint_datamodule
+
+    model, data = load_model(ckpt, map_location="cpu"), checkpoint_datamodule(ckpt)
+    data._ensure_setup()
+    x = torch.stack([data.split_dataset("test")[i] for i in range(20)])
+    direct = model.likelihood(x, "pf_ode", divergence="exact", generator=torch.Generator().manual_seed(0))
+    assert record["metrics"]["bpd"]["mean"] == pytest.approx(float(direct.bits_per_dim.mean()), rel=1e-5)
+
+
 def test_inapplicable_metrics_are_refused_in_one_line(capsys, tmp_path):
     npz = tmp_path / "s.npz"
     np.savez(npz, samples=np.zeros((10, 2), dtype=np.float32))

@@ -12,7 +12,6 @@ protocol), ``samples_seed<S>.npz`` and ``samples.png``; refuses to overwrite an 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from lit_score.evaluation.evaluate import (
     content_key,
     describe_sampler,
     evaluate,
+    is_child_rank,
     jsonable,
     parse_list,
     write_json,
@@ -174,11 +174,6 @@ def evaluate_parser() -> ArgumentParser:
     return parser
 
 
-def _is_child_rank() -> bool:
-    """A process Lightning's DDP launcher started for rank > 0 (it re-runs the command with LOCAL_RANK set)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
-
-
 def evaluate_main(argv: list[str]) -> EvaluationResult | None:
     """``lit-score evaluate``."""
     parser = evaluate_parser()
@@ -231,7 +226,7 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
     else:
         raise EvaluationError("pass --output for samples evaluated without a checkpoint")
     written = output / ("guidance_curve.json" if cfg.guidance_scales is not None else "metrics.json")
-    if not _is_child_rank() and written.exists() and not cfg.overwrite:
+    if not is_child_rank() and written.exists() and not cfg.overwrite:
         raise EvaluationError(f"{written} exists: pass --output elsewhere or --overwrite true")
     trainer_kwargs = {"accelerator": "gpu" if device.type == "cuda" else "cpu", "devices": cfg.devices,
                       "strategy": cfg.strategy, "num_nodes": cfg.num_nodes, "precision": cfg.precision}
@@ -334,6 +329,8 @@ def write_outputs(result: EvaluationResult, output: Path, datamodule: Generative
     """``metrics.json`` and a picture of the first seed set's samples (grid or scatter beside the data; a row per
     class, or coloured by class, with the samples' class ``labels``)."""
     output.mkdir(parents=True, exist_ok=True)
+    if not result.samples:  # bits/dim only: nothing was generated, so there is no picture
+        return write_json(output / "metrics.json", result.to_dict())
     x = result.samples[0]
     reference = None if datamodule.is_image else datamodule.reference_draw(min(len(x), 2000),
                                                                            torch.Generator().manual_seed(0))
@@ -377,8 +374,12 @@ def print_summary(result: EvaluationResult, output: Path) -> None:
         rows.append(f"  {name:<20} {text}")
     p = result.protocol
     nfe = "n/a" if p.get("nfe") is None else f"{p['nfe']:g}"
-    print(f"lit-score evaluate: {p['num_samples']} samples x {len(p['seeds'])} seed set(s), NFE {nfe}, "
-          f"weights {p.get('weights') or 'n/a'}; generation {p['wall_time']['generation_s']:.1f} s, features "
-          f"{p['wall_time']['features_s']:.1f} s")
+    if p["num_samples"]:
+        print(f"lit-score evaluate: {p['num_samples']} samples x {len(p['seeds'])} seed set(s), NFE {nfe}, "
+              f"weights {p.get('weights') or 'n/a'}; generation {p['wall_time']['generation_s']:.1f} s, features "
+              f"{p['wall_time']['features_s']:.1f} s")
+    else:
+        print(f"lit-score evaluate: no samples generated (bits/dim only), weights {p.get('weights') or 'n/a'};"
+              f" likelihood {p['wall_time']['likelihood_s']:.1f} s")
     print("\n".join(rows))
     print(f"wrote {output / 'metrics.json'}")

@@ -197,9 +197,10 @@ class Compare:
             row.update({"status": "ok", "metrics": result.metrics, "protocol": result.protocol,
                         "parameters": result.protocol["parameters"], "nfe": result.protocol["nfe"],
                         "sample_seconds_per_sample": result.protocol["wall_time"]["generation_s"]
-                        / (result.protocol["num_samples"] * len(result.protocol["seeds"])),
+                        / (result.protocol["num_samples"] * len(result.protocol["seeds"]))
+                        if result.protocol["num_samples"] else None,
                         "data_is_image": data.is_image})
-            if entry is None:  # the report's sample figure shows each run's own sampler
+            if entry is None and result.samples:  # the report's sample figure shows each run's own sampler
                 shown = result.samples[0][: (64 if data.is_image else 2000)]
                 reference = None if data.is_image else data.reference_draw(len(shown), torch.Generator().manual_seed(0))
                 path.parent.mkdir(parents=True, exist_ok=True)

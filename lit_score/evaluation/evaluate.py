@@ -39,6 +39,7 @@ from lit_score.samplers import Sampler
 
 IMAGE_METRICS = fidelity.METRICS  # fid, kid, isc, prc
 METRIC_GROUPS = (*IMAGE_METRICS, "bpd", "distances", "accuracy")
+SAMPLE_METRICS = (*IMAGE_METRICS, "distances", "accuracy")  # the groups that measure generated samples
 PUBLISHED_N = 50_000  # samples behind published CIFAR-10 FID / IS numbers
 
 
@@ -279,6 +280,12 @@ def evaluate(
         )
     sampler = sampler if sampler is not None or model is None else model.sampler
     output = Path(output) if output is not None else None
+    if samples is None and not any(m in SAMPLE_METRICS for m in wanted):
+        # bits/dim scores held-out data, not samples: nothing is generated (and no DDP ranks are started for it)
+        if is_child_rank():
+            return None
+        return _likelihood_only(model, datamodule, seeds, wanted, likelihood_samples, likelihood_estimator,
+                                likelihood_options, checkpoint, total_start)
 
     # --- generation (every rank), then everything else on rank 0 only ---------------------------------------
     sets: list[Tensor] = []
@@ -391,6 +398,27 @@ def evaluate(
     return EvaluationResult(summary, per_seed, protocol, sets)
 
 
+def is_child_rank() -> bool:
+    """A process Lightning's DDP launcher started for rank > 0 (it re-runs the command with LOCAL_RANK set)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def _likelihood_only(model, datamodule, seeds, wanted, likelihood_samples, likelihood_estimator, likelihood_options,
+                     checkpoint, total_start) -> EvaluationResult:
+    """The result of an evaluation whose metrics need no samples (``bpd`` alone): the held-out set scored once, the
+    protocol saying that nothing was generated."""
+    start = time.perf_counter()
+    likelihood = _likelihood(model, datamodule, likelihood_samples, likelihood_estimator, likelihood_options, seeds[0])
+    timing = {"generation_s": 0.0, "features_s": 0.0, "distances_s": 0.0,
+              "likelihood_s": time.perf_counter() - start}
+    timing["total_s"] = time.perf_counter() - total_start
+    protocol = _protocol(model, datamodule, None, seeds, [], [], None, None, timing, checkpoint, None, wanted, None)
+    protocol["reference"] = None  # no samples to hold against a reference: bpd's held-out split is its own record
+    protocol["notes"] = ["no samples generated: bits/dim scores the held-out split, whatever the sampler"]
+    return EvaluationResult(_summaries([{"seed": s} for s in seeds], wanted, likelihood), [{"seed": s} for s in seeds],
+                            protocol, [])
+
+
 _FLOORS: dict[str, dict[str, float]] = {}  # data-vs-data floors, per process: they depend only on the data and n
 
 
@@ -464,10 +492,10 @@ def _protocol(model, datamodule, sampler, seeds, sets, generation, reference, ex
     nfes = [g["nfe"] for g in generation if g.get("nfe") is not None]
     return {
         "metrics": list(wanted),
-        "num_samples": len(sets[0]),
+        "num_samples": len(sets[0]) if sets else 0,
         "seeds": list(seeds),
         "generation": generation,
-        "generation_batch_size": generation[0].get("batch_size"),
+        "generation_batch_size": generation[0].get("batch_size") if generation else None,
         "sampler": describe_sampler(sampler),
         "nfe": float(np.mean(nfes)) if nfes else None,
         "start": None if model is None or samples_source is not None else model.sample_start,
