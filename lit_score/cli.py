@@ -207,10 +207,13 @@ class LitScoreCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         """A fit that fails before its first training step leaves no run folder behind (one that trained keeps
-        its logs)."""
+        its logs). A fit's W&B run is finished when the fit ends: Lightning leaves it open until the process exits, and
+        the next WandbLogger of the same process (the next run of a ``compare``, its report) would log into it."""
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
+            if subcommand == "fit":
+                self._finish_wandb(exit_code=1)
             planned = getattr(self, "_new_run_dir", None) if subcommand == "fit" else None
             if planned is not None and self.trainer.is_global_zero:
                 directory, missing = planned
@@ -222,6 +225,16 @@ class LitScoreCLI(LightningCLI):
                         if parent.exists() and not any(parent.iterdir()):
                             parent.rmdir()
             raise
+        if subcommand == "fit":
+            self._finish_wandb(exit_code=0)
+
+    def _finish_wandb(self, exit_code: int) -> None:
+        """Finish the W&B run this fit's WandbLogger started (on the rank that has one)."""
+        if any(isinstance(logger, WandbLogger) for logger in self.trainer.loggers) and "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.finish(exit_code=exit_code)
 
     def before_predict(self) -> None:
         """``predict`` writes what it generates: ``<run>/predictions/<ckpt>_<sampler>_n<N>_seed<S>.npz`` (+ a PNG),
