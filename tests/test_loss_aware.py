@@ -145,7 +145,9 @@ def _gather_worker(rank: int, init: str, queue) -> None:
         sampler.update(torch.tensor([1, 2, 3]), torch.tensor([1.0, 2.0, 3.0]))
     else:
         sampler.update(torch.tensor([1, 4]), torch.tensor([10.0, 40.0]))
-    queue.put((rank, sampler.losses.clone(), sampler.counts.clone()))
+    # plain lists: a tensor is sent as a shared-memory handle that the exiting worker may take with it before the
+    # parent reads it (FileNotFoundError from multiprocessing's resource sharer on a loaded machine)
+    queue.put((rank, sampler.losses.tolist(), sampler.counts.tolist()))
     torch.distributed.destroy_process_group()
 
 
@@ -164,5 +166,5 @@ def test_every_rank_keeps_the_same_history_gathered_in_rank_order(tmp_path):
     single = LossSecondMomentSampler(4, history=3)
     single.update(torch.tensor([1, 2, 3, 1, 4]), torch.tensor([1.0, 2.0, 3.0, 10.0, 40.0]))
     for losses, counts in results.values():
-        assert torch.equal(losses, single.losses) and torch.equal(counts, single.counts)
+        assert losses == single.losses.tolist() and counts == single.counts.tolist()
     assert single.losses[0, :2].tolist() == [1.0, 10.0]
