@@ -18,7 +18,6 @@ from lit_score.cli import load_model
 from lit_score.evaluation.cli import checkpoint_datamodule
 from lit_score.samplers import DDIM
 from lit_score.samplers.base import predict_x0_eps
-from lit_score.utils import append_dims
 
 
 def main() -> None:
@@ -31,9 +30,7 @@ def main() -> None:
     if "current_model_state" not in ckpt:
         raise SystemExit(f"{args.ckpt_path} holds no averaged weights (the run used no EMA callback)")
     data = checkpoint_datamodule(args.ckpt_path)
-    data._ensure_setup()
-    train = data.split_dataset("train")
-    x0 = torch.stack([train[i] for i in range(min(args.num, len(train)))])
+    x0 = data.split_tensor("train")[: args.num]
     times = [float(t) for t in args.times.split(",")]
     model = load_model(args.ckpt_path, map_location="cpu").eval()
     weights = {"ema": ckpt["state_dict"], "raw": ckpt["current_model_state"]}
@@ -47,8 +44,7 @@ def main() -> None:
             for t_value in times:
                 t = torch.full((len(x0),), t_value)
                 eps = torch.randn(x0.shape, generator=g)
-                x_t = append_dims(model.process.alpha(t), x0) * x0 + append_dims(model.process.sigma(t), x0) * eps
-                _, eps_hat = predict_x0_eps(model.score_model, model.process, x_t, t)
+                _, eps_hat = predict_x0_eps(model.score_model, model.process, model.process.perturb(x0, t, eps), t)
                 mse[name].append(float(((eps_hat - eps) ** 2).mean()))
         samples = model.sample(32, DDIM(num_steps=50), generator=torch.Generator().manual_seed(0))
         extent[name] = float(samples.abs().max())

@@ -415,8 +415,8 @@ def _likelihood_only(model, datamodule, seeds, wanted, likelihood_samples, likel
     protocol = _protocol(model, datamodule, None, seeds, [], [], None, None, timing, checkpoint, None, wanted, None)
     protocol["reference"] = None  # no samples to hold against a reference: bpd's held-out split is its own record
     protocol["notes"] = ["no samples generated: bits/dim scores the held-out split, whatever the sampler"]
-    return EvaluationResult(_summaries([{"seed": s} for s in seeds], wanted, likelihood), [{"seed": s} for s in seeds],
-                            protocol, [])
+    per_seed = [{"seed": s} for s in seeds]  # nothing measured per seed set: no samples
+    return EvaluationResult(_summaries(per_seed, wanted, likelihood), per_seed, protocol, [])
 
 
 _FLOORS: dict[str, dict[str, float]] = {}  # data-vs-data floors, per process: they depend only on the data and n
