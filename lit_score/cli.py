@@ -10,7 +10,6 @@ Bad input ends with one line ``lit-score: error: …`` and exit status 1 (set LI
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import sys
@@ -35,16 +34,10 @@ from lit_score.callbacks.resume import (
     TrainingStopped,
 )
 from lit_score.callbacks.samples import run_dir
-from lit_score.checkpointing import (
-    AtomicCheckpointIO,
-    NonFiniteWeightsError,
-    check_allowed,
-    checked_hyperparameters,
-    find_last_checkpoint,
-    nonfinite_names,
-)
+from lit_score.checkpointing import AtomicCheckpointIO, NonFiniteWeightsError, find_last_checkpoint, nonfinite_names
 from lit_score.data import GenerativeDataModule
 from lit_score.evaluation.generation import SampleCollector, SeedBatches, draw_seed_batch
+from lit_score.loading import checkpoint_class, load_module, read_checkpoint, resolve_class
 from lit_score.models import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Sampler
 from lit_score.visualize import save_picture, save_samples
@@ -69,27 +62,16 @@ class UserError(ValueError):
 
 def checkpoint_class_path(ckpt_path: str | Path) -> str:
     """The model class a lit-score checkpoint was written by (``hyper_parameters['_class_path']``), after the
-    checkpoint was read weights-only and every class it names was found in an allowed package (nothing imported)."""
-    return checked_hyperparameters(ckpt_path)["_class_path"]
-
-
-def import_class(class_path: str, source: str = "the checkpoint") -> type:
-    """Import a class a checkpoint names, only from an allowed package (checked before the import)."""
-    check_allowed(class_path, source)
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise UserError(f"{source} names {class_path}, which cannot be imported here ({err})") from err
+    checkpoint was read weights-only and every class it names passed :mod:`lit_score.loading`'s checks."""
+    ckpt = read_checkpoint(ckpt_path)
+    checkpoint_class(ckpt_path, GenerativeModule, ckpt)
+    return ckpt["hyper_parameters"]["_class_path"]
 
 
 def load_model(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> GenerativeModule:
-    """Load a checkpoint as the class that wrote it (not as the base class); weights that are not finite (a
-    diverged run) are refused in one line."""
-    cls = import_class(checkpoint_class_path(ckpt_path), f"checkpoint {ckpt_path}")
-    if not (isinstance(cls, type) and issubclass(cls, GenerativeModule)):
-        raise UserError(f"checkpoint {ckpt_path} holds a {cls!r}, not a lit-score model")
-    model = cls.load_from_checkpoint(ckpt_path, map_location=map_location)
+    """Load a checkpoint as the class that wrote it (a lit-score model) once every class it names passed
+    :mod:`lit_score.loading`'s checks; weights that are not finite (a diverged run) are refused in one line."""
+    model = load_module(ckpt_path, GenerativeModule, map_location=map_location)
     bad = nonfinite_names(model.named_parameters())
     if bad:
         raise UserError(f"checkpoint {ckpt_path} has non-finite weights ({bad[0]}{' …' if len(bad) > 1 else ''}): the"
@@ -325,7 +307,9 @@ class LitScoreCLI(LightningCLI):
             raise UserError(f"checkpoint {ckpt_path} does not exist: pass the path of a .ckpt file")
         if not (ckpt_path and Path(ckpt_path).is_file()):
             return super()._parse_ckpt_path()
-        hparams = checked_hyperparameters(ckpt_path)
+        ckpt = read_checkpoint(ckpt_path)
+        checkpoint_class(ckpt_path, GenerativeModule, ckpt)  # every class it names checked before Lightning reads it
+        hparams = ckpt["hyper_parameters"]
         wanted = self.config[subcommand].model.class_path
         found_class = hparams["_class_path"]
         if wanted != found_class:
@@ -336,7 +320,7 @@ class LitScoreCLI(LightningCLI):
             )
         if subcommand != "fit":
             return super()._parse_ckpt_path()  # validate / test / predict: the checkpoint's model, as Lightning does
-        model_cls = import_class(wanted, "the config")
+        model_cls = resolve_class(wanted, (GenerativeModule,), "the config", "model.class_path")
         configured = _plain(self.config["fit"].model.get("init_args"))
         differences = resume_differences(configured, hparams, getattr(model_cls, "resume_mutable", ()))
         if differences:

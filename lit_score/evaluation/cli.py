@@ -33,24 +33,14 @@ from lit_score.evaluation.evaluate import (
     parse_list,
     write_json,
 )
+from lit_score.loading import load_datamodule, read_checkpoint
 from lit_score.samplers import Sampler
 from lit_score.visualize import save_picture
 
 
 def checkpoint_datamodule(ckpt_path: str | Path) -> GenerativeDataModule:
     """The datamodule a checkpoint was trained on, rebuilt from its ``datamodule_hyper_parameters``."""
-    from lit_score.checkpointing import read_checkpoint
-    from lit_score.cli import import_class
-
-    ckpt = read_checkpoint(ckpt_path)  # one line for a missing, corrupt or pickled file
-    hparams = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    class_path = hparams.pop("_class_path", None)
-    if class_path is None:
-        raise EvaluationError(f"checkpoint {ckpt_path} records no data module: pass --data (class_path/init_args)")
-    cls = import_class(class_path, f"checkpoint {ckpt_path}")
-    if not (isinstance(cls, type) and issubclass(cls, GenerativeDataModule)):
-        raise EvaluationError(f"checkpoint {ckpt_path} records data {class_path}, not a lit-score data module")
-    return cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    return load_datamodule(ckpt_path, GenerativeDataModule)
 
 
 def checkpoint_summary(ckpt_path: str | Path, weights: str) -> dict[str, Any]:
@@ -63,7 +53,6 @@ def checkpoint_summary(ckpt_path: str | Path, weights: str) -> dict[str, Any]:
 def load_for_evaluation(ckpt_path: str | Path, weights: str, device: torch.device):
     """The checkpoint's model with its EMA weights (``ema``), its raw weights (``raw``) or whichever it has
     (``auto``: EMA when the run averaged weights); returns (model, weights actually loaded)."""
-    from lit_score.checkpointing import read_checkpoint
     from lit_score.cli import load_model
 
     ckpt = read_checkpoint(ckpt_path)  # one line for a missing, corrupt or pickled file (load_model checks classes)
