@@ -165,6 +165,14 @@ class LitScoreCLI(LightningCLI):
                 raise
             raise ArgumentError(None, f"{one_line(err)}{hint}") from err
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
+        """Lightning restores a ``--ckpt_path`` weights-only (tensors and plain types) unless told otherwise: a
+        checkpoint never unpickles objects, here as in :mod:`lit_score.loading`."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, ()):
+            parser.set_defaults(weights_only=True)
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
             "data", "model.init_args.sample_shape", compute_fn=lambda data: data.sample_shape, apply_on="instantiate"
