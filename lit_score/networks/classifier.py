@@ -14,17 +14,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from einops import reduce
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
-from lit_score.networks.embeddings import timestep_embedding
-from lit_score.networks.unet import AttnBlock, Downsample, ResAttn, ResBlock, group_norm
+from lit_score.networks.unet import UNetTrunk, group_norm
 
 
-class EncoderUNet(nn.Module):
+class EncoderUNet(UNetTrunk):
     """The U-Net's downsampling half + pooling + a linear head: forward(x (B, C, H, W), t (B,)) -> (B, out_dim) logits
     (guided-diffusion's ``EncoderUNetModel``, Dhariwal & Nichol 2021).
 
@@ -65,32 +63,11 @@ class EncoderUNet(nn.Module):
         zero_init_output: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (("out_dim", out_dim), ("in_channels", in_channels), ("base_channels", base_channels),
-                            ("num_res_blocks", num_res_blocks), ("resolution", resolution), ("num_groups", num_groups)):
-            check_number(name, value, ge=1, integer=True)
-        check_number("dropout", dropout, ge=0.0, lt=1.0)
-        if not channel_mult or any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty tuple of integers >= 1, got {channel_mult!r}")
-        self.in_channels, self.out_dim = in_channels, out_dim
-        ch, temb_dim = base_channels, 4 * base_channels
-        kw = {"dropout": dropout, "num_groups": num_groups, "skip_rescale": skip_rescale}
-
-        self.time_embed = nn.Sequential(
-            timestep_embedding(embedding, ch), nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim)
-        )
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
-        self.down = nn.ModuleList()
-        cur, res = ch, resolution
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                self.down.append(ResAttn(cur, ch * mult, temb_dim, res in attention_resolutions, **kw))
-                cur = ch * mult
-            if level != len(channel_mult) - 1:
-                self.down.append(Downsample(cur, resample_with_conv))
-                res = (res + 1) // 2
-        self.mid1 = ResBlock(cur, cur, temb_dim, **kw)
-        self.mid_attn = AttnBlock(cur, num_groups, skip_rescale)
-        self.mid2 = ResBlock(cur, cur, temb_dim, **kw)
+        check_number("out_dim", out_dim, ge=1, integer=True)
+        self.out_dim = out_dim
+        skip_chs, _ = self.build_trunk(in_channels, base_channels, channel_mult, num_res_blocks, attention_resolutions,
+                                       dropout, resolution, embedding, num_groups, resample_with_conv, skip_rescale)
+        cur = skip_chs[-1]
         self.norm_out = group_norm(cur, num_groups)
         self.head = nn.Linear(cur, out_dim)
         if zero_init_output:
@@ -99,10 +76,6 @@ class EncoderUNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """x: (B, C, H, W), t: (B,) or a scalar (the process's ``c_noise``) -> (B, out_dim) logits."""
-        temb = self.time_embed(torch.broadcast_to(t, x.shape[:1]))
-        h = self.conv_in(x)
-        for stage in self.down:
-            h = stage(h, temb)
-        h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
+        h = self.trunk(x, t)[1]
         pooled = reduce(F.silu(self.norm_out(h)), "b c h w -> b c", "mean")
         return self.head(pooled)

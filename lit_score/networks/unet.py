@@ -126,7 +126,81 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 
-class UNet(nn.Module):
+class UNetTrunk(nn.Module):
+    """The U-Net's embedding and downsampling half, built once for :class:`UNet` and the classifier's
+    :class:`~lit_score.networks.EncoderUNet` (guided-diffusion's ``EncoderUNetModel`` is that half too).
+
+    ``build_trunk`` validates the shared arguments and sets, in this order (so parameter names and initialisation
+    order are those of the U-Net): ``time_embed``, ``label_embed``, ``conv_in``, ``down``, ``mid1``, ``mid_attn``,
+    ``mid2``. ``trunk`` runs them: (the skips of every encoder stage, the middle block's output).
+    """
+
+    def build_trunk(
+        self,
+        in_channels: int,
+        base_channels: int,
+        channel_mult: tuple[int, ...],
+        num_res_blocks: int,
+        attention_resolutions: tuple[int, ...],
+        dropout: float,
+        resolution: int,
+        embedding: str,
+        num_groups: int,
+        resample_with_conv: bool,
+        skip_rescale: bool,
+        num_classes: int = 0,
+    ) -> tuple[list[int], list[int]]:
+        """Build the trunk; returns (the skip widths, the resolution of each level) for a decoder."""
+        check_number("num_classes", num_classes, ge=0, integer=True)
+        for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
+                            ("num_res_blocks", num_res_blocks), ("resolution", resolution), ("num_groups", num_groups)):
+            check_number(name, value, ge=1, integer=True)
+        check_number("dropout", dropout, ge=0.0, lt=1.0)
+        if not channel_mult or any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in channel_mult):
+            raise ValueError(f"channel_mult must be a non-empty tuple of integers >= 1, got {channel_mult!r}")
+        self.in_channels = in_channels
+        ch, temb_dim = base_channels, 4 * base_channels
+        kw = {"dropout": dropout, "num_groups": num_groups, "skip_rescale": skip_rescale}
+
+        self.time_embed = nn.Sequential(
+            timestep_embedding(embedding, ch), nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim)
+        )
+        self.num_classes = num_classes
+        self.label_embed = LabelEmbedding(num_classes, temb_dim) if num_classes else None
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+
+        # Encoder: every stage yields one skip; record the skip widths for the decoder.
+        self.down = nn.ModuleList()
+        skip_chs, cur, res, level_res = [ch], ch, resolution, []
+        for level, mult in enumerate(channel_mult):
+            level_res.append(res)
+            for _ in range(num_res_blocks):
+                self.down.append(ResAttn(cur, ch * mult, temb_dim, res in attention_resolutions, **kw))
+                cur = ch * mult
+                skip_chs.append(cur)
+            if level != len(channel_mult) - 1:
+                self.down.append(Downsample(cur, resample_with_conv))
+                skip_chs.append(cur)
+                res = (res + 1) // 2
+
+        self.mid1 = ResBlock(cur, cur, temb_dim, **kw)
+        self.mid_attn = AttnBlock(cur, num_groups, skip_rescale)
+        self.mid2 = ResBlock(cur, cur, temb_dim, **kw)
+        return skip_chs, level_res
+
+    def trunk(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor, Tensor]:
+        """x: (B, C, H, W), t: (B,) or a scalar, y: labels or None -> (skips, middle output, time embedding)."""
+        temb = self.time_embed(torch.broadcast_to(t, x.shape[:1]))
+        label = label_features(self.label_embed, y, x.shape[0], x.device)
+        if label is not None:
+            temb = temb + label
+        skips = [self.conv_in(x)]
+        for stage in self.down:
+            skips.append(stage(skips[-1], temb))
+        return skips, self.mid2(self.mid_attn(self.mid1(skips[-1], temb)), temb), temb
+
+
+class UNet(UNetTrunk):
     """DDPM++ U-Net: forward(x (B, C, H, W), t (B,), y=None) -> (B, out_channels or C, H, W) (Ho et al. 2020; Song
     et al. 2021).
 
@@ -169,44 +243,14 @@ class UNet(nn.Module):
         num_classes: int = 0,
     ) -> None:
         super().__init__()
-        check_number("num_classes", num_classes, ge=0, integer=True)
-        self.zero_init_output = bool(zero_init_output)
-        for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
-                            ("num_res_blocks", num_res_blocks), ("resolution", resolution), ("num_groups", num_groups)):
-            check_number(name, value, ge=1, integer=True)
         check_number("out_channels", out_channels, ge=1, integer=True, allow_none=True)
-        check_number("dropout", dropout, ge=0.0, lt=1.0)
-        if not channel_mult or any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty tuple of integers >= 1, got {channel_mult!r}")
-        self.in_channels = in_channels
+        self.zero_init_output = bool(zero_init_output)
         self.out_channels = in_channels if out_channels is None else out_channels
-        ch, temb_dim = base_channels, 4 * base_channels
+        skip_chs, level_res = self.build_trunk(in_channels, base_channels, channel_mult, num_res_blocks,
+                                               attention_resolutions, dropout, resolution, embedding, num_groups,
+                                               resample_with_conv, skip_rescale, num_classes)
+        ch, temb_dim, cur = base_channels, 4 * base_channels, skip_chs[-1]
         kw = {"dropout": dropout, "num_groups": num_groups, "skip_rescale": skip_rescale}
-
-        self.time_embed = nn.Sequential(
-            timestep_embedding(embedding, ch), nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim)
-        )
-        self.num_classes = num_classes
-        self.label_embed = LabelEmbedding(num_classes, temb_dim) if num_classes else None
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
-
-        # Encoder: every stage yields one skip; record the skip widths for the decoder.
-        self.down = nn.ModuleList()
-        skip_chs, cur, res, level_res = [ch], ch, resolution, []
-        for level, mult in enumerate(channel_mult):
-            level_res.append(res)
-            for _ in range(num_res_blocks):
-                self.down.append(ResAttn(cur, ch * mult, temb_dim, res in attention_resolutions, **kw))
-                cur = ch * mult
-                skip_chs.append(cur)
-            if level != len(channel_mult) - 1:
-                self.down.append(Downsample(cur, resample_with_conv))
-                skip_chs.append(cur)
-                res = (res + 1) // 2
-
-        self.mid1 = ResBlock(cur, cur, temb_dim, **kw)
-        self.mid_attn = AttnBlock(cur, num_groups, skip_rescale)
-        self.mid2 = ResBlock(cur, cur, temb_dim, **kw)
 
         # Decoder: levels in reverse, num_res_blocks + 1 stages each, concatenating one skip per stage.
         self.up = nn.ModuleList()
@@ -228,16 +272,7 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """x: (B, C, H, W), t: (B,) or a scalar, y: class labels (B,) or None -> (B, out_channels, H, W)."""
-        temb = self.time_embed(torch.broadcast_to(t, x.shape[:1]))
-        label = label_features(self.label_embed, y, x.shape[0], x.device)
-        if label is not None:
-            temb = temb + label
-        skips = [self.conv_in(x)]
-        for stage in self.down:
-            skips.append(stage(skips[-1], temb))
-
-        h = self.mid2(self.mid_attn(self.mid1(skips[-1], temb)), temb)
-
+        skips, h, temb = self.trunk(x, t, y)
         for stages, upsample in zip(self.up, self.upsample):
             for stage in stages:
                 h = stage(torch.cat([h, skips.pop()], dim=1), temb)

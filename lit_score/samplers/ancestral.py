@@ -24,12 +24,10 @@ from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import (
     Sampler,
     ScoreFn,
-    StepCallback,
     clip_x0,
-    full_like_t,
     predict_x0_eps,
-    require_process,
 )
+from lit_score.samplers.stepping import sample_on_grid
 from lit_score.utils import append_dims, randn_like
 
 
@@ -108,14 +106,14 @@ class Ancestral(Sampler):
         """One step t → s: (x_s, μ̃), the predictor interface of ``PredictorCorrector``."""
         return self.update(score_fn, process, x, t, s, generator)[:2]
 
+    def advance(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        """One step of :func:`sample_on_grid`: x_s, with x̂₀ reported to the step callback as ``denoised``."""
+        x, x_mean, x0 = self.update(score_fn, process, x, t, s, generator)
+        return x, {"x_mean": x_mean, "denoised": x0}
+
     def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
-        process = require_process(process, self)
-        grid = self.grid(process, x.device)
-        for i in self.steps(len(grid) - 1, progress, "ancestral"):
-            t, s = full_like_t(x, grid[i]), full_like_t(x, grid[i + 1])
-            x, _, x0 = self.update(score_fn, process, x, t, s, generator)
-            _report(callback, i, t, x, x0)
-        return self.finish(score_fn, process, x, grid[-1], self.clip_denoised)
+        return sample_on_grid(self, score_fn, x, process, generator=generator, callback=callback, progress=progress,
+                              desc="ancestral")
 
 
 class DDIM(Sampler):
@@ -159,19 +157,14 @@ class DDIM(Sampler):
         """One step t → s: (x_s, x_s without noise), the predictor interface of ``PredictorCorrector``."""
         return self.update(score_fn, process, x, t, s, generator)[:2]
 
+    def advance(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        """One step of :func:`sample_on_grid`: x_s, with x̂₀ reported to the step callback as ``denoised``."""
+        x, x_mean, x0 = self.update(score_fn, process, x, t, s, generator)
+        return x, {"x_mean": x_mean, "denoised": x0}
+
     def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
-        process = require_process(process, self)
-        grid = self.grid(process, x.device)
-        for i in self.steps(len(grid) - 1, progress, "ddim"):
-            t, s = full_like_t(x, grid[i]), full_like_t(x, grid[i + 1])
-            x, _, x0 = self.update(score_fn, process, x, t, s, generator)
-            _report(callback, i, t, x, x0)
-        return self.finish(score_fn, process, x, grid[-1], self.clip_denoised)
-
-
-def _report(callback: StepCallback | None, i: int, t: Tensor, x: Tensor, x0: Tensor) -> None:
-    if callback is not None:
-        callback({"step": i, "t": t, "x": x, "denoised": x0})
+        return sample_on_grid(self, score_fn, x, process, generator=generator, callback=callback, progress=progress,
+                              desc="ddim")
 
 
 __all__ = ["Ancestral", "DDIM", "learned_range_variance", "posterior_mean", "transition_variances"]

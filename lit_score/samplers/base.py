@@ -163,6 +163,12 @@ class Sampler(ABC):
     ) -> Tensor:
         """The sampling loop; ``score_fn`` here counts its own evaluations."""
 
+    def advance(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        """One interval t → s of :func:`~lit_score.samplers.stepping.sample_on_grid`: (x_s, what the step callback
+        reports beside x). A stepper's ``step`` gives (x_s, x_mean); samplers that form more override this."""
+        x, x_mean = self.step(score_fn, process, x, t, s, generator)
+        return x, {"x_mean": x_mean}
+
     def finish(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t_min: Tensor, clip: float | None = None):
         """The optional final noise-free step: x̂₀ at t_min, clamped to ``clip`` (default: ``clip_denoised``)."""
         if not self.denoise:

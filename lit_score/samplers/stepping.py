@@ -38,14 +38,15 @@ def sample_on_grid(
     progress: bool,
     desc: str,
 ) -> Tensor:
-    """The loop of a stepper: ``sampler.step`` over every interval of ``sampler.grid``, then ``sampler.finish``."""
+    """The one loop of every grid sampler: ``sampler.advance`` over every interval of ``sampler.grid``, then
+    ``sampler.finish``; the step callback gets ``{step, t, x}`` and what the step reports (``x_mean``, …)."""
     process = require_process(process, sampler)
     grid = sampler.grid(process, x.device)
     for i in sampler.steps(len(grid) - 1, progress, desc):
         t, s = full_like_t(x, grid[i]), full_like_t(x, grid[i + 1])
-        x, x_mean = sampler.step(score_fn, process, x, t, s, generator)
+        x, report = sampler.advance(score_fn, process, x, t, s, generator)
         if callback is not None:
-            callback({"step": i, "t": t, "x": x, "x_mean": x_mean})
+            callback({"step": i, "t": t, "x": x, **report})
     return sampler.finish(score_fn, process, x, grid[-1])
 
 
