@@ -52,7 +52,27 @@ class _LinearBeta:
         return 2 * c / (self.beta_min + (self.beta_min**2 + 2 * delta * c).sqrt())
 
 
-class VP(_LinearBeta, NoiseProcess):
+class _VariancePreserving(NoiseProcess):
+    """α² + σ² = 1: every marginal quantity from ``log_alpha(t)`` alone (VP and its discrete DDPM table), in the
+    numerically careful forms above; g² = −2f holds for any VP drift."""
+
+    def log_alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return self.log_alpha(t).exp()
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return _vp_sigma(self.log_alpha(t))
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        return _vp_log_snr(self.log_alpha(t))
+
+    def g2(self, t: Tensor) -> Tensor:
+        return -2 * self.f(t)
+
+
+class VP(_LinearBeta, _VariancePreserving):
     """Variance-preserving SDE (Song et al. 2021), linear β or the cosine schedule of Nichol & Dhariwal (2021).
 
     The cosine schedule stops at t_max = 0.9946 by default, where α is still positive (as DPM-Solver does).
@@ -82,15 +102,6 @@ class VP(_LinearBeta, NoiseProcess):
         s = self.cosine_s
         return torch.log(torch.cos(math.pi / 2 * (t + s) / (1 + s))) - self._log_cos0
 
-    def alpha(self, t: Tensor) -> Tensor:
-        return self.log_alpha(t).exp()
-
-    def sigma(self, t: Tensor) -> Tensor:
-        return _vp_sigma(self.log_alpha(t))
-
-    def log_snr(self, t: Tensor) -> Tensor:
-        return _vp_log_snr(self.log_alpha(t))
-
     def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
         log_alpha = _vp_log_alpha_from_log_snr(log_snr)
         if self.schedule == "linear":
@@ -103,9 +114,6 @@ class VP(_LinearBeta, NoiseProcess):
             return -0.5 * self.beta(t)
         s = self.cosine_s
         return -math.pi / (2 * (1 + s)) * torch.tan(math.pi / 2 * (t + s) / (1 + s))
-
-    def g2(self, t: Tensor) -> Tensor:
-        return -2 * self.f(t)
 
     def extra_repr(self) -> str:
         betas = f"beta_min={self.beta_min:g}, beta_max={self.beta_max:g}"
@@ -162,7 +170,7 @@ def ddpm_betas(
     raise ValueError(f"unknown DDPM schedule {schedule!r}: use linear, scaled_linear or cosine")
 
 
-class DiscreteVP(NoiseProcess):
+class DiscreteVP(_VariancePreserving):
     """DDPM's discrete chain as a VP process: step n ∈ {1..N} is time t = n/N with α(t)² = ᾱ_n exactly.
 
     Between grid points log α is interpolated linearly in t, so f = d log α/dt is piecewise constant
@@ -202,15 +210,6 @@ class DiscreteVP(NoiseProcess):
         table = self.log_alpha_table
         return ((1 - w) * table[k] + w * table[k + 1]).to(t.dtype)
 
-    def alpha(self, t: Tensor) -> Tensor:
-        return self.log_alpha(t).exp()
-
-    def sigma(self, t: Tensor) -> Tensor:
-        return _vp_sigma(self.log_alpha(t))
-
-    def log_snr(self, t: Tensor) -> Tensor:
-        return _vp_log_snr(self.log_alpha(t))
-
     def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
         target = _vp_log_alpha_from_log_snr(log_snr.to(torch.float64))
         table = -self.log_alpha_table  # increasing
@@ -222,9 +221,6 @@ class DiscreteVP(NoiseProcess):
         k, _ = self._segment(t)
         table = self.log_alpha_table
         return (self.num_timesteps * (table[k + 1] - table[k])).to(t.dtype)
-
-    def g2(self, t: Tensor) -> Tensor:
-        return -2 * self.f(t)
 
     def sample_time(self, batch: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         """n uniform on {1..N}, returned as t = n/N."""
