@@ -24,7 +24,7 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 SUBPACKAGES = ("processes", "scores", "networks", "losses", "samplers", "metrics", "control", "models", "data",
-               "callbacks", "evaluation", "sweeps", "loading")
+               "callbacks", "evaluation", "sweeps", "loading", "generation")
 __all__ = ["__version__", *SUBPACKAGES]
 
 

@@ -36,7 +36,7 @@ from lit_score.callbacks.resume import (
 from lit_score.callbacks.samples import run_dir
 from lit_score.checkpointing import AtomicCheckpointIO, NonFiniteWeightsError, find_last_checkpoint, nonfinite_names
 from lit_score.data import GenerativeDataModule
-from lit_score.evaluation.generation import SampleCollector, SeedBatches, draw_seed_batch
+from lit_score.generation import SampleCollector, SeedBatches, draw_seed_batch
 from lit_score.loading import checkpoint_class, load_module, read_checkpoint, resolve_class
 from lit_score.models import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Sampler

@@ -18,7 +18,7 @@ from torch import nn
 
 from lit_score.data import Digits, GaussianMixture, Toy2D
 from lit_score.data.mixture import GaussianMixtureDistribution
-from lit_score.evaluation.generation import draw_seed_batch
+from lit_score.generation import draw_seed_batch
 from lit_score.metrics.distances import energy_distance
 from lit_score.models import DDPM, ScoreSDE
 from lit_score.networks import MLP, UNet

@@ -57,7 +57,7 @@ def test_a_conditional_run_writes_class_coloured_grids_and_samples_the_requested
     # the same seed and settings give the same samples as the library call the CLI stands for
     model = load_model(ckpt)
     model.set_condition(3, 1.5)
-    from lit_score.evaluation.generation import draw_seed_batch
+    from lit_score.generation import draw_seed_batch
     from lit_score.samplers import DDIM as DDIMSampler
 
     again = draw_seed_batch(model, {"seed": 0, "start": 0, "index": torch.arange(40)}, DDIMSampler(num_steps=10))

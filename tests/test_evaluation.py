@@ -17,8 +17,8 @@ from torch import nn
 
 from lit_score.cli import main
 from lit_score.data import Digits, GaussianMixture, ImageData, Toy2D
-from lit_score.evaluation import SeedBatches, batch_seed, generate, seed_loader
 from lit_score.evaluation.evaluate import evaluate
+from lit_score.generation import SeedBatches, batch_seed, generate, seed_loader
 from lit_score.metrics import fidelity
 from lit_score.models import DDPM, EBM
 from lit_score.networks import MLP

@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lit_score.callbacks import SampleQuality
 from lit_score.data import Digits, Toy2D
-from lit_score.evaluation.generation import SeedBatches, draw_seed_batch
+from lit_score.generation import SeedBatches, draw_seed_batch
 from lit_score.metrics.distances import distance_report
 from lit_score.metrics.fidelity import UInt8Images, to_uint8
 from lit_score.models import DDPM

@@ -51,7 +51,7 @@ def test_sliced_score_matching_from_the_cli_trains_ncsn_within_twice_dsms_distan
 def test_a_class_conditional_digits_ddpm_generates_the_requested_digits(tmp_path):
     from lit_score.data import Digits
     from lit_score.evaluation.evaluate import class_accuracy
-    from lit_score.evaluation.generation import draw_seed_batch
+    from lit_score.generation import draw_seed_batch
     from lit_score.samplers import DDIM
 
     ckpt = fit(tmp_path, "configs/ddpm/digits_conditional.yaml", "--trainer.max_time", "null",

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lit_score.callbacks.samples import ValidationSampling, generate_across_ranks
 from lit_score.checks import check_number
-from lit_score.evaluation.generation import SeedBatches
+from lit_score.generation import SeedBatches
 from lit_score.visualize import save_samples
 
 

@@ -9,7 +9,7 @@
 | class-conditional model | ``val/class_accuracy`` | the data's reference classifier (``class_log_probs``) on the |
 | on data that classifies | | samples, each requesting class (seed index mod K); hits summed over ranks |
 
-The samples are those of :mod:`lit_score.evaluation.generation`: generation batches of a fixed ``batch_size``, each
+The samples are those of :mod:`lit_score.generation`: generation batches of a fixed ``batch_size``, each
 seeded by its first seed index, so the numbers do not depend on the world size.
 """
 
@@ -27,7 +27,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
 
-from lit_score.evaluation.generation import SeedBatches, generate_across_ranks, generate_local
+from lit_score.generation import SeedBatches, generate_across_ranks, generate_local
 from lit_score.metrics.distances import DISTANCES, distance_floors, distance_report
 from lit_score.metrics.fidelity import FeatureExtractorSpec, dataset_to_uint8, resolve_feature_extractor, to_uint8
 from lit_score.samplers import Sampler

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from lit_score.checks import check_number
-from lit_score.evaluation.generation import SeedBatches, generate_across_ranks
+from lit_score.generation import SeedBatches, generate_across_ranks
 from lit_score.samplers import Sampler
 from lit_score.visualize import save_samples
 

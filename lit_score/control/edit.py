@@ -1,7 +1,7 @@
 """An edit a sampling run applies to every sample: SDEdit from guides, or inpainting of known values (issue 10).
 
 ``lit-score sample --init FILE --strength 0.6`` and ``--inpaint FILE --mask FILE`` build an :class:`Edit`; the one
-generation path (:func:`~lit_score.evaluation.generation.draw_seed_batch`) hands each generation batch the rows of its
+generation path (:func:`~lit_score.generation.draw_seed_batch`) hands each generation batch the rows of its
 seed indices (sample i edits row i mod M of the M given), and ``GenerativeModule.sample(edit=...)`` runs it with the
 model's (conditioned, guided) score function in place of plain sampling. Files: an ``.npz`` whose ``samples`` (what
 ``lit-score sample`` writes) or first array holds (M, *sample_shape) or one sample, in the data range; for images a PNG

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lit_score.evaluation.generation import batch_seed, seed_loader
+from lit_score.generation import batch_seed, seed_loader
 
 
 class TensorData(Dataset):
@@ -273,7 +273,7 @@ class GenerativeDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Generation batches of seed indices 0 … N−1 (N = size of the held-out split, ``batch_size`` per batch, seed
         set ``seed``): ``trainer.predict`` generates one sample per index, sharded over DDP ranks without duplicates
-        (see :mod:`lit_score.evaluation.generation`)."""
+        (see :mod:`lit_score.generation`)."""
         self._ensure_setup()
         return seed_loader(len(self.val_dataset), self.batch_size, self.seed)
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from lit_score.data import GenerativeDataModule
-from lit_score.evaluation.generation import generate
+from lit_score.generation import generate
 from lit_score.metrics import fidelity
 from lit_score.metrics.distances import distance_floors, distance_report
 from lit_score.metrics.likelihood import LikelihoodEstimate

@@ -12,7 +12,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
-from lit_score.evaluation.generation import draw_seed_batch
+from lit_score.generation import draw_seed_batch
 from lit_score.metrics.likelihood import LikelihoodEstimate
 from lit_score.processes import NoiseProcess
 from lit_score.samplers import Sampler
