@@ -26,7 +26,7 @@ from lit_score.data import Toy2D
 from lit_score.data.mixture import GaussianMixtureDistribution
 from lit_score.metrics.distances import energy_distance
 from lit_score.models import EBM
-from lit_score.models.ebm import match_slots
+from lit_score.models.replay import match_slots
 from lit_score.networks import EnergyCNN, EnergyMLP
 from lit_score.processes import VP
 from lit_score.samplers import HMC, MALA, ULA, AnnealedMCMC, Langevin

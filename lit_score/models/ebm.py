@@ -36,43 +36,13 @@ from lit_score.checks import check_number, check_probability, check_range
 from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.metrics.likelihood import energy_nll
 from lit_score.models.base import GenerativeModule, NonFiniteLossError
+from lit_score.models.replay import ReplayBuffer
 from lit_score.samplers import Langevin, Sampler
 from lit_score.scores import EnergyScore
 from lit_score.scores.energy import ComposedEnergy
 from lit_score.utils import rand, randn_like
 
 _BUFFER_KEY = "ebm_replay_buffer"
-
-
-def _rank_within(group: Tensor, groups: int) -> Tensor:
-    """r_i = #{j < i : group_j = group_i}: each element's position among the equal elements before it, (n,)."""
-    order = torch.argsort(group, stable=True)
-    count = torch.bincount(group, minlength=groups)
-    first = torch.cumsum(count, 0) - count
-    rank = torch.empty_like(group)
-    rank[order] = torch.arange(group.shape[0], device=group.device) - first[group[order]]
-    return rank
-
-
-def match_slots(slot_labels: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Distinct replay-buffer slots for requested labels (n,) among slots labelled ``slot_labels`` (S,), n ≤ S:
-    (index (n,), matched (n,) bool). Request i gets a random slot holding its label (matched); a label the buffer
-    holds too few of gets the left-over slots in random order (unmatched). One randperm of the S slots (on the
-    generator's device); labels are −1 (null) … K − 1."""
-    device = generator.device if generator is not None else slot_labels.device
-    slot_labels, labels = slot_labels.to(device).long(), labels.to(device).long()
-    size = slot_labels.shape[0]
-    perm = torch.randperm(size, generator=generator, device=device)
-    groups = int(torch.maximum(slot_labels.max(), labels.max())) + 2  # label −1 … K − 1 -> group 0 … K
-    slot_group, want_group = slot_labels[perm] + 1, labels + 1
-    grouped = perm[torch.argsort(slot_group, stable=True)]  # slots by label, in random order within a label
-    have = torch.bincount(slot_group, minlength=groups)
-    rank = _rank_within(want_group, groups)
-    matched = rank < have[want_group]
-    index = grouped[((torch.cumsum(have, 0) - have)[want_group] + rank).clamp(max=size - 1)]
-    taken = _rank_within(slot_group, groups) < torch.bincount(want_group, minlength=groups)[slot_group]
-    index[~matched] = perm[~taken][: int((~matched).sum())]
-    return index, matched
 
 
 class EBMDivergedError(NonFiniteLossError):
@@ -160,8 +130,7 @@ class EBM(GenerativeModule):
             self.optimizer_fn = functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.0, 0.999))
         self.buffer_size, self.reuse_prob, self.max_energy = buffer_size, reuse_prob, max_energy
         self.snapshot_every, self.max_rollbacks = snapshot_every, max_rollbacks
-        self.replay_buffer: Tensor | None = None  # this rank's shard (buffer_size, *sample_shape)
-        self.replay_labels: Tensor | None = None  # its chains' labels (buffer_size,), a conditional model's only
+        self.buffer: ReplayBuffer | None = None  # this rank's persistent chains (chain_init buffer, once fitting)
         self.rollbacks, self._snapshot, self._generator = 0, None, None
         self._skip_step = False  # set by a rollback: the step's optimizer update is dropped
         self._snapshot_restored = False
@@ -181,6 +150,16 @@ class EBM(GenerativeModule):
     def num_classes(self) -> int:
         """The energy network's ``num_classes`` (0: unconditional)."""
         return self.score_model.num_classes
+
+    @property
+    def replay_buffer(self) -> Tensor | None:
+        """This rank's stored chain states (buffer_size, *sample_shape), or None without a buffer."""
+        return None if self.buffer is None else self.buffer.states
+
+    @property
+    def replay_labels(self) -> Tensor | None:
+        """The labels its chains sample (buffer_size,), a conditional model's only."""
+        return None if self.buffer is None else self.buffer.labels
 
     def energy(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """E(x), shape (B,); with class ``labels`` (B,) the conditional E(x, y) (−1: the null label). Float32 even
@@ -230,30 +209,18 @@ class EBM(GenerativeModule):
         describe chains continued from training's persistent chains, not fresh ones)."""
         if self.sample_start == "noise":
             return self.uniform_noise(n, generator)
-        if self.replay_buffer is None:
+        if self.buffer is None:
             raise ValueError("this EBM holds no replay buffer (trained with chain_init noise or data, or not trained):"
                              " sample from noise instead")
-        if n > self.replay_buffer.shape[0]:
-            raise ValueError(f"{n} chains from a replay buffer of {self.replay_buffer.shape[0]}: sample fewer")
-        device = generator.device if generator is not None else self.replay_buffer.device
-        index = torch.randperm(self.replay_buffer.shape[0], generator=generator, device=device)[:n]
-        return self.replay_buffer[index.to(self.replay_buffer.device)].to(self.device)
+        return self.buffer.any_states(n, generator, self.device)
 
     def buffer_start(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Distinct replay-buffer states whose chains sample the requested ``labels`` (n,) (−1: null-label chains);
         refused in one line when the buffer holds too few chains of a label."""
-        if self.replay_buffer is None or self.replay_labels is None:
+        if self.buffer is None:
             raise ValueError("this EBM holds no labelled replay buffer (trained with chain_init noise or data, or not"
                              " trained): sample from noise instead")
-        labels = labels.long()
-        if labels.shape[0] > self.buffer_size:
-            raise ValueError(f"{labels.shape[0]} chains from a replay buffer of {self.buffer_size}: sample fewer")
-        index, matched = match_slots(self.replay_labels, labels, generator)
-        if not bool(matched.all()):
-            k = int(labels.to(matched.device)[~matched][0])
-            raise ValueError(f"{int((labels == k).sum())} chains of class {k} requested from the replay buffer, which"
-                             f" holds {int((self.replay_labels == k).sum())}: sample fewer, or from noise")
-        return self.replay_buffer[index.to(self.replay_buffer.device)].to(self.device)
+        return self.buffer.states_of(labels, generator, self.device)
 
     @contextmanager
     def frozen(self):
@@ -324,8 +291,9 @@ class EBM(GenerativeModule):
     # --- replay buffer ----------------------------------------------------------------------------
     def reset_buffer(self) -> None:
         """Fill this rank's buffer with fresh uniform noise (and, for a conditional model, fresh labels)."""
-        self.replay_buffer = self.uniform_noise(self.buffer_size, self._generator)
-        self.replay_labels = self.fresh_labels(self.buffer_size, self._generator) if self.num_classes else None
+        states = self.uniform_noise(self.buffer_size, self._generator)
+        self.buffer = ReplayBuffer(states, self.fresh_labels(self.buffer_size, self._generator) if self.num_classes
+                                   else None)
 
     def fresh_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Labels of new buffer chains (n,): uniform over the K classes, the null label at probability
@@ -361,25 +329,11 @@ class EBM(GenerativeModule):
             x = self.uniform_noise(n, self._generator) if self.chain_init == "noise" else x_real[:n].detach()
             with self.frozen():
                 return self.sampler(score_fn, x, None, generator=self._generator, callback=self._record_chain).detach()
-        if n > self.buffer_size:
-            raise ValueError(f"a batch of {n} is larger than the replay buffer ({self.buffer_size}): raise buffer_size")
-        buffer = self.replay_buffer.to(self.device)
-        if labels is None:
-            index = torch.randperm(self.buffer_size, generator=self._generator, device=self.device)[:n]
-            fresh = rand((n,), self._generator, self.device) >= self.reuse_prob
-        else:  # a slot of each requested label; the slots keep (or, when fresh for want of one, take) the label
-            slot_labels = self.replay_labels.to(self.device)
-            index, matched = match_slots(slot_labels, labels, self._generator)
-            index = index.to(self.device)
-            fresh = (rand((n,), self._generator, self.device) >= self.reuse_prob) | ~matched.to(self.device)
-            slot_labels[index] = labels.to(self.device)
-            self.replay_labels = slot_labels
-        fresh = fresh.reshape(n, *([1] * (buffer.ndim - 1)))
-        x = torch.where(fresh, self.uniform_noise(n, self._generator), buffer[index])
+        noise = functools.partial(self.uniform_noise, generator=self._generator)
+        x, index = self.buffer.starts(n, self.reuse_prob, noise, labels, self._generator, self.device)
         with self.frozen():
             x = self.sampler(score_fn, x, None, generator=self._generator, callback=self._record_chain).detach()
-        buffer[index] = x
-        self.replay_buffer = buffer
+        self.buffer.write(index, x)
         return x
 
     def on_fit_start(self) -> None:
@@ -389,27 +343,23 @@ class EBM(GenerativeModule):
             self._generator.set_state(pending.to(self._generator.get_state().device))
             self._pending_generator_state = None
         if self.chain_init != "buffer":
-            self.replay_buffer = self.replay_labels = None  # short-run and CD chains keep no buffer
-        elif self.replay_buffer is None or tuple(self.replay_buffer.shape) != (self.buffer_size, *self.require_shape()):
+            self.buffer = None  # short-run and CD chains keep no buffer
+        elif self.buffer is None or tuple(self.buffer.states.shape) != (self.buffer_size, *self.require_shape()):
             self.reset_buffer()
-        elif self.num_classes and (self.replay_labels is None or self.replay_labels.shape != (self.buffer_size,)):
-            self.replay_labels = self.fresh_labels(self.buffer_size, self._generator)  # states kept, labels drawn
+        elif self.num_classes and (self.buffer.labels is None or self.buffer.labels.shape != (self.buffer_size,)):
+            self.buffer.labels = self.fresh_labels(self.buffer_size, self._generator)  # states kept, labels drawn
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """All ranks' shards under ``checkpoint['ebm_replay_buffer']['shards']`` (world, size, *shape)."""
-        if self.replay_buffer is None:
+        if self.buffer is None:
             return
         world = self.trainer.world_size if self._trainer is not None else 1
-        buffer = self.replay_buffer.to(self.device)
-        shards = self.trainer.strategy.all_gather(buffer) if world > 1 else buffer[None]
+        gather = self.trainer.strategy.all_gather if world > 1 else None
         generators = self._generator.get_state()[None] if self._generator is not None else None
         if generators is not None and world > 1:  # every rank's chain generator, so a resume continues each chain
             generators = self.trainer.strategy.all_gather(generators.to(self.device)).cpu()
-        checkpoint[_BUFFER_KEY] = {"shards": shards.cpu(), "rollbacks": self.rollbacks, "generators": generators}
-        if self.replay_labels is not None:  # a conditional model's chain labels, sharded like the states
-            labels = self.replay_labels.to(self.device)
-            checkpoint[_BUFFER_KEY]["labels"] = (self.trainer.strategy.all_gather(labels) if world > 1
-                                                 else labels[None]).cpu()
+        checkpoint[_BUFFER_KEY] = {**self.buffer.to_checkpoint(gather, self.device), "rollbacks": self.rollbacks,
+                                   "generators": generators}
         if self._snapshot is not None:  # the rollback target (equal on every rank), so a resumed run rolls back alike
             step, model_state, optimizer_states = self._snapshot
             checkpoint[_BUFFER_KEY]["snapshot"] = {"step": step, "model": model_state, "optimizers": optimizer_states}
@@ -431,22 +381,10 @@ class EBM(GenerativeModule):
         elif generators is not None:
             rank_zero_warn(f"the chain generators were saved by {generators.shape[0]} rank(s), this run has {world}:"
                            " the chains draw fresh random streams, so the resumed run is not an exact continuation")
-        labels = state.get("labels")  # (world, size) chain labels of a conditional model
-        if shards.shape[0] == world and shards.shape[1] == self.buffer_size:
-            self.replay_buffer = shards[self.global_rank].clone()
-            self.replay_labels = None if labels is None else labels[self.global_rank].clone()
-            return
-        pool = shards.flatten(0, 1)[self.global_rank :: world][: self.buffer_size]
-        rank_zero_warn(
-            f"the replay buffer was saved by {shards.shape[0]} rank(s) of {shards.shape[1]} samples; dealing them"
-            f" over {world} rank(s) of {self.buffer_size} (fresh noise fills any gap)"
+        self.buffer = ReplayBuffer.from_checkpoint(
+            shards, state.get("labels"), self.global_rank, world, self.buffer_size,
+            fresh_states=self.uniform_noise, fresh_labels=self.fresh_labels,
         )
-        self.replay_buffer = self.uniform_noise(self.buffer_size).cpu()
-        self.replay_buffer[: len(pool)] = pool
-        self.replay_labels = None
-        if labels is not None:  # the same deal for the labels; fresh labels for the fresh noise
-            self.replay_labels = self.fresh_labels(self.buffer_size).cpu()
-            self.replay_labels[: len(pool)] = labels.flatten(0, 1)[self.global_rank :: world][: self.buffer_size]
 
     # --- training ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -532,10 +470,10 @@ class EBM(GenerativeModule):
         n = x_real.shape[0]
         generator = torch.Generator(self.device).manual_seed(batch_idx)
         fake_labels = labels
-        if self.replay_buffer is not None and n <= self.buffer_size:
-            x_fake = self.replay_buffer[:n].to(self.device)
-            if labels is not None and self.replay_labels is not None:
-                fake_labels = self.replay_labels[:n].to(self.device)
+        if self.buffer is not None and n <= self.buffer_size:
+            x_fake = self.buffer.states[:n].to(self.device)
+            if labels is not None and self.buffer.labels is not None:
+                fake_labels = self.buffer.labels[:n].to(self.device)
         else:  # under trainer.validate/test this runs Langevin inside inference_mode (EnergyScore allows it)
             x_fake = self.sample(n, generator=generator, labels=labels)
         e_real, e_fake = self.energy(x_real, labels), self.energy(x_fake, fake_labels)
