@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from lit_score.data.mixture import GaussianMixtureDistribution
-from lit_score.metrics.likelihood import (
-    ddpm_vlb,
-    dequantize_8bit,
-    discretized_gaussian_log_likelihood,
-    log_likelihood,
-    normal_kl,
-)
+from lit_score.losses.vlb import discretized_gaussian_log_likelihood, normal_kl
+from lit_score.metrics.likelihood import ddpm_vlb, dequantize_8bit, log_likelihood
 from lit_score.processes import VE, VP, DiscreteVP, SubVP
 
 PROCESSES = {"vp": VP, "ve": VE, "subvp": SubVP}

@@ -28,7 +28,7 @@ from torch import Tensor
 from lit_score.checks import check_number
 from lit_score.losses.base import DiffusionLoss
 from lit_score.losses.time_sampling import LossAwareSteps
-from lit_score.metrics.likelihood import vlb_step_bpd
+from lit_score.losses.vlb import vlb_step_bpd
 from lit_score.utils import batch_mean, randn_like
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from lit_score.losses.base import DiffusionLoss
+from lit_score.losses.vlb import discretized_gaussian_log_likelihood, normal_kl
 from lit_score.utils import append_dims, batch_sum, rand, randn_like
 
 
@@ -72,7 +73,6 @@ class VDMLoss(DiffusionLoss):
 
     def terms(self, score_model, x0: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Per-sample nats (B,) of ``prior``, ``recon`` and ``diffusion`` (L_∞)."""
-        from lit_score.metrics.likelihood import discretized_gaussian_log_likelihood, normal_kl
 
         process = score_model.process
         batch, t_min, t_max = x0.shape[0], process.t_min, process.t_max

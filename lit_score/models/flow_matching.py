@@ -9,7 +9,7 @@ from lit_score.losses import DenoisingLoss
 from lit_score.losses.flow import FlowMatchingLoss
 from lit_score.models.diffusion import DiffusionModule
 from lit_score.processes import Interpolant, NoiseProcess
-from lit_score.samplers import Sampler
+from lit_score.samplers import Heun, Sampler
 from lit_score.scores import Target
 
 
@@ -56,6 +56,5 @@ class FlowMatching(DiffusionModule):
         return FlowMatchingLoss()
 
     def default_sampler(self, process: NoiseProcess) -> Sampler:
-        from lit_score.samplers import Heun  # the ODE samplers live in their own module
 
         return Heun(num_steps=50)

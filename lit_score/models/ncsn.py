@@ -14,7 +14,7 @@ from lit_score.checks import check_number
 from lit_score.losses import DenoisingLoss, DiffusionLoss
 from lit_score.models.diffusion import DiffusionModule
 from lit_score.processes import DiscreteVE, NoiseProcess
-from lit_score.samplers import Sampler
+from lit_score.samplers import AnnealedLangevin, Sampler
 from lit_score.scores import Target
 
 _CKPT_KEY = "ncsn_sigma_max"
@@ -91,7 +91,6 @@ class NCSN(DiffusionModule):
         return DenoisingLoss(weighting="sigma2")
 
     def default_sampler(self, process: NoiseProcess) -> Sampler:
-        from lit_score.samplers import AnnealedLangevin  # lazy: the samplers package grows beside this module
 
         return AnnealedLangevin(steps_per_level=5, eps=6.2e-6, denoise=True)
 

@@ -10,7 +10,7 @@ from torch import nn
 from lit_score.losses import DenoisingLoss, DiffusionLoss
 from lit_score.models.diffusion import DiffusionModule
 from lit_score.processes import VP, NoiseProcess
-from lit_score.samplers import Sampler
+from lit_score.samplers import LangevinCorrector, PredictorCorrector, ReverseDiffusion, Sampler
 from lit_score.scores import Target
 
 
@@ -71,6 +71,5 @@ class ScoreSDE(DiffusionModule):
         return DenoisingLoss(weighting="sigma2")
 
     def default_sampler(self, process: NoiseProcess) -> Sampler:
-        from lit_score.samplers import LangevinCorrector, PredictorCorrector, ReverseDiffusion  # lazy (see NCSN)
 
         return PredictorCorrector(ReverseDiffusion(num_steps=1000), LangevinCorrector(snr=0.16))

@@ -26,6 +26,8 @@ from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn
 from lit_score.samplers.langevin import langevin_step
+from lit_score.samplers.mcmc import energy_and_score, metropolis_accept
+from lit_score.samplers.sde import ReverseDiffusion
 from lit_score.samplers.stepping import Stepper, sample_on_grid
 from lit_score.utils import append_dims, per_sample_norm, randn_like
 
@@ -110,7 +112,6 @@ def mala_corrector_step(
     on the chain's own state only; the proposal x′ ~ N(x + ε(x)·s(x), 2ε(x)·I) and its reverse, with ε(x′), enter
     the Metropolis–Hastings ratio with their own variances (a position-dependent MALA, exact for any ε).
     """
-    from lit_score.samplers.mcmc import energy_and_score, metropolis_accept
 
     dim = x[0].numel()
     alpha = langevin_alpha(process, t, s)
@@ -193,8 +194,6 @@ class PredictorCorrector(Sampler):
 
     def __init__(self, predictor: Sampler | None = None, corrector: LangevinCorrector | None = None) -> None:
         if predictor is None:
-            from lit_score.samplers.sde import ReverseDiffusion
-
             predictor = ReverseDiffusion(num_steps=1000)
         corrector = corrector if corrector is not None else LangevinCorrector()
         for role, part in (("predictor", predictor), ("corrector", corrector)):

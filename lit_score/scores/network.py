@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess
 from lit_score.scores.condition import cfg_combine, conditioned_view
+from lit_score.scores.energy import energy_gradient
 from lit_score.utils import append_dims
 
 Target = Literal["eps", "x0", "v", "score", "velocity", "edm"]
@@ -261,7 +262,6 @@ class NetworkScore(nn.Module):
 
     def classifier_gradient(self, x: Tensor, t: Tensor) -> Tensor:
         """∇ₓ log p_φ(y | x_t, t) of the view's classifier at its labels (autograd, under no_grad too)."""
-        from lit_score.scores.energy import energy_gradient
 
         labels = self.batch_labels(x)
         return -energy_gradient(lambda z, s: -self.classifier.log_prob(z, s, labels), x, t)[1]
@@ -354,7 +354,6 @@ class NetworkScore(nn.Module):
 
     def energy_and_score(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(E(x, t), score(x, t)) with one backward pass, for Metropolis–Hastings tests."""
-        from lit_score.scores.energy import energy_gradient
 
         energy, grad = energy_gradient(self.energy, x, t)
         return energy.detach(), -grad
