@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.generation import draw_seed_batch
+from lit_score.metrics.estimators import LikelihoodEstimator
 from lit_score.metrics.likelihood import LikelihoodEstimate
 from lit_score.processes import NoiseProcess
 from lit_score.samplers import Sampler
@@ -271,16 +272,22 @@ class GenerativeModule(pl.LightningModule):
         return draw_seed_batch(self, batch, self.sampler)
 
     # --- likelihood --------------------------------------------------------------------------------
-    def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
+    def likelihood_methods(self, dequantize: str = "none") -> tuple[LikelihoodEstimator, ...]:
         """The likelihood estimators this model offers (the first is the default) for data that is continuous
-        (``dequantize="none"``) or 8-bit (``"uniform8bit"``); none unless a family declares some."""
+        (``dequantize="none"``) or 8-bit (``"uniform8bit"``), as objects (:mod:`lit_score.metrics.estimators`); none
+        unless a family declares some."""
         return ()
 
+    def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
+        """The names of :meth:`likelihood_methods` (what ``--likelihood_estimator`` takes)."""
+        return tuple(method.name for method in self.likelihood_methods(dequantize))
+
     def likelihood_normalizes_once(self, estimator: str) -> bool:
-        """Whether ``estimator`` estimates one normalising constant for the whole set (an EBM's log Z by quadrature
-        or AIS) rather than a bound per sample: callers then score the held-out set in one call, so every sample
-        shares one log Ẑ (in chunks, each chunk would draw its own)."""
-        return False
+        """Whether the estimator named estimates one normalising constant for the whole set (an EBM's log Z by
+        quadrature or AIS) rather than a bound per sample: callers then score the held-out set in one call, so
+        every sample shares one log Ẑ."""
+        methods = self.likelihood_methods("none") + self.likelihood_methods("uniform8bit")
+        return any(method.name == estimator and method.normalizes_once for method in methods)
 
     def likelihood(
         self,
@@ -307,8 +314,12 @@ class GenerativeModule(pl.LightningModule):
             self.train(was_training)
 
     def estimate_likelihood(self, estimator: str, x: Tensor, dequantize: str, generator, options: dict):
-        """Family hook behind :meth:`likelihood` (called only with an estimator the family declared)."""
-        raise NotImplementedError
+        """The declared estimator named ``estimator`` applied to ``x`` (no eval-mode or precision handling: that is
+        :meth:`likelihood`'s)."""
+        method = next((m for m in self.likelihood_methods(dequantize) if m.name == estimator), None)
+        if method is None:
+            raise ValueError(f"{type(self).__name__} offers no likelihood estimator {estimator!r} for this data")
+        return method(x, dequantize, generator, options)
 
     # --- training plumbing -----------------------------------------------------------------------
     def data_labels(self, batch: Tensor | tuple | list | dict) -> Tensor | None:

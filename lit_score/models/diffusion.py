@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.losses import DenoisingLoss, DiffusionLoss
-from lit_score.metrics.likelihood import log_likelihood
+from lit_score.metrics.estimators import LikelihoodEstimator, ProbabilityFlow
 from lit_score.models.base import GenerativeModule
 from lit_score.processes import NoiseProcess
 from lit_score.samplers import Sampler
@@ -123,14 +123,9 @@ class DiffusionModule(GenerativeModule):
         score_model = self.score_model if labels is None else self.score_model.with_condition(labels)
         return self.loss(score_model, x0, generator=generator)
 
-    def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
+    def likelihood_methods(self, dequantize: str = "none") -> tuple[LikelihoodEstimator, ...]:
         """Every diffusion / flow model has the exact probability-flow likelihood."""
-        return ("pf_ode",)
-
-    def estimate_likelihood(self, estimator: str, x: Tensor, dequantize: str, generator, options: dict):
-        """``pf_ode``: :func:`~lit_score.metrics.log_likelihood` (options: divergence, probe, rtol, fixed_steps, …)."""
-        return log_likelihood(self.score_model, self.process, x, dequantize=dequantize, generator=generator,
-                              **options).estimate()
+        return (ProbabilityFlow(self.score_model, self.process),)
 
     def setup(self, stage: str) -> None:
         self.check_data_classes()

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number, check_probability, check_range
 from lit_score.losses.contrastive import ContrastiveDivergence
-from lit_score.metrics.likelihood import energy_nll
+from lit_score.metrics.estimators import EnergyAIS, EnergyQuadrature, LikelihoodEstimator
 from lit_score.models.base import GenerativeModule, NonFiniteLossError
 from lit_score.models.replay import ReplayBuffer
 from lit_score.samplers import Langevin, Sampler
@@ -247,46 +247,16 @@ class EBM(GenerativeModule):
             return super().sample(n, sampler, generator, progress, x, labels, **kwargs)
 
     # --- likelihood ------------------------------------------------------------------------------
-    def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
+    def likelihood_methods(self, dequantize: str = "none") -> tuple[LikelihoodEstimator, ...]:
         """In one or two dimensions on a finite ``data_range`` the density normalises exactly by quadrature; in any
-        dimension log Z is estimated by annealed importance sampling (``ais``)."""
+        dimension log Z is estimated by annealed importance sampling, on the box the sampler clamps to."""
         if dequantize != "none" or self.sample_shape is None:
             return ()
+        ais = EnergyAIS(self.energy, self.data_range, tuple(self.require_shape()), self.device)
         finite = all(math.isfinite(v) for v in self.data_range)
-        return ("quadrature", "ais") if math.prod(self.sample_shape) <= 2 and finite else ("ais",)
-
-    def likelihood_normalizes_once(self, estimator: str) -> bool:
-        return estimator in ("quadrature", "ais")  # log Z once for the set; E(x) per sample is cheap
-
-    def estimate_likelihood(self, estimator: str, x: Tensor, dequantize: str, generator, options: dict):
-        """``quadrature``: :func:`~lit_score.metrics.likelihood.energy_nll` on the box ``data_range`` (the sampler's
-        clamp); option ``resolution`` (cells per axis, default 512). ``ais``: log Z by
-        :func:`~lit_score.metrics.ais.ais_log_partition` on the same box from a uniform base (options
-        ``num_chains`` 256, ``num_levels`` 1000, ``steps_per_level`` 1, ``step_size`` 0.05, ``schedule``); the NLL
-        is E(x) + log Ẑ, and the settings record log Ẑ's bootstrap interval (it shifts every sample alike)."""
-        if estimator == "quadrature":
-            return energy_nll(self.energy, x, self.data_range, resolution=int(options.get("resolution", 512)))
-        from lit_score.metrics.ais import ais_log_partition
-        from lit_score.metrics.likelihood import LikelihoodEstimate
-
-        finite = all(math.isfinite(v) for v in self.data_range)
-        known = {"num_chains", "num_levels", "steps_per_level", "step_size", "schedule", "adapt", "bootstrap"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown AIS options {unknown}: use {sorted(known)}")
-        result = ais_log_partition(
-            self.energy, tuple(self.require_shape()), base="uniform" if finite else "gaussian",
-            bounds=self.data_range if finite else None, generator=generator, device=self.device, **options,
-        )
-        flat = x.reshape(x.shape[0], -1)
-        with torch.no_grad():
-            nats = self.energy(x).double() + result.log_z
-        outside = ((flat < self.data_range[0]) | (flat > self.data_range[1])).any(dim=1)
-        nats = torch.where(outside, torch.full_like(nats, math.inf), nats)
-        settings = {**result.settings, "log_partition": result.log_z, "log_partition_interval": list(result.interval),
-                    "weights_ess": result.weights_ess, "acceptance": result.acceptance, "outside": int(outside.sum())}
-        dim = flat.shape[1]
-        return LikelihoodEstimate("ais", nats, nats / (dim * math.log(2)), "none", result.nfe + 1, settings)
+        if math.prod(self.sample_shape) <= 2 and finite:
+            return (EnergyQuadrature(self.energy, self.data_range), ais)
+        return (ais,)
 
     # --- replay buffer ----------------------------------------------------------------------------
     def reset_buffer(self) -> None:
