@@ -10,13 +10,27 @@ import torch
 from torch import Tensor
 
 
-def image_grid(x: Tensor, data_range: tuple[float, float] = (-1.0, 1.0), nrow: int | None = None) -> Tensor:
-    """A uint8 (H, W, C) grid of images x (B, C, H, W) scaled from ``data_range``."""
+def image_grid(x: Tensor, data_range: tuple[float, float] = (-1.0, 1.0), nrow: int | None = None,
+               marked: Tensor | None = None) -> Tensor:
+    """A uint8 (H, W, C) grid of images x (B, C, H, W) scaled from ``data_range``; the images where the (B,) bool
+    ``marked`` is True (e.g. flagged off the data manifold by k-NN realism) get a red frame (the grid is then RGB)."""
     from torchvision.utils import make_grid
 
     lo, hi = data_range
     x = ((x.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
-    grid = make_grid(x, nrow=nrow or max(1, math.ceil(math.sqrt(x.shape[0]))), padding=2, pad_value=1.0)
+    nrow = nrow or max(1, math.ceil(math.sqrt(x.shape[0])))
+    if marked is not None and bool(marked.any()):
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    grid = make_grid(x, nrow=nrow, padding=2, pad_value=1.0)
+    if marked is not None and bool(marked.any()):
+        h, w = x.shape[-2] + 2, x.shape[-1] + 2  # a cell with its leading padding
+        red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+        for i in torch.nonzero(marked.cpu()).flatten().tolist():
+            y0, x0 = (i // nrow) * h, (i % nrow) * w
+            cell = grid[:, y0:y0 + h + 2, x0:x0 + w + 2]
+            inner = cell[:, 2:-2, 2:-2].clone()
+            cell[:] = red
+            cell[:, 2:-2, 2:-2] = inner
     return (grid * 255).round().to(torch.uint8).permute(1, 2, 0)
 
 
