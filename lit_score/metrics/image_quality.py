@@ -95,7 +95,8 @@ def feature_metrics(samples: Tensor, reference: Tensor, metrics: tuple[str, ...]
                                      kid_subset_size=kid_subset_size, verbose=False)
         out["kid"] = kid["kernel_inception_distance_mean"]
     if "prc" in metrics:
-        prc = prc_features_to_metric(samples, reference, prc_neighborhood=prc_neighborhood, verbose=False)
+        prc = prc_features_to_metric(samples, reference, prc_neighborhood=prc_neighborhood, save_cpu_ram=True,
+                                     verbose=False)
         out.update(precision=prc["precision"], recall=prc["recall"])
     return out
 
