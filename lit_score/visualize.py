@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor
 
 
@@ -38,12 +39,12 @@ MIN_GRID_SIDE = 512  # px: small images (8x8 digits, 32x32 CIFAR) are upscaled t
 
 
 def save_image_grid(x: Tensor, path: Path, data_range: tuple[float, float] = (-1.0, 1.0),
-                    min_side: int = MIN_GRID_SIDE, nrow: int | None = None) -> Path:
+                    min_side: int = MIN_GRID_SIDE, nrow: int | None = None, marked: Tensor | None = None) -> Path:
     """Save images x (B, C, H, W) as one PNG grid, upscaled by an integer factor (nearest neighbour: every pixel
     stays a sharp square) until its longer side is at least ``min_side`` pixels; the .npz keeps the raw tensors."""
     from PIL import Image
 
-    grid = image_grid(x, data_range, nrow).numpy()
+    grid = image_grid(x, data_range, nrow, marked).numpy()
     factor = max(1, math.ceil(min_side / max(grid.shape[:2])))
     if factor > 1:
         grid = grid.repeat(factor, axis=0).repeat(factor, axis=1)
@@ -123,16 +124,21 @@ def save_picture(
     reference: Tensor | None = None,
     title: str | None = None,
     labels: Tensor | None = None,
+    marked: Tensor | None = None,
 ) -> Path:
     """One PNG of samples as a person looks at them: a grid of (at most 256) images — one row per class when class
-    ``labels`` (B,) are given — else a scatter over the data (coloured by class)."""
+    ``labels`` (B,) are given, images where the (B,) bool ``marked`` is True framed red — else a scatter over the data
+    (coloured by class)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if x.ndim == 4:
         if labels is not None:
+            if marked is not None:  # the same rearrangement as the images
+                marked = class_rows(rearrange(marked.float(), "b -> b 1 1 1"), labels)[0].flatten().bool()
             x, width = class_rows(x, labels)
-            return save_image_grid(x[: 16 * width], path, data_range, nrow=width)
-        return save_image_grid(x[:256], path, data_range)
+            return save_image_grid(x[: 16 * width], path, data_range, nrow=width,
+                                   marked=None if marked is None else marked[: 16 * width])
+        return save_image_grid(x[:256], path, data_range, marked=None if marked is None else marked[:256])
     return save_scatter(x, path, reference, title, labels)
 
 

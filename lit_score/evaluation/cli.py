@@ -339,9 +339,11 @@ def write_outputs(result: EvaluationResult, output: Path, datamodule: Generative
                                                                            torch.Generator().manual_seed(0))
     nfe = result.protocol.get("nfe")
     shown = min(len(x), 2000 if not datamodule.is_image else (256 if labels is not None else 64))
+    flagged = torch.zeros(shown, dtype=torch.bool)  # framed red: off the data manifold by k-NN realism
+    flagged[[i for i in result.per_seed[0].get("realism_flagged_index", []) if i < shown]] = True
     save_picture(x[:shown], output / "samples.png", datamodule.data_range, reference,
                  f"{title} · NFE {nfe:g}" if nfe is not None else title,
-                 None if labels is None else labels[:shown].cpu())
+                 None if labels is None else labels[:shown].cpu(), marked=flagged)
     return write_json(output / "metrics.json", result.to_dict())
 
 

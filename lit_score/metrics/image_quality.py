@@ -19,7 +19,9 @@ exactly the samples' n against exactly the samples' reference. Two schemes, chos
 **Standard errors** (:func:`half_sample_errors`): B random halves of the samples (without replacement; the reference
 fixed), each metric recomputed by torch-fidelity's own feature-level functions; the spread of a half-sample statistic
 estimates the standard error at n (the delete-d jackknife with d = n/2, whose factor (n − d)/d is 1; exact for means).
-The evaluation reports the standard error over seed sets instead when it has three or more.
+FID is not a mean and its n-bias grows at n/2, so the estimate errs on the safe side: on digits-v2 at n = 300 against
+817 training digits, the spread over 40 draws was 1.6 (clean) and 16.7 (a quarter speckled), half-sampling single
+sets gave 1.8–3.3 and 16–25. The evaluation reports the standard error over seed sets instead when it has three or more.
 """
 
 from __future__ import annotations
