@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             levels = D.DISTURBANCES[d][1]
             print(f"| {d} | " + " | ".join(f"{lv:g}: {r:.2f}" + ("*" if (d, lv) in MUST_DOUBLE else "")
                                           for lv, r in zip(levels, ratios)) + " |")
+    ranked = sorted(results, key=lambda name: (verdict(results[name])[0], -verdict(results[name])[1]))
+    print("\nranking (fewest non-monotone steps, then largest smallest must-double ratio): " + ", ".join(
+        f"{name} ({verdict(results[name])[0]}, {verdict(results[name])[1]:.2f})" for name in ranked))
     return results
 
 
