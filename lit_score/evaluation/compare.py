@@ -45,6 +45,10 @@ from lit_score.evaluation.evaluate import (
 )
 from lit_score.samplers import Sampler
 
+#: part of every evaluation's cache key: bumped when the evaluation protocol changes, so a resumed compare never mixes
+#: numbers of two protocols (2: issue 23's digits-v2 default, floors at the models' n, standard errors, realism)
+EVALUATION_PROTOCOL = 2
+
 
 def _key(*parts: Any) -> str:
     return content_key(parts)
@@ -160,7 +164,8 @@ class Compare:
         sampler = None if spec is None else build_sampler(spec, steps, entry.get("steps_key", "num_steps"))
         start = None if entry is None else entry.get("start")
         settings = {k: v for k, v in self.evaluation.items()}
-        key = _key(trained["ckpt"], Path(trained["ckpt"]).stat().st_mtime_ns, describe_sampler(sampler), settings,
+        key = _key(EVALUATION_PROTOCOL, trained["ckpt"], Path(trained["ckpt"]).stat().st_mtime_ns,
+                   describe_sampler(sampler), settings,
                    *([start] if start else []))
         path = self.output / "evals" / trained["name"] / f"{label}_{key}.json"
         if path.is_file():
