@@ -13,7 +13,13 @@ from lit_score.evaluation.compare import Compare
 from lit_score.evaluation.evaluate import evaluate
 from lit_score.evaluation.report import table
 from lit_score.metrics import disturbances as D
-from lit_score.metrics.image_quality import feature_metrics, floor_plan, half_sample_errors, is_tie
+from lit_score.metrics.image_quality import (
+    ReferenceStatistics,
+    feature_metrics,
+    floor_plan,
+    half_sample_errors,
+    is_tie,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,6 +51,19 @@ def test_half_sampling_error_matches_the_spread_over_independent_draws():
                     ddof=1)
     estimate = half_sample_errors(draw(), reference, ("fid",), num=40, seed=1)["fid"]
     assert spread / 1.6 < estimate < spread * 1.6
+
+
+def test_reference_statistics_equal_torch_fidelitys_fid_and_precision_recall():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(300, 16, generator=generator)
+    samples = 0.8 * torch.randn(120, 16, generator=generator) + 0.2
+    stats = ReferenceStatistics(reference)
+    expected = feature_metrics(samples, reference, ("fid", "prc"), kid_subset_size=100)
+    assert stats.fid(samples) == pytest.approx(expected["fid"], rel=1e-6)  # torch-fidelity: float32 features
+    few = samples[:10]  # fewer samples than dimensions: the m x m form
+    expected_few = feature_metrics(few, reference, ("fid",), kid_subset_size=5)["fid"]
+    assert stats.fid(few) == pytest.approx(expected_few, rel=1e-6)
+    assert stats.precision_recall(samples) == (pytest.approx(expected["precision"]), pytest.approx(expected["recall"]))
 
 
 def test_ties_are_differences_below_the_combined_error():
