@@ -34,7 +34,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_score.metrics.fidelity import FeatureExtractorSpec, UInt8Images, fidelity_metrics, reference_cache_name
+from lit_score.metrics.fidelity import (
+    FeatureExtractorSpec,
+    UInt8Images,
+    cached_reference_features,
+    fidelity_metrics,
+    reference_cache_name,
+)
 from lit_score.metrics.realism import broken_share, realism
 
 ERROR_METRICS = ("fid", "kid", "precision", "recall")  # the rows that carry a standard error
@@ -79,6 +85,22 @@ def extract_features(images: Tensor, extractor: FeatureExtractorSpec, cuda: bool
     layer = extractor.layers["fid"]
     network = create_feature_extractor(extractor.name, [layer], cuda=cuda, verbose=False, **kwargs)
     return get_featuresdict_from_dataset(UInt8Images(images), network, batch_size, cuda, True, False)[layer]
+
+
+def _reference_features(reference: Tensor, extractor: FeatureExtractorSpec, name: str, cache_root: str | Path | None,
+                        cuda: bool) -> Tensor:
+    """The reference's FID-layer features from torch-fidelity's cache entry ``name`` (written there, in its format,
+    when absent: an FID-only run caches statistics alone), else extracted afresh (no ``cache_root``)."""
+    if cache_root is None:
+        return extract_features(reference, extractor, cuda)
+    path = cached_reference_features(name, extractor, cache_root)
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    features = extract_features(reference, extractor, cuda)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(features, tmp)
+    tmp.replace(path)
+    return features
 
 
 def feature_metrics(samples: Tensor, reference: Tensor, metrics: tuple[str, ...], *, kid_subset_size: int,
@@ -205,7 +227,8 @@ def image_quality(samples: Tensor, reference: Tensor, floor_images: Tensor | Non
     floor_metrics = tuple(m for m in metrics if m != "isc")
     floor = fidelity_metrics(floor_images, reference, **{**common, "metrics": floor_metrics}) \
         if has_floor and floor_metrics else None
-    f_ref, f_x = extract_features(reference, extractor, cuda), extract_features(samples, extractor, cuda)
+    f_ref = _reference_features(reference, extractor, name, cache_root, cuda)
+    f_x = extract_features(samples, extractor, cuda)
     wanted = tuple(m for m in metrics if m in ("fid", "kid", "prc")) if half_samples else ()
     errors = half_sample_errors(f_x, f_ref, wanted, num=half_samples, seed=seed) if wanted else {}
     sample_realism = realism(f_ref, f_x)
