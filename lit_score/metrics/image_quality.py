@@ -172,11 +172,12 @@ class ReferenceStatistics:
 
 def half_sample_errors(samples: Tensor, reference: Tensor, metrics: tuple[str, ...], *, num: int = HALF_SAMPLES,
                        seed: int = 0, kid_subset_size: int = 1000, kid_subsets: int = 10,
-                       prc_neighborhood: int = 3) -> dict[str, float]:
-    """Standard error at n of each metric from ``num`` random halves of the sample features (reference fixed)."""
+                       prc_neighborhood: int = 3, stats: ReferenceStatistics | None = None) -> dict[str, float]:
+    """Standard error at n of each metric from ``num`` random halves of the sample features (reference fixed;
+    ``stats`` of it may be passed in to share them between calls)."""
     generator = torch.Generator().manual_seed(seed)
     n = len(samples)
-    stats = ReferenceStatistics(reference, prc_neighborhood)
+    stats = stats or ReferenceStatistics(reference, prc_neighborhood)
     values: dict[str, list[float]] = {}
     for _ in range(num):
         half = samples[torch.randperm(n, generator=generator)[: n // 2]]
@@ -230,7 +231,8 @@ def image_quality(samples: Tensor, reference: Tensor, floor_images: Tensor | Non
     f_ref = _reference_features(reference, extractor, name, cache_root, cuda)
     f_x = extract_features(samples, extractor, cuda)
     wanted = tuple(m for m in metrics if m in ("fid", "kid", "prc")) if half_samples else ()
-    errors = half_sample_errors(f_x, f_ref, wanted, num=half_samples, seed=seed) if wanted else {}
+    stats = ReferenceStatistics(f_ref) if wanted else None  # shared by the samples' and the floor's halves
+    errors = half_sample_errors(f_x, f_ref, wanted, num=half_samples, seed=seed, stats=stats) if wanted else {}
     sample_realism = realism(f_ref, f_x)
     values = dict(result.values)
     values["realism_flagged"] = sample_realism.flagged_share
@@ -238,7 +240,8 @@ def image_quality(samples: Tensor, reference: Tensor, floor_images: Tensor | Non
     floor_errors: dict[str, float] = {}
     if has_floor:
         f_floor = extract_features(floor_images, extractor, cuda)
-        floor_errors = half_sample_errors(f_floor, f_ref, wanted, num=half_samples, seed=seed + 1) if wanted else {}
+        floor_errors = half_sample_errors(f_floor, f_ref, wanted, num=half_samples, seed=seed + 1,
+                                          stats=stats) if wanted else {}
         floor_values = {**(floor.values if floor else {}), "realism_flagged": realism(f_ref, f_floor).flagged_share}
         values["broken_share"] = broken_share(sample_realism.flagged_share, floor_values["realism_flagged"])
     protocol = {**result.protocol, "error": f"half-sampling: std of each metric over {half_samples} random halves of "
