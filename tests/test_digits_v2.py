@@ -64,11 +64,12 @@ def curves(request, split):
 
 def test_v2_fid_rises_monotonically_with_every_disturbance(curves):
     name, clean, rows = curves
-    if name != DIGITS_V2_EXTRACTOR:
-        pytest.skip("v1 is kept loadable, not held to the disturbance test (it fails it: see the next test)")
-    for disturbance, values in rows.items():
-        series = [clean, *values]
-        assert all(b > a for a, b in zip(series, series[1:])), f"{disturbance}: {series}"
+    falls = {d: [clean, *values] for d, values in rows.items()
+             if any(b <= a for a, b in zip([clean, *values], values))}
+    if name == DIGITS_V2_EXTRACTOR:
+        assert not falls, falls
+    else:  # v1 (kept loadable) fails the test: light noise or speckle *lowers* its FID below the clean split's
+        assert {"gaussian_noise", "speckle"} <= set(falls), falls
 
 
 def test_a_quarter_broken_or_visible_noise_everywhere_at_least_doubles_fid(curves):
