@@ -7,16 +7,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor
 
 
-def image_grid(x: Tensor, data_range: tuple[float, float] = (-1.0, 1.0), nrow: int | None = None) -> Tensor:
-    """A uint8 (H, W, C) grid of images x (B, C, H, W) scaled from ``data_range``."""
+def image_grid(x: Tensor, data_range: tuple[float, float] = (-1.0, 1.0), nrow: int | None = None,
+               marked: Tensor | None = None) -> Tensor:
+    """A uint8 (H, W, C) grid of images x (B, C, H, W) scaled from ``data_range``; the images where the (B,) bool
+    ``marked`` is True (e.g. flagged off the data manifold by k-NN realism) get a red frame (the grid is then RGB)."""
     from torchvision.utils import make_grid
 
     lo, hi = data_range
     x = ((x.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
-    grid = make_grid(x, nrow=nrow or max(1, math.ceil(math.sqrt(x.shape[0]))), padding=2, pad_value=1.0)
+    nrow = nrow or max(1, math.ceil(math.sqrt(x.shape[0])))
+    if marked is not None and bool(marked.any()):
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    grid = make_grid(x, nrow=nrow, padding=2, pad_value=1.0)
+    if marked is not None and bool(marked.any()):
+        h, w = x.shape[-2] + 2, x.shape[-1] + 2  # a cell with its leading padding
+        red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+        for i in torch.nonzero(marked.cpu()).flatten().tolist():
+            y0, x0 = (i // nrow) * h, (i % nrow) * w
+            cell = grid[:, y0:y0 + h + 2, x0:x0 + w + 2]
+            inner = cell[:, 2:-2, 2:-2].clone()
+            cell[:] = red
+            cell[:, 2:-2, 2:-2] = inner
     return (grid * 255).round().to(torch.uint8).permute(1, 2, 0)
 
 
@@ -24,12 +39,12 @@ MIN_GRID_SIDE = 512  # px: small images (8x8 digits, 32x32 CIFAR) are upscaled t
 
 
 def save_image_grid(x: Tensor, path: Path, data_range: tuple[float, float] = (-1.0, 1.0),
-                    min_side: int = MIN_GRID_SIDE, nrow: int | None = None) -> Path:
+                    min_side: int = MIN_GRID_SIDE, nrow: int | None = None, marked: Tensor | None = None) -> Path:
     """Save images x (B, C, H, W) as one PNG grid, upscaled by an integer factor (nearest neighbour: every pixel
     stays a sharp square) until its longer side is at least ``min_side`` pixels; the .npz keeps the raw tensors."""
     from PIL import Image
 
-    grid = image_grid(x, data_range, nrow).numpy()
+    grid = image_grid(x, data_range, nrow, marked).numpy()
     factor = max(1, math.ceil(min_side / max(grid.shape[:2])))
     if factor > 1:
         grid = grid.repeat(factor, axis=0).repeat(factor, axis=1)
@@ -109,16 +124,21 @@ def save_picture(
     reference: Tensor | None = None,
     title: str | None = None,
     labels: Tensor | None = None,
+    marked: Tensor | None = None,
 ) -> Path:
     """One PNG of samples as a person looks at them: a grid of (at most 256) images — one row per class when class
-    ``labels`` (B,) are given — else a scatter over the data (coloured by class)."""
+    ``labels`` (B,) are given, images where the (B,) bool ``marked`` is True framed red — else a scatter over the data
+    (coloured by class)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if x.ndim == 4:
         if labels is not None:
+            if marked is not None:  # the same rearrangement as the images
+                marked = class_rows(rearrange(marked.float(), "b -> b 1 1 1"), labels)[0].flatten().bool()
             x, width = class_rows(x, labels)
-            return save_image_grid(x[: 16 * width], path, data_range, nrow=width)
-        return save_image_grid(x[:256], path, data_range)
+            return save_image_grid(x[: 16 * width], path, data_range, nrow=width,
+                                   marked=None if marked is None else marked[: 16 * width])
+        return save_image_grid(x[:256], path, data_range, marked=None if marked is None else marked[:256])
     return save_scatter(x, path, reference, title, labels)
 
 

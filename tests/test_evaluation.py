@@ -153,7 +153,7 @@ def test_digits_metrics_equal_torch_fidelity_on_pngs(digits_samples, tmp_path):
     fake = write_pngs(fidelity.to_uint8(x), tmp_path / "fake")
     real = write_pngs(fidelity.to_uint8(digits.split_tensor("train")), tmp_path / "real")
     direct = torch_fidelity.calculate_metrics(input1=str(fake), input2=str(real), fid=True, kid=True, isc=True,
-                                              prc=True, feature_extractor="digits", kid_subset_size=50, cuda=False,
+                                              prc=True, feature_extractor="digits-v2", kid_subset_size=50, cuda=False,
                                               cache=False, verbose=False, save_cpu_ram=True)
     got = result.metrics
     assert got["fid"]["mean"] == pytest.approx(direct["frechet_inception_distance"], rel=1e-5)
@@ -164,7 +164,7 @@ def test_digits_metrics_equal_torch_fidelity_on_pngs(digits_samples, tmp_path):
     # the reference features were cached and are reused: the same numbers, and the cache file is named by content
     again = evaluate(None, digits, samples=[x], metrics=["fid"], cache_root=tmp_path / "cache", progress=False)
     assert again.metrics["fid"]["mean"] == pytest.approx(got["fid"]["mean"], rel=1e-9)
-    assert len(list((tmp_path / "cache").glob("lit-score-Digits*-digits-features-features.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("lit-score-Digits*-digits-v2-features-features.pt"))) == 1
     assert again.protocol["reference_features_sha256"] == result.protocol["reference_features_sha256"] is not None
 
 
@@ -246,7 +246,7 @@ def test_evaluate_command_writes_metrics_with_the_full_protocol(digits_run, tmp_
     assert p["num_samples"] == 40 and p["seeds"] == [0, 1] and p["generation_batch_size"] == 16
     assert p["reference"]["split"] == "train" and p["reference"]["num_samples"] == 1617
     assert len(p["reference_features_sha256"]) == 64
-    assert p["feature_extractor"]["name"] == "digits" and len(p["feature_extractor"]["weights_sha256"]) == 64
+    assert p["feature_extractor"]["name"] == "digits-v2" and len(p["feature_extractor"]["weights_sha256"]) == 64
     assert p["weights"] == "raw" and p["checkpoint"]["global_step"] == 2
     assert p["sampler"]["class_path"] == "lit_score.samplers.ancestral.DDIM"
     assert p["sampler"]["init_args"]["num_steps"] == 3 and p["nfe"] == 3
@@ -260,7 +260,7 @@ def test_evaluate_command_writes_metrics_with_the_full_protocol(digits_run, tmp_
     # what was measured is what was written: the metric recomputed from samples_seed0.npz
     x = torch.from_numpy(np.load(out / "samples_seed0.npz")["samples"])
     again = fidelity.fidelity_metrics(fidelity.to_uint8(x), fidelity.to_uint8(Digits(image_size=16).split_tensor(
-        "train")), metrics=("fid",), extractor=fidelity.resolve_feature_extractor("digits"))
+        "train")), metrics=("fid",), extractor=fidelity.resolve_feature_extractor("digits-v2"))
     assert again.values["fid"] == pytest.approx(per_seed[0], rel=1e-6)
     assert (out / "samples.png").is_file()
     with pytest.raises(SystemExit):  # nothing is overwritten

@@ -109,7 +109,7 @@ def test_fid_equals_torch_fidelity_on_the_same_images(digits_run):
     samples = to_uint8(our_samples(digits_run.model))
     reference = to_uint8(digits_run.data.split_tensor("train"))
     expected = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(samples), input2=UInt8Images(reference), fid=True, feature_extractor="digits", cuda=False,
+        input1=UInt8Images(samples), input2=UInt8Images(reference), fid=True, feature_extractor="digits-v2", cuda=False,
         cache=False, verbose=False, save_cpu_ram=True,
     )["frechet_inception_distance"]
     fid = digits_run.logged["val/fid"]

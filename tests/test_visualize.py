@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lit_score.visualize import outside_note, save_image_grid, save_picture
+from lit_score.visualize import image_grid, outside_note, save_image_grid, save_picture
 
 
 def test_small_images_are_upscaled_by_whole_pixels(tmp_path):
@@ -29,3 +29,13 @@ def test_scatter_titles_count_what_the_view_leaves_out(tmp_path):
     one = Image.open(save_picture(samples, tmp_path / "one.png"))
     two = Image.open(save_picture(samples, tmp_path / "two.png", reference=torch.randn(500, 2)))
     assert two.size[0] > 1.8 * one.size[0]  # samples and data side by side
+
+
+def test_marked_images_get_a_red_frame_and_the_rest_stay_grey():
+    x = -torch.ones(4, 1, 3, 3)  # black images: the frame is the only colour
+    marked = torch.tensor([False, True, False, False])
+    grid = image_grid(x, marked=marked, nrow=2).int()  # (2·5 + 2, 2·5 + 2, 3): cells of 3 + 2 padding
+    red = (grid[..., 0] == 255) & (grid[..., 1] == 0) & (grid[..., 2] == 0)
+    assert red[0:7, 5:12].sum() == 7 * 7 - 3 * 3 and red.sum() == 7 * 7 - 3 * 3  # the 2nd cell's ring, nothing else
+    assert (grid[2:5, 7:10] == 0).all()  # the marked image itself is untouched
+    assert torch.equal(image_grid(x, nrow=2), image_grid(x, marked=torch.zeros(4, dtype=torch.bool), nrow=2))

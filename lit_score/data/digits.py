@@ -104,8 +104,9 @@ class Digits(GenerativeDataModule):
 
     @property
     def default_feature_extractor(self) -> str:
-        """The digits classifier shipped with lit-score (:mod:`lit_score.metrics.digits_extractor`)."""
-        return "digits"
+        """``digits-v2``, shipped with lit-score (:mod:`lit_score.metrics.digits_extractor`): a digits classifier with
+        an extra "corrupted" class, whose features see broken samples (issue 23); ``digits`` (v1) stays loadable."""
+        return "digits-v2"
 
     @property
     def label(self) -> str:

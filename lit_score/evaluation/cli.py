@@ -122,8 +122,8 @@ def evaluate_parser() -> ArgumentParser:
                              "distances,bpd otherwise)")
     parser.add_argument("--reference", type=str, default="train", help="reference split: train or test")
     parser.add_argument("--feature_extractor", type=str | None, default=None,
-                        help="inception-v3-compat, digits or the class path of a torch-fidelity FeatureExtractorBase"
-                             " (default: the data's own: digits for the built-in digits, Inception otherwise)")
+                        help="inception-v3-compat, digits-v2, digits (v1) or the class path of a torch-fidelity "
+                             "FeatureExtractorBase (default: the data's own: digits-v2 for the digits, else Inception)")
     parser.add_argument("--feature_extractor_weights_path", type=str | None, default=None,
                         help="weights file of the extractor (default: torch-fidelity's cache / the shipped file)")
     parser.add_argument("--seeds", type=str, default="0", help="seed sets, e.g. 0,1,2: mean ± std over them")
@@ -149,6 +149,8 @@ def evaluate_parser() -> ArgumentParser:
                              ' estimator: {"pf_ode": {"fixed_steps": 100}, "vlb": {"variance": "beta"}}')
     parser.add_argument("--distance_samples", type=int, default=4000, help="samples the toy distances use (≤ N)")
     parser.add_argument("--kid_subset_size", type=int | None, default=None, help="KID subset (default min(1000, N))")
+    parser.add_argument("--half_samples", type=int, default=20,
+                        help="random halves behind each image metric's standard error (0: none)")
     parser.add_argument("--cache_root", type=str | None, default=None,
                         help="reference-feature cache (default $LIT_SCORE_CACHE or ~/.cache/lit-score/fidelity)")
     parser.add_argument("--output", type=str | None, default=None, help="output folder (default <run>/eval/…)")
@@ -228,7 +230,8 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
             samples=samples, samples_source=source, likelihood_samples=cfg.likelihood_samples,
             likelihood_estimator=cfg.likelihood_estimator, likelihood_options=cfg.likelihood_options,
             distance_samples=cfg.distance_samples, kid_subset_size=cfg.kid_subset_size, cache_root=cfg.cache_root,
-            trainer_kwargs=trainer_kwargs, output=out if cfg.samples is None else None, checkpoint=checkpoint,
+            half_samples=cfg.half_samples, trainer_kwargs=trainer_kwargs,
+            output=out if cfg.samples is None else None, checkpoint=checkpoint,
             progress=cfg.progress,
         )
 
@@ -325,9 +328,11 @@ def write_outputs(result: EvaluationResult, output: Path, datamodule: Generative
                                                                            torch.Generator().manual_seed(0))
     nfe = result.protocol.get("nfe")
     shown = min(len(x), 2000 if not datamodule.is_image else (256 if labels is not None else 64))
+    flagged = torch.zeros(shown, dtype=torch.bool)  # framed red: off the data manifold by k-NN realism
+    flagged[[i for i in result.per_seed[0].get("realism_flagged_index", []) if i < shown]] = True
     save_picture(x[:shown], output / "samples.png", datamodule.data_range, reference,
                  f"{title} · NFE {nfe:g}" if nfe is not None else title,
-                 None if labels is None else labels[:shown].cpu())
+                 None if labels is None else labels[:shown].cpu(), marked=flagged)
     return write_json(output / "metrics.json", result.to_dict())
 
 
@@ -356,10 +361,16 @@ def print_summary(result: EvaluationResult, output: Path) -> None:
     for name, summary in result.metrics.items():
         mean, std = summary.get("mean"), summary.get("std")
         text = "n/a" if mean is None or mean != mean else f"{mean:.6g}"
-        if std is not None:
+        if summary.get("sem") is not None and summary["sem"] == summary["sem"]:
+            text += f" ± {summary['sem']:.2g} (s.e., {summary.get('sem_from')})"
+        elif std is not None:
             text += f" ± {std:.2g}"
-        if "floor" in summary:
-            text += f"  (floor {summary['floor']:.4g}, ratio {summary.get('ratio', float('nan')):.3g})"
+        if "floor" in summary and "ratio" in summary:
+            text += f"  (floor {summary['floor']:.4g}, ratio {summary['ratio']:.3g})"
+        elif "floor" in summary:
+            floor_sem = summary.get("floor_sem")
+            text += f"  (data floor at this n {summary['floor']:.4g}" + (
+                f" ± {floor_sem:.2g})" if floor_sem is not None and floor_sem == floor_sem else ")")
         rows.append(f"  {name:<20} {text}")
     p = result.protocol
     nfe = "n/a" if p.get("nfe") is None else f"{p['nfe']:g}"

@@ -45,6 +45,10 @@ from lit_score.evaluation.evaluate import (
 )
 from lit_score.samplers import Sampler
 
+#: part of every evaluation's cache key: bumped when the evaluation protocol changes, so a resumed compare never mixes
+#: numbers of two protocols (2: issue 23's digits-v2 default, floors at the models' n, standard errors, realism)
+EVALUATION_PROTOCOL = 2
+
 
 def _key(*parts: Any) -> str:
     return content_key(parts)
@@ -160,7 +164,8 @@ class Compare:
         sampler = None if spec is None else build_sampler(spec, steps, entry.get("steps_key", "num_steps"))
         start = None if entry is None else entry.get("start")
         settings = {k: v for k, v in self.evaluation.items()}
-        key = _key(trained["ckpt"], Path(trained["ckpt"]).stat().st_mtime_ns, describe_sampler(sampler), settings,
+        key = _key(EVALUATION_PROTOCOL, trained["ckpt"], Path(trained["ckpt"]).stat().st_mtime_ns,
+                   describe_sampler(sampler), settings,
                    *([start] if start else []))
         path = self.output / "evals" / trained["name"] / f"{label}_{key}.json"
         if path.is_file():
@@ -204,8 +209,10 @@ class Compare:
                 shown = result.samples[0][: (64 if data.is_image else 2000)]
                 reference = None if data.is_image else data.reference_draw(len(shown), torch.Generator().manual_seed(0))
                 path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"samples": shown, "reference": reference, "data_range": data.data_range},
-                           path.with_suffix(".pt"))
+                flagged = torch.zeros(len(shown), dtype=torch.bool)  # k-NN realism's off-manifold samples
+                flagged[[i for i in result.per_seed[0].get("realism_flagged_index", []) if i < len(shown)]] = True
+                torch.save({"samples": shown, "reference": reference, "data_range": data.data_range,
+                            "flagged": flagged}, path.with_suffix(".pt"))
                 row["figure_samples"] = str(path.with_suffix(".pt"))
         except (EvaluationError, ValueError, FileNotFoundError) as err:  # a pairing that cannot run
             row.update({"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}",
@@ -213,34 +220,23 @@ class Compare:
         write_json(path, row)
         return row
 
-    def data_floor(self, trained: dict) -> dict[str, Any] | None:
-        """For image data: the other split scored against the reference split (the held-out split against the
-        training data by default), the floor every FID is read against, at that split's size (stated in the row);
-        None for other data (their floors are per row)."""
-        from lit_score.evaluation.cli import checkpoint_datamodule
-
-        data = checkpoint_datamodule(trained["ckpt"])
-        if not data.is_image:
-            return None
-        settings = {k: v for k, v in self.evaluation.items() if k in ("reference", "feature_extractor",
-                                                                       "feature_extractor_weights_path",
-                                                                       "kid_subset_size", "cache_root")}
-        metrics = [m for m in (self.evaluation.get("metrics") or ["fid", "kid", "isc", "prc"]) if m != "bpd"]
-        path = self.output / "evals" / f"data_floor_{_key(data.label, settings, metrics)}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        other = "test" if settings.get("reference", "train") == "train" else "train"
-        held_out = data.split_tensor(other)
-        try:
-            result = evaluate(None, data, samples=[held_out], metrics=metrics, progress=False,
-                              samples_source={"what": f"the {other} split itself"}, **settings)
-            row = {"run": f"data: {other} split (n={len(held_out)})", "family": "data", "sampler_label": "—",
-                   "status": "ok", "metrics": result.metrics, "protocol": result.protocol, "nfe": None}
-        except (EvaluationError, ValueError, FileNotFoundError) as err:
-            row = {"run": f"data: {other} split", "family": "data", "sampler_label": "—", "status": "failed",
-                   "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
-        write_json(path, row)
-        return row
+    @staticmethod
+    def data_floor(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The data row of image data: every evaluation already measured n real images against its own reference at
+        its n (:mod:`lit_score.metrics.image_quality`'s floor plan); the row lifts the first own-sampler evaluation's
+        floor with its standard error. Same n, same reference and seed sets as the model rows. None for other data
+        (their floors are per row) or when no row has a floor."""
+        for row in rows:
+            metrics = row.get("metrics") or {}
+            if row.get("status") != "ok" or not row.get("data_is_image") or "floor" not in metrics.get("fid", {}):
+                continue
+            floor = {name: {"mean": s["floor"], "std": None, "sem": s.get("floor_sem"), "sem_from": s.get("sem_from")}
+                     for name, s in metrics.items() if "floor" in s}
+            plans = row["protocol"].get("floor", {}).get("plans") or [{}]
+            n, scheme = row["protocol"]["num_samples"], plans[0].get("scheme")
+            return {"run": f"data (n={n}, {scheme})", "family": "data", "sampler_label": "—", "status": "ok",
+                    "metrics": floor, "protocol": row["protocol"], "nfe": None, "data_is_image": True}
+        return None
 
     def run(self) -> dict[str, Path]:
         from lit_score.evaluation.report import write_report
@@ -258,7 +254,7 @@ class Compare:
                 rows.append(self.evaluate_run(trained[-1], label, entry, steps))
                 bar.update(1)
         bar.close()
-        floor = self.data_floor(trained[0])
+        floor = self.data_floor(rows)
         return write_report(self.output, trained, rows + ([floor] if floor else []), self.evaluation)
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from lit_score.data import GenerativeDataModule
+from lit_score.evaluation.image_rows import image_rows, image_summaries
 from lit_score.generation import generate
 from lit_score.metrics import fidelity
 from lit_score.metrics.distances import distance_floors, distance_report
@@ -242,6 +243,7 @@ def evaluate(
     distance_samples: int = 4000,
     distance_draws: int = 5,
     kid_subset_size: int | None = None,
+    half_samples: int = 20,
     cache_root: str | Path | None = None,
     feature_device: str = "auto",
     trainer_kwargs: dict[str, Any] | None = None,
@@ -329,24 +331,19 @@ def evaluate(
                      " from noise: they describe training's persistent chains, not what the model generates alone")
 
     if image_metrics:
-        ref = fidelity.dataset_to_uint8(datamodule.split_dataset(reference), datamodule.data_range)
-        ref_count = len(ref)
-        cache = _cache_root(cache_root)
-        name = fidelity.reference_cache_name(datamodule.label, reference, ref, extractor)
         cuda = torch.cuda.is_available() if feature_device == "auto" else feature_device == "cuda"
-        for row, x in zip(per_seed, sets):
-            result = fidelity.fidelity_metrics(
-                fidelity.to_uint8(x, datamodule.data_range), ref, metrics=tuple(image_metrics), extractor=extractor,
-                reference_name=name, cache_root=cache, cuda=cuda, kid_subset_size=kid_subset_size,
-            )
-            row.update(result.values)
-            timing["features_s"] += result.seconds
-            protocol["image_metrics"] = result.protocol
-        features = fidelity.cached_reference_features(name, extractor, cache)
-        protocol["reference_features_sha256"] = fidelity.sha256_file(features) if features.is_file() else None
+        try:
+            found, found_notes, timing["features_s"] = image_rows(
+                datamodule, sets, seeds, per_seed, reference, tuple(image_metrics), extractor, _cache_root(cache_root),
+                cuda, kid_subset_size, half_samples)
+        except ValueError as err:
+            raise EvaluationError(str(err)) from err
+        ref_count = found.pop("reference_num_samples")
+        protocol.update(found)
+        notes += found_notes
         if min(len(x) for x in sets) < PUBLISHED_N:
             notes.append(f"{len(sets[0])} samples per set: published CIFAR-10 FID / IS use {PUBLISHED_N}; FID is "
-                         "biased upwards at small N, so compare only numbers of the same N")
+                         "biased upwards at small N, so compare only numbers of the same N (each row's floor is)")
 
     if "distances" in wanted:
         start = time.perf_counter()
@@ -461,9 +458,7 @@ def _likelihood(model, datamodule, n, estimator, options, seed, chunk_size: int 
 
 def _summaries(per_seed, wanted, likelihood) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for key in ("fid", "kid", "kid_subset_std", "isc", "isc_split_std", "precision", "recall", "f_score"):
-        if key in per_seed[0]:
-            out[key] = summarize([row[key] for row in per_seed])
+    out.update(image_summaries(per_seed, summarize))
     if "distances" in wanted:
         for name in per_seed[0]["distances"]:
             rows = [row["distances"][name] for row in per_seed]

@@ -18,14 +18,17 @@ import numpy as np
 import torch
 
 from lit_score.evaluation.evaluate import jsonable, write_json
+from lit_score.metrics.image_quality import is_tie
 
 #: metric columns of the table, in order, with their headings; only those some row has are shown
 COLUMNS = [
     ("fid", "FID ↓"), ("kid", "KID ↓"), ("isc", "IS ↑"), ("precision", "precision ↑"), ("recall", "recall ↑"),
+    ("realism_flagged", "off-manifold share ↓"), ("broken_share", "broken (est.) ↓"),
     ("energy_distance", "energy dist. ↓"), ("mmd", "MMD ↓"), ("sliced_wasserstein", "sliced W2 ↓"),
     ("data_nll", "data NLL of samples ↓"), ("bpd", "bits/dim ↓"),
 ]
 _RATIO = ("energy_distance", "mmd", "sliced_wasserstein")
+_HIGHER_IS_BETTER = ("isc", "precision", "recall")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -48,6 +51,8 @@ def flat_row(row: dict[str, Any]) -> dict[str, Any]:
         out[name] = summary.get("mean")
         if summary.get("std") is not None:
             out[f"{name}_std"] = summary["std"]
+        if summary.get("sem") is not None and math.isfinite(summary["sem"]):
+            out[f"{name}_sem"] = summary["sem"]
         for extra in ("floor", "ratio"):
             if extra in summary:
                 out[f"{name}_{extra}"] = summary[extra]
@@ -56,12 +61,32 @@ def flat_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _cell(flat: dict[str, Any], key: str) -> str:
+def best_values(flats: list[dict[str, Any]]) -> dict[str, tuple[float, float | None]]:
+    """(value, standard error) of the best model row (not the data row) of every column that has standard errors."""
+    out: dict[str, tuple[float, float | None]] = {}
+    models = [f for f in flats if f.get("status") == "ok" and f.get("family") != "data"]
+    for key, _ in COLUMNS:
+        rows = [f for f in models if f.get(key) is not None and math.isfinite(f[key]) and f"{key}_sem" in f]
+        if len(rows) > 1:
+            best = (max if key in _HIGHER_IS_BETTER else min)(rows, key=lambda f: f[key])
+            out[key] = (best[key], best[f"{key}_sem"])
+    return out
+
+
+def _cell(flat: dict[str, Any], key: str, best: dict[str, tuple[float, float | None]] | None = None) -> str:
     if key not in flat:
         return "—"
     text = _fmt(flat[key])
-    if f"{key}_std" in flat:
+    if f"{key}_sem" in flat:
+        text += f" ± {_fmt(flat[f'{key}_sem'], 2)}"
+    elif f"{key}_std" in flat:
         text += f" ± {_fmt(flat[f'{key}_std'], 2)}"
+    if best and key in best and flat.get("family") != "data" and flat[key] is not None:
+        value, sem = best[key]
+        if flat[key] == value:
+            text += " (best)"
+        elif is_tie(flat[key], flat.get(f"{key}_sem"), value, sem):
+            text += " (tie)"
     if key in _RATIO and f"{key}_ratio" in flat:
         text += f" ({_fmt(flat[f'{key}_ratio'], 3)}× floor)"
     if key.startswith("bpd") and flat.get(f"{key}_estimator"):
@@ -78,13 +103,14 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     present = [(k, h) for k, h in columns if any(k in f for f in flats)]
     headings = ["run", "family", "sampler", "NFE", *[h for _, h in present], "params", "train s", "ms / sample"]
     cells = []
+    best = best_values(flats)
     for f in flats:
         if f["status"] != "ok":
             cells.append([f["run"], _fmt(f["family"]), f["sampler"], "—", *["—"] * len(present), "—", "—",
                           f"failed: {f['error']}"])
             continue
         params = "—" if f["parameters"] is None else f"{f['parameters'] / 1e6:.3g}M"
-        cells.append([f["run"], f["family"], f["sampler"], _fmt(f["nfe"], 4), *[_cell(f, k) for k, _ in present],
+        cells.append([f["run"], f["family"], f["sampler"], _fmt(f["nfe"], 4), *[_cell(f, k, best) for k, _ in present],
                       params, _fmt(f["train_seconds"], 3), _fmt(f["ms_per_sample"], 3)])
     return headings, cells
 
@@ -146,7 +172,11 @@ def samples_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
         record = torch.load(row["figure_samples"], weights_only=True)
         x = record["samples"]
         if x.ndim == 4:
-            ax.imshow(image_grid(x, tuple(record["data_range"])).numpy().squeeze(), cmap="gray")
+            flagged = record.get("flagged")
+            ax.imshow(image_grid(x, tuple(record["data_range"]), marked=flagged).numpy().squeeze(), cmap="gray")
+            if flagged is not None and bool(flagged.any()):
+                ax.set_xlabel(f"red: {int(flagged.sum())} of {len(x)} off the data manifold (k-NN realism)",
+                              fontsize=8)
         else:
             pts = x.reshape(len(x), -1).numpy()
             if record.get("reference") is not None:
@@ -251,6 +281,17 @@ def protocol_lines(rows: list[dict[str, Any]], evaluation: dict[str, Any]) -> li
         lines.append(f"- Feature extractor {extractor['name']} (weights sha256 {sha}…).")
     lines.append("- Weights evaluated: " + ", ".join(sorted({f"{r['run']}: {r['protocol'].get('weights')}"
                                                              for r in ok})) + ".")
+    if any("sem" in (s or {}) for r in ok for s in (r.get("metrics") or {}).values()):
+        lines.append("- ± is a standard error: over the seed sets when there are at least 3, else from half-sampling "
+                     "each set (the spread of the metric over random halves of the samples). \"(tie)\" marks a value "
+                     "within the combined standard error of its column's best (no ranking between them).")
+    floor_protocol = p.get("floor")
+    if floor_protocol:
+        plan = floor_protocol["plans"][0]
+        lines.append(f"- The data row is n = {p['num_samples']} real images against the same reference as every model "
+                     f"row ({plan['scheme']}: reference of {plan['num_reference']} images). Off-manifold share: "
+                     "samples outside every real image's k-NN ball (k-NN realism < 1, Kynkäänniemi et al. 2019); "
+                     "broken (est.): (share − data's share) / (1 − data's share).")
     fl = floors(rows)
     if fl:
         lines.append("- Data-vs-data floors at this n: " + ", ".join(f"{k} {v:.4g}" for k, v in fl.items())

@@ -149,19 +149,19 @@ def _registry() -> dict:
 
 
 def resolve_feature_extractor(name: str, weights_path: str | Path | None = None) -> FeatureExtractorSpec:
-    """``inception-v3-compat`` (weights from the cache or ``weights_path``), ``digits`` (shipped with lit-score), a
+    """``inception-v3-compat`` (weights from the cache or ``weights_path``), ``digits`` / ``digits-v2`` (shipped), a
     class path of a ``torch_fidelity.FeatureExtractorBase`` subclass (registered under that path), or another
     registered name with an explicit ``weights_path``. Never downloads anything."""
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-    from lit_score.metrics.digits_extractor import DIGITS_EXTRACTOR, default_weights_path, register_digits_extractor
+    from lit_score.metrics.digits_extractor import SHIPPED_EXTRACTORS, default_weights_path, register_digits_extractor
 
     registry = _registry()
     if name == INCEPTION:
         path: Path | None = inception_weights_path(weights_path)
-    elif name == DIGITS_EXTRACTOR:
-        register_digits_extractor()
-        path = Path(weights_path) if weights_path is not None else default_weights_path()
+    elif name in SHIPPED_EXTRACTORS:
+        register_digits_extractor(name)
+        path = Path(weights_path) if weights_path is not None else default_weights_path(name)
     elif name in registry:
         if weights_path is None:
             raise FileNotFoundError(
@@ -183,8 +183,8 @@ def resolve_feature_extractor(name: str, weights_path: str | Path | None = None)
         path = Path(weights_path) if weights_path is not None else None
     else:
         raise ValueError(
-            f"unknown feature extractor {name!r}: use {INCEPTION}, {DIGITS_EXTRACTOR} or the class path of a "
-            "torch_fidelity.FeatureExtractorBase subclass"
+            f"unknown feature extractor {name!r}: use {INCEPTION}, {', '.join(SHIPPED_EXTRACTORS)} or the class path "
+            "of a torch_fidelity.FeatureExtractorBase subclass"
         )
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"feature extractor weights {path} do not exist")
