@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor
+from torch import Tensor, nn
 
 from lit_score.data import Digits
 from lit_score.data.digits import load_digit_images
@@ -100,24 +100,31 @@ def evaluate_accuracy(model: DigitsClassifier, split: str = "test") -> float:
     return accuracy
 
 
+def fit(model: nn.Module, x: Tensor, y: Tensor, batch_loss, epochs: int, generator: torch.Generator) -> nn.Module:
+    """The training loop of the digits feature networks: Adam (``LR``, ``WEIGHT_DECAY``) with a cosine learning
+    rate over ``epochs`` of shuffled batches of ``BATCH_SIZE``, each randomly shifted; ``batch_loss(model, x, y)``
+    gives the loss. Returns the model in eval mode."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    steps = epochs * math.ceil(len(x) / BATCH_SIZE)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    model.train()
+    for _ in range(epochs):
+        for index in torch.randperm(len(x), generator=generator).split(BATCH_SIZE):
+            loss = batch_loss(model, random_shift(x[index], generator), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return model.eval()
+
+
 def train(epochs: int = EPOCHS, seed: int = SEED) -> tuple[DigitsClassifier, float]:
     """Train a :class:`DigitsClassifier` with Adam and a cosine learning rate; return it (eval mode), test accuracy."""
     x, y = load_split("train")
     with _deterministic(seed):
         model = DigitsClassifier()
         generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-        steps = epochs * math.ceil(len(x) / BATCH_SIZE)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        model.train()
-        for _ in range(epochs):
-            for index in torch.randperm(len(x), generator=generator).split(BATCH_SIZE):
-                loss = F.cross_entropy(model(random_shift(x[index], generator)), y[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-        model.eval()
+        fit(model, x, y, lambda m, xb, yb: F.cross_entropy(m(xb), yb), epochs, generator)
         return model, evaluate_accuracy(model, "test")
 
 

@@ -14,7 +14,6 @@ deterministic kernels, one generator).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -26,12 +25,9 @@ from lit_score.metrics import disturbances as D
 from lit_score.metrics.digits_candidates import CANDIDATES, build
 from lit_score.metrics.digits_extractor import NUM_CLASSES
 from lit_score.metrics.train_digits_extractor import (
-    BATCH_SIZE,
-    LR,
-    WEIGHT_DECAY,
     _deterministic,
+    fit,
     load_split,
-    random_shift,
     save_state_dict,
 )
 
@@ -78,18 +74,7 @@ def train(candidate: str = CANDIDATE, epochs: int = EPOCHS, seed: int = SEED) ->
     with _deterministic(seed):
         model = build(candidate)
         generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-        steps = epochs * math.ceil(len(x) / BATCH_SIZE)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        model.train()
-        for _ in range(epochs):
-            for index in torch.randperm(len(x), generator=generator).split(BATCH_SIZE):
-                loss = _loss(candidate, model, random_shift(x[index], generator), y[index], generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-        return model.eval()
+        return fit(model, x, y, lambda m, xb, yb: _loss(candidate, m, xb, yb, generator), epochs, generator)
 
 
 @torch.no_grad()
