@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import torch
 from torch import Tensor
@@ -52,3 +53,12 @@ def full_precision():
             if torch.is_autocast_enabled(device_type):
                 stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
         yield
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (weights and reference statistics are named by it in every protocol)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -59,6 +59,8 @@ from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from lit_score.utils import sha256_file
+
 DIGITS_EXTRACTOR = "digits"
 """Name of :class:`FeatureExtractorDigits` in torch-fidelity's registry (``feature_extractor="digits"``)."""
 DIGITS_V2_EXTRACTOR = "digits-v2"
@@ -80,8 +82,6 @@ def default_weights_path(name: str = DIGITS_EXTRACTOR) -> Path:
 
 def weights_sha256(path: str | Path) -> str:
     """Hex sha256 of a weights file: report it next to FID/KID values so readers know which extractor made them."""
-    from lit_score.metrics.fidelity import sha256_file
-
     return sha256_file(path)
 
 

@@ -28,6 +28,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lit_score.metrics.digits_extractor import SHIPPED_EXTRACTORS, default_weights_path, register_digits_extractor
+from lit_score.utils import sha256_file
+
 INCEPTION = "inception-v3-compat"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -77,14 +80,6 @@ def sha256_tensor(x: Tensor) -> str:
     x = x.detach().cpu().contiguous()
     digest = hashlib.sha256(f"{x.dtype}{tuple(x.shape)}".encode())
     digest.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
-    return digest.hexdigest()
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
     return digest.hexdigest()
 
 
@@ -153,8 +148,6 @@ def resolve_feature_extractor(name: str, weights_path: str | Path | None = None)
     class path of a ``torch_fidelity.FeatureExtractorBase`` subclass (registered under that path), or another
     registered name with an explicit ``weights_path``. Never downloads anything."""
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-
-    from lit_score.metrics.digits_extractor import SHIPPED_EXTRACTORS, default_weights_path, register_digits_extractor
 
     registry = _registry()
     if name == INCEPTION:
