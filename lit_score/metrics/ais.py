@@ -19,6 +19,7 @@ its f_k invariant; ``adapt=False`` keeps the step fixed. The ladder is Grosse et
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -63,6 +64,30 @@ def bootstrap_interval(log_weights: Tensor, draws: int = 1000, generator: torch.
     return float(log_z.quantile(0.025)), float(log_z.quantile(0.975))
 
 
+def ais_base(base: str, shape: tuple[int, ...], base_std: float, bounds: tuple[float, float] | None,
+             generator: torch.Generator | None, device) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor]]]:
+    """The normalised base of AIS: starting chains (``shape`` = (chains, *sample shape)) and its energy and gradient
+    ``u(y) -> (U (B,), ∇U)`` — uniform on the box [lo, hi]ᴰ (U = D log(hi − lo)), or N(0, base_std²) (clamped into
+    ``bounds`` when given)."""
+    dim = math.prod(shape[1:])
+    if base == "uniform":
+        lo, hi = bounds
+        x = lo + (hi - lo) * rand(shape, generator, device)
+        log_volume = dim * math.log(hi - lo)
+
+        def base_energy(y: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.full((y.shape[0],), log_volume, device=y.device, dtype=y.dtype), torch.zeros_like(y)
+    else:
+        x = base_std * torch.randn(shape, generator=generator, device=device)
+        if bounds is not None:
+            x = x.clamp(*bounds)  # a start outside the box has f = 0 there; the kernels then keep it inside
+        norm = 0.5 * dim * math.log(2 * math.pi * base_std**2)
+
+        def base_energy(y: Tensor) -> tuple[Tensor, Tensor]:
+            return batch_sum(y**2) / (2 * base_std**2) + norm, y / base_std**2
+    return x, base_energy
+
+
 def ais_log_partition(
     energy_fn,
     shape: tuple[int, ...],
@@ -93,23 +118,7 @@ def ais_log_partition(
         raise ValueError(f"unknown AIS base {base!r}: use gaussian or uniform")
     if base == "uniform" and bounds is None:
         raise ValueError("a uniform AIS base needs bounds (lo, hi)")
-    dim = math.prod(shape)
-    if base == "uniform":
-        lo, hi = bounds
-        x = lo + (hi - lo) * rand((num_chains, *shape), generator, device)
-        log_volume = dim * math.log(hi - lo)
-
-        def base_energy(y: Tensor) -> tuple[Tensor, Tensor]:
-            return torch.full((y.shape[0],), log_volume, device=y.device, dtype=y.dtype), torch.zeros_like(y)
-    else:
-        x = base_std * torch.randn((num_chains, *shape), generator=generator, device=device)
-        if bounds is not None:
-            x = x.clamp(*bounds)  # a start outside the box has f = 0 there; the kernels then keep it inside
-        norm = 0.5 * dim * math.log(2 * math.pi * base_std**2)
-
-        def base_energy(y: Tensor) -> tuple[Tensor, Tensor]:
-            return batch_sum(y**2) / (2 * base_std**2) + norm, y / base_std**2
-
+    x, base_energy = ais_base(base, (num_chains, *shape), base_std, bounds, generator, device)
     betas = beta_schedule(num_levels, schedule).tolist()
     nfe = 0
 
@@ -146,13 +155,18 @@ def ais_log_partition(
             accepted = accepted + alpha.mean()
             if adapt:  # the step is a host float: one sync per level, only when adapting
                 step = step * math.exp(0.1 * (float(alpha.mean()) - 0.574))
-    log_z = float(torch.logsumexp(log_w, dim=0) - math.log(num_chains))
-    weights = (log_w - log_w.max()).exp()
-    ess = float(weights.sum() ** 2 / (weights**2).sum())
-    interval = bootstrap_interval(log_w, bootstrap, torch.Generator().manual_seed(0))
     settings = {"num_chains": num_chains, "num_levels": num_levels, "steps_per_level": steps_per_level,
                 "base": base, "base_std": base_std if base == "gaussian" else None,
                 "bounds": list(bounds) if bounds is not None else None, "schedule": schedule, "kernel": "MALA",
                 "adapt": adapt, "final_step_size": step, "bootstrap": bootstrap}
-    return AISResult(log_z, interval, log_w.cpu(), ess, float(accepted) / (num_levels * steps_per_level), nfe,
-                     settings)
+    return ais_result(log_w, bootstrap, float(accepted) / (num_levels * steps_per_level), nfe, settings)
+
+
+def ais_result(log_w: Tensor, bootstrap: int, acceptance: float, nfe: int, settings: dict) -> AISResult:
+    """log Ẑ = log mean exp(log w) over the chains, with the weights' effective sample size and a bootstrap
+    interval of log Ẑ (fixed seed, so a result is reproducible)."""
+    log_z = float(torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0]))
+    weights = (log_w - log_w.max()).exp()
+    ess = float(weights.sum() ** 2 / (weights**2).sum())
+    interval = bootstrap_interval(log_w, bootstrap, torch.Generator().manual_seed(0))
+    return AISResult(log_z, interval, log_w.cpu(), ess, acceptance, nfe, settings)
