@@ -64,6 +64,20 @@ def bootstrap_interval(log_weights: Tensor, draws: int = 1000, generator: torch.
     return float(log_z.quantile(0.025)), float(log_z.quantile(0.975))
 
 
+def _check_settings(num_chains, num_levels, steps_per_level, step_size, base, base_std, bounds):
+    """One-line refusals of settings AIS cannot run with; returns the checked ``bounds``."""
+    for name, value in (("num_chains", num_chains), ("num_levels", num_levels), ("steps_per_level", steps_per_level)):
+        check_number(name, value, ge=1, integer=True)
+    check_number("step_size", step_size, gt=0.0)
+    check_number("base_std", base_std, gt=0.0)
+    bounds = check_range("bounds", bounds, allow_none=True)
+    if base not in ("gaussian", "uniform"):
+        raise ValueError(f"unknown AIS base {base!r}: use gaussian or uniform")
+    if base == "uniform" and bounds is None:
+        raise ValueError("a uniform AIS base needs bounds (lo, hi)")
+    return bounds
+
+
 def ais_base(base: str, shape: tuple[int, ...], base_std: float, bounds: tuple[float, float] | None,
              generator: torch.Generator | None, device) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, Tensor]]]:
     """The normalised base of AIS: starting chains (``shape`` = (chains, *sample shape)) and its energy and gradient
@@ -109,15 +123,7 @@ def ais_log_partition(
     With ``bounds`` the target is restricted to the box [lo, hi]ᴰ (the MALA kernels reject moves out of it); the
     uniform base needs them.
     """
-    for name, value in (("num_chains", num_chains), ("num_levels", num_levels), ("steps_per_level", steps_per_level)):
-        check_number(name, value, ge=1, integer=True)
-    check_number("step_size", step_size, gt=0.0)
-    check_number("base_std", base_std, gt=0.0)
-    bounds = check_range("bounds", bounds, allow_none=True)
-    if base not in ("gaussian", "uniform"):
-        raise ValueError(f"unknown AIS base {base!r}: use gaussian or uniform")
-    if base == "uniform" and bounds is None:
-        raise ValueError("a uniform AIS base needs bounds (lo, hi)")
+    bounds = _check_settings(num_chains, num_levels, steps_per_level, step_size, base, base_std, bounds)
     x, base_energy = ais_base(base, (num_chains, *shape), base_std, bounds, generator, device)
     betas = beta_schedule(num_levels, schedule).tolist()
     nfe = 0
