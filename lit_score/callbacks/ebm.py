@@ -12,6 +12,7 @@ from torch import Tensor
 from lit_score.callbacks.samples import ValidationSampling, generate_across_ranks
 from lit_score.checks import check_number
 from lit_score.generation import SeedBatches
+from lit_score.metrics.mcmc import effective_sample_size, split_rhat
 from lit_score.visualize import save_samples
 
 
@@ -150,7 +151,6 @@ class ChainDiagnostics(ValidationSampling):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self.due(trainer, batch_idx, dataloader_idx) or not trainer.is_global_zero:
             return
-        from lit_score.metrics.mcmc import effective_sample_size, split_rhat
 
         generator = torch.Generator(pl_module.device).manual_seed(self.seed)
         trace: list[Tensor] = []

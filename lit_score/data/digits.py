@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.data.base import GenerativeDataModule, TensorData, num_held_out
+from lit_score.metrics.digits_extractor import DigitsClassifier, default_weights_path, preprocess
 
 
 def load_digit_labels() -> Tensor:
@@ -35,7 +36,6 @@ def load_digit_images(image_size: int = 8) -> Tensor:
 @functools.cache
 def _digits_classifier():
     """The shipped digits classifier, loaded once per process (eval mode)."""
-    from lit_score.metrics.digits_extractor import DigitsClassifier, default_weights_path
 
     classifier = DigitsClassifier()
     classifier.load_state_dict(torch.load(default_weights_path(), map_location="cpu", weights_only=True))
@@ -95,7 +95,6 @@ class Digits(GenerativeDataModule):
     def class_log_probs(self, x: Tensor) -> Tensor:
         """log-softmax of the shipped digits classifier (:mod:`lit_score.metrics.digits_extractor`: the network behind
         the ``digits`` FID features) on images in [-1, 1], resized to its 16×16 as the extractor does."""
-        from lit_score.metrics.digits_extractor import preprocess
 
         classifier = _digits_classifier()
         u8 = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # as FID sees them

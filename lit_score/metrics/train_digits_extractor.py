@@ -28,7 +28,13 @@ from torch import Tensor, nn
 
 from lit_score.data import Digits
 from lit_score.data.digits import load_digit_images
-from lit_score.metrics.digits_extractor import IMAGE_SIZE, DigitsClassifier, default_weights_path, preprocess
+from lit_score.metrics.digits_extractor import (
+    IMAGE_SIZE,
+    DigitsClassifier,
+    default_weights_path,
+    preprocess,
+    weights_sha256,
+)
 from lit_score.metrics.fidelity import to_uint8  # as a sample is quantised for evaluation
 
 EPOCHS = 8
@@ -141,7 +147,6 @@ def save_state_dict(model: DigitsClassifier, path: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Train, print train/test accuracy, wall time and sha256, and save the state_dict to ``--output``."""
-    from lit_score.metrics.digits_extractor import weights_sha256
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("digits_classifier.pt"),

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from lit_score.metrics import disturbances as D
 from lit_score.metrics.digits_candidates import CANDIDATES, build
-from lit_score.metrics.digits_extractor import NUM_CLASSES
+from lit_score.metrics.digits_extractor import NUM_CLASSES, weights_sha256
 from lit_score.metrics.train_digits_extractor import (
     _deterministic,
     fit,
@@ -89,7 +89,6 @@ def corrupt_class_accuracy(model: nn.Module, split: str = "test", seed: int = 1)
 
 def main(argv: list[str] | None = None) -> None:
     """Train, print accuracies (11-class candidates), wall time and sha256, and save the state_dict."""
-    from lit_score.metrics.digits_extractor import weights_sha256
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidate", choices=CANDIDATES, default=CANDIDATE)
