@@ -28,6 +28,7 @@ import json
 import shutil
 import time
 import traceback
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from tqdm.auto import tqdm
 
+from lit_score.atomic import torch_save
 from lit_score.evaluation.evaluate import (
     EvaluationError,
     content_key,
@@ -87,6 +89,7 @@ class Compare:
 
             resolve_feature_extractor(self.evaluation["feature_extractor"],
                                       self.evaluation.get("feature_extractor_weights_path"))
+        self.check_plan()
         names = [r["name"] for r in runs]
         if len(set(names)) != len(names):
             raise EvaluationError(f"run names must be unique, got {names}")
@@ -96,6 +99,29 @@ class Compare:
             for path in [run.get("config"), run.get("ckpt")]:
                 if path is not None and not Path(path).is_file():
                     raise EvaluationError(f"run {run['name']!r}: {path} does not exist")
+
+    def check_plan(self) -> None:
+        """Every sampler of the grid is built and every evaluation number checked before the first run trains (a
+        0-step sampler must not fail after minutes of training, leaving partial evaluations)."""
+        from lit_score.validation import EVALUATE_RULES, InvalidInput, check_options
+
+        given = dict(self.evaluation)
+        rules = {k: r for k, r in EVALUATE_RULES.items() if k in given and r.kind in ("count", "number", "ints")}
+        try:
+            check_options(given, rules)
+        except InvalidInput as err:
+            raise EvaluationError(f"the compare config's evaluation: {str(err).replace('--', '', 1)}") from None
+        for label, entry, steps in self.sampler_grid():
+            spec = None if entry is None else entry.get("sampler")
+            if spec is None:
+                continue
+            try:
+                build_sampler(spec, steps, entry.get("steps_key", "num_steps"))
+            except (ValueError, TypeError, ArgumentError) as err:
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                cause = next((line for line in reversed(lines) if " must " in line), lines[-1] if lines else err)
+                raise EvaluationError(f"samplers entry {label}: {cause} — fix it in the compare config's samplers"
+                                      ) from None
 
     # --- training --------------------------------------------------------------------------------------------------
     def train(self, run: dict) -> dict[str, Any]:
@@ -203,8 +229,7 @@ class Compare:
             if entry is None and result.samples:  # the report's sample figure shows each run's own sampler
                 shown = result.samples[0][: (64 if data.is_image else 2000)]
                 reference = None if data.is_image else data.reference_draw(len(shown), torch.Generator().manual_seed(0))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"samples": shown, "reference": reference, "data_range": data.data_range},
+                torch_save({"samples": shown, "reference": reference, "data_range": data.data_range},
                            path.with_suffix(".pt"))
                 row["figure_samples"] = str(path.with_suffix(".pt"))
         except (EvaluationError, ValueError, FileNotFoundError) as err:  # a pairing that cannot run
