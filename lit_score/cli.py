@@ -753,7 +753,9 @@ def one_line(err: BaseException) -> str:
         line = re.sub(r"^-+\s+", "", line).strip()  # a bullet, not an option such as --output
         if line and not line.startswith(_NOISE):
             causes.append(line)
-    cause = causes[-1] if causes else type(err).__name__
+    # a constructor's own range check ("decay must be …", lit_score.checks) is the real reason among a Union's errors
+    checked = [c for c in causes if re.search(r"\w must be ", c)]
+    cause = checked[0] if checked else causes[-1] if causes else type(err).__name__
     return f"{'.'.join(keys)}: {cause}" if keys else cause
 
 

@@ -118,7 +118,7 @@ class Compare:
             try:
                 build_sampler(spec, steps, entry.get("steps_key", "num_steps"))
             except (ValueError, TypeError, ArgumentError) as err:
-                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                lines = [line.strip().removeprefix("- ") for line in str(err).splitlines() if line.strip()]
                 cause = next((line for line in reversed(lines) if " must " in line), lines[-1] if lines else err)
                 raise EvaluationError(f"samplers entry {label}: {cause} — fix it in the compare config's samplers"
                                       ) from None
