@@ -259,11 +259,11 @@ def test_fuzz_every_option_of_every_command(world, capsys):
     assert len(seen) >= 50
 
 
-# --- faults: a full disk (a real 1 MiB tmpfs) and stop signals ----------------------------------------------------
+# --- faults: a full disk (a real 4 MiB tmpfs) and stop signals ----------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):
     disk = tmp_path / "disk"
-    if not mount_tmpfs(disk, "size=64k"):
+    if not mount_tmpfs(disk, "size=4m"):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield disk
     unmount(disk)
@@ -305,8 +305,9 @@ def test_fit_on_a_full_disk_keeps_the_old_checkpoint_and_a_fresh_fit_leaves_no_r
     last = runs / "ddpm_toy/version_0/checkpoints/last.ckpt"
     old = last.read_bytes()
     fill(small_disk, leave=0)
-    code, lines, err = run_bad(["fit", "--config", TOY, "--trainer.logger.init_args.save_dir", runs, *SHORT[:2], "4",
-                                *SHORT[3:], "--trainer.callbacks", SAVE_LAST, "--ckpt_path", last], capsys)
+    resume = ["fit", "--config", TOY, "--trainer.logger.init_args.save_dir", runs, *SHORT[2:],
+              "--trainer.max_steps", "4", "--trainer.callbacks", SAVE_LAST, "--ckpt_path", last]
+    code, lines, err = run_bad(resume, capsys)
     assert code == 1 and len(lines) == 1 and "Traceback" not in err, err[-1500:]
     assert "no space left" in lines[0], lines[0]
     assert last.read_bytes() == old  # the old checkpoint survives
