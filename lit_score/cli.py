@@ -115,7 +115,6 @@ def check_sampler(model: GenerativeModule, sampler: Sampler) -> None:
     """Refuse, in one line, a sampler the model cannot serve, and warn, in one line, about one that runs but does not
     carry the prior to the data (each by the capability it declares)."""
     problem = model.sampler_problem(sampler)
-    check_sampler_steps(model, sampler)
     if problem is not None:
         hint = "Langevin or ULA" if sampler.requires_energy else "Langevin"
         raise UserError(f"{type(sampler).__name__} cannot sample a {type(model).__name__}: {problem}; use a sampler"
@@ -125,6 +124,7 @@ def check_sampler(model: GenerativeModule, sampler: Sampler) -> None:
               f" prior and never visits the noise levels {type(model).__name__} was trained on, so its samples are"
               f" not the model's; use the model's own sampler ({type(model.sampler).__name__}) or AnnealedLangevin",
               file=sys.stderr)
+    check_sampler_steps(model, sampler)
 
 
 def resolve_sampler(
@@ -681,10 +681,10 @@ def encode_main(argv: list[str]) -> dict[str, Path]:
                         " diffusion, score or flow model")
     chosen = parser.instantiate_classes(cfg).sampler
     sampler = chosen if chosen is not None else DPMSolver(num_steps=20)
-    check_sampler(model, sampler)
     if not sampler.reversible:
         raise UserError(f"{type(sampler).__name__} cannot run backwards in time: encode with DPMSolver, Heun, Euler,"
                         " AdaptiveODE, DDIM (eta 0) or EDMHeun (S_churn 0)")
+    check_sampler(model, sampler)
     ckpt = Path(cfg.ckpt_path)
     if cfg.input is not None:
         x = load_array(cfg.input, model.require_shape(), _data_range(model), "--input")
