@@ -40,8 +40,9 @@ class Rule:
 
     ``kind``: ``count`` (an integer >= ``ge``), ``number`` (a finite number within ``gt`` / ``ge`` / ``le``),
     ``ints`` / ``numbers`` (a comma list of those), ``choice`` (one of ``choices``), ``file`` (an existing file or
-    folder to read), ``output`` (a place to write), ``flag`` (a boolean), ``text`` (any string), or ``elsewhere``
-    (checked by the code named in ``note``: a constructor, the checkpoint loader).
+    folder to read), ``output`` (a file stem to write), ``folder`` (an output folder: not a file, writable),
+    ``flag`` (a boolean), ``text`` (any string), or ``elsewhere`` (checked by the code named in ``note``: a
+    constructor, the checkpoint loader).
     """
 
     kind: str
@@ -142,6 +143,26 @@ EVALUATE_RULES: dict[str, Rule] = {
     "progress": FLAG,
 }
 
+COMPARE_RULES: dict[str, Rule] = {
+    "output": Rule("folder", none=True),
+    "runs": elsewhere("Compare: each run has a name and exactly one existing config or ckpt"),
+    "ckpts": elsewhere("the checkpoint reader (checkpoint_class_path)"),
+    "shared": elsewhere("the fit of each run (its parser)"),
+    "samplers": elsewhere("Compare.check_plan: every sampler of the grid is built before training"),
+    "evaluation": elsewhere("Compare.check_plan: its numbers against EVALUATE_RULES"),
+    "logger": elsewhere("the logger's constructor"),
+    "accelerator": choice(*ACCELERATORS),
+    "progress": FLAG,
+}
+SWEEP_RULES: dict[str, Rule] = {
+    "sweep_file": IN_FILE,
+    "count": count(1, none=True),
+    "output": Rule("folder", none=True),
+    "method": choice("grid", "random", "bayes", none=True),
+    "seed": count(0),
+    "retry_failed": FLAG,
+}
+
 
 def _bounds(rule: Rule) -> dict[str, Any]:
     return {k: getattr(rule, k) for k in ("gt", "ge", "le") if getattr(rule, k) is not None}
@@ -185,6 +206,8 @@ def check_options(cfg, rules: dict[str, Rule]) -> None:
             raise InvalidInput(f"--{option} must be one of {', '.join(rule.choices)}, got {value!r}")
         elif rule.kind == "file":
             check_input_path(value, f"--{option}")
+        elif rule.kind == "folder":
+            check_output_folder(Path(value), f"--{option}")
 
 
 def check_input_path(path: Any, what: str) -> Path:
@@ -390,11 +413,10 @@ def parser_options(parser) -> list[str]:
     return names
 
 
-__all__ = ["ENCODE_RULES", "EVALUATE_RULES", "InvalidInput", "Rule", "SAMPLE_RULES", "check_array",
-           "check_config_data", "check_finite_argv", "check_input_path", "check_mask", "check_options",
+__all__ = ["COMPARE_RULES", "ENCODE_RULES", "EVALUATE_RULES", "InvalidInput", "Rule", "SAMPLE_RULES", "SWEEP_RULES",
+           "check_array", "check_config_data", "check_finite_argv", "check_input_path", "check_mask", "check_options",
            "check_output_folder", "check_output_stem", "check_sampler_steps", "describe_os_error", "parse_numbers",
-           "parser_options",
-           "read_array", "resolve_device", "writable_folder"]
+           "parser_options", "read_array", "resolve_device", "writable_folder"]
 
 
 def describe_os_error(err: OSError) -> str:

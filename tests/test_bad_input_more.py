@@ -22,7 +22,16 @@ import yaml
 
 from lit_score.cli import _encode_parser, _sample_parser, main
 from lit_score.evaluation.cli import evaluate_parser
-from lit_score.validation import ENCODE_RULES, EVALUATE_RULES, SAMPLE_RULES, parser_options
+from lit_score.evaluation.compare import compare_parser
+from lit_score.sweeps.local import sweep_parser
+from lit_score.validation import (
+    COMPARE_RULES,
+    ENCODE_RULES,
+    EVALUATE_RULES,
+    SAMPLE_RULES,
+    SWEEP_RULES,
+    parser_options,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = str(ROOT / "configs/ddpm/toy.yaml")
@@ -188,8 +197,12 @@ def test_a_plain_npy_of_samples_is_evaluated(world, capsys):
 
 
 # --- every option of every command has a rule -------------------------------------------------------------------
-@pytest.mark.parametrize("parser, rules", [(_sample_parser, SAMPLE_RULES), (_encode_parser, ENCODE_RULES),
-                                           (evaluate_parser, EVALUATE_RULES)], ids=["sample", "encode", "evaluate"])
+COMMANDS = {"sample": (_sample_parser, SAMPLE_RULES), "encode": (_encode_parser, ENCODE_RULES),
+            "evaluate": (evaluate_parser, EVALUATE_RULES), "compare": (compare_parser, COMPARE_RULES),
+            "sweep": (sweep_parser, SWEEP_RULES)}
+
+
+@pytest.mark.parametrize("parser, rules", list(COMMANDS.values()), ids=list(COMMANDS))
 def test_every_option_has_a_validation_rule(parser, rules):
     assert set(parser_options(parser())) == set(rules)
 
@@ -211,16 +224,18 @@ def bad_values(rule, w: Path) -> list[str]:
         return ["bogus", "nan", ""]
     if rule.kind == "file":
         return [str(w / "missing.npz"), str(w / "missing" / "deeper.ckpt"), ""]
+    if rule.kind == "folder":
+        return [str(w / "a_file"), str(w / "a_file" / "below")]
     return []
 
 
 def fuzz_space(w: Path) -> list[tuple[str, str, str]]:
     """(command, option, bad value) for every option with a rule of every command, and the trainer's numbers."""
     space = []
-    for command, rules in (("sample", SAMPLE_RULES), ("encode", ENCODE_RULES), ("evaluate", EVALUATE_RULES)):
+    for command, (_, rules) in COMMANDS.items():
         for option, rule in rules.items():
             space += [(command, option, v) for v in bad_values(rule, w)]
-        if "output" in rules:
+        if rules["output"].kind == "output":
             space.append((command, "output", str(w / "a_file" / "below")))  # under a file
     space += [("sample", "sampler.init_args.num_steps", v) for v in ("0", "-3", "x", "nan")]
     space += [("fit", key, v) for key in ("trainer.max_steps", "trainer.gradient_clip_val",
@@ -239,24 +254,30 @@ def test_fuzz_every_option_of_every_command(world, capsys):
     c = ddpm(world)
     base = {"sample": ["sample", "--ckpt_path", str(c)], "encode": ["encode", "--ckpt_path", str(c)],
             "evaluate": ["evaluate", "--ckpt_path", str(c), "--num_samples", "10", "--metrics", "distances"],
+            "compare": ["compare", "--ckpts", str(c), "--output", str(world / "fuzz_compare")],
+            "sweep": ["sweep", str(world / "sweep.yaml"), "--output", str(world / "fuzz_sweep")],
             "fit": ["fit", "--config", TOY, "--trainer.logger.init_args.save_dir", str(world / "fuzz_runs")]}
     seen: list[tuple[str, str, str]] = []
 
-    @settings(max_examples=200, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=250, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(st.sampled_from(space))
     def check(case):
         command, option, value = case
         seen.append(case)
         argv = [a for a in base[command] if not (option == "ckpt_path" and a in ("--ckpt_path", str(c)))]
+        if option == "sweep_file":  # the positional argument
+            argv, given = ["sweep", value, "--output", str(world / "fuzz_sweep")], []
+        else:
+            given = [f"--{option}", value]
         before = snapshot(world)
-        code, lines, err = run_bad([*argv, f"--{option}", value], capsys)
+        code, lines, err = run_bad([*argv, *given], capsys)
         assert code not in (0, None), (case, err[-800:])
         assert len(lines) == 1 and "Traceback" not in err, (case, err[-1500:])
         assert snapshot(world) == before, case
 
     check()
-    assert len(seen) >= 150 and len(set(seen)) >= 100, (len(seen), len(set(seen)))
+    assert len(seen) >= 200 and len(set(seen)) >= 150, (len(seen), len(set(seen)))
     print(f"fuzz: {len(seen)} examples, {len(set(seen))} distinct bad inputs of {len(space)}")
 
 

@@ -310,6 +310,10 @@ def compare_main(argv: list[str]) -> dict[str, Path]:
     """``lit-score compare``."""
     parser = compare_parser()
     cfg = parser.parse_args(argv)
+    from lit_score.validation import COMPARE_RULES, check_options, resolve_device
+
+    check_options(cfg, COMPARE_RULES)  # before any run trains
+    resolve_device(cfg.accelerator)  # gpu on a machine without one: refused, not silently the CPU
     runs = list(cfg.runs or [])
     from lit_score.cli import checkpoint_class_path
 
@@ -320,6 +324,9 @@ def compare_main(argv: list[str]) -> dict[str, Path]:
         raise EvaluationError("nothing to compare: give runs in a --config or --ckpts")
     output = Path(cfg.output) if cfg.output else Path("runs/compare") / (
         Path(str(cfg.config[0])).stem if cfg.get("config") else "ckpts")
+    from lit_score.validation import check_output_folder
+
+    check_output_folder(output)  # the report's folder: refused now, not after training
     evaluation = {"num_samples": 2000, "seeds": [0], **(cfg.evaluation or {})}
     paths = Compare(output, runs, list(cfg.samplers or []), evaluation, dict(cfg.shared or {}),
                     cfg.accelerator, cfg.progress).run()

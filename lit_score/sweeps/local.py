@@ -579,6 +579,9 @@ def sweep_parser():
 def sweep_main(argv: list[str], launch: Launcher = launch_process) -> dict[str, Path]:
     """``lit-score sweep``."""
     cfg = sweep_parser().parse_args(argv)
+    from lit_score.validation import SWEEP_RULES, check_options
+
+    check_options(cfg, SWEEP_RULES)
     sweep = LocalSweep(cfg.sweep_file, cfg.output, cfg.method, cfg.count, cfg.seed, launch)
     paths = sweep.run(retry_failed=cfg.retry_failed)
     print(paths["md"].read_text())
