@@ -179,5 +179,24 @@ def save_image(image, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["DiskFullError", "atomic_file", "disk_full", "outputs", "save_figure", "save_image", "savez",
+__all__ = ["DiskFullError", "atomic_file", "disk_full", "outputs", "quiet_full_disk_in_threads", "save_figure",
+           "save_image", "savez",
            "torch_save", "write_bytes", "write_text"]
+
+
+def quiet_full_disk_in_threads() -> None:
+    """A background writer thread (TensorBoard's event file writer) that hits the full disk the command has already
+    reported in one line must not add a thread traceback at exit; every other thread error is printed as before."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "lit_score_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and args.exc_value.errno in FULL:
+            return
+        previous(args)
+
+    hook.lit_score_quiet = True
+    threading.excepthook = hook

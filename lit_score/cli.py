@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
 
-from lit_score.atomic import outputs
+from lit_score.atomic import outputs, quiet_full_disk_in_threads
 from lit_score.callbacks.ranks import RanksDisagreeError
 from lit_score.callbacks.resume import (
     FinalCheckpoint,
@@ -811,6 +811,7 @@ def main(args: list[str] | None = None) -> None:
     try:
         check_config_files(argv)
         check_finite_argv(argv)
+        quiet_full_disk_in_threads()
         if not argv or argv[0] in ("-h", "--help"):
             print_help(sys.stdout if argv else sys.stderr)
             if not argv:

@@ -427,7 +427,8 @@ def describe_os_error(err: OSError) -> str:
 
     if isinstance(err, DiskFullError) or not err.errno:
         return " ".join(str(err).split())
-    where = err.filename if err.filename is not None else "the output"
+    where = err.filename if err.filename is not None else (
+        "the output (--output; for fit the logger's save_dir or --trainer.default_root_dir)")
     what = err.strerror or str(err)
     if err.errno in FULL:
         return (f"no space left on the disk holding {where}: free space there or write elsewhere; nothing was"

@@ -336,6 +336,19 @@ def test_fit_on_a_full_disk_keeps_the_old_checkpoint_and_a_fresh_fit_leaves_no_r
     assert not [p for p in last.parent.iterdir() if p.name.startswith(".") or "tmp" in p.name]
 
 
+def test_a_fresh_fit_on_a_full_disk_ends_in_one_line_with_no_thread_traceback_at_exit(small_disk, tmp_path):
+    """In a process of its own: TensorBoard's writer thread also hits the full disk, as the interpreter exits."""
+    fill(small_disk, leave=2048)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-c", "from lit_score.cli import main; main()", "fit", "--config", TOY,
+                           "--trainer.logger.init_args.save_dir", str(small_disk / "runs"), *SHORT],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("lit-score:")]
+    assert done.returncode == 1 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "no space left on the disk holding" in lines[0]
+    assert sorted(p.name for p in small_disk.rglob("*")) == ["filler"]
+
+
 @pytest.mark.parametrize("command, sig, code", [("sample", signal.SIGINT, 130), ("evaluate", signal.SIGTERM, 143),
                                                 ("encode", signal.SIGTERM, 143)])
 def test_a_stop_signal_is_one_line_and_leaves_no_partial_output(world, tmp_path, command, sig, code):
