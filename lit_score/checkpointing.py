@@ -64,6 +64,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
+        except BaseException as err:
+            from lit_score.atomic import DiskFullError, disk_full
+
+            if disk_full(err, target.parent):
+                raise DiskFullError(target) from err  # one line; the previous checkpoint is untouched
+            raise
         finally:
             if tmp.exists():
                 tmp.unlink()

@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 from tqdm.auto import tqdm
 
+from lit_score.atomic import outputs, quiet_full_disk_in_threads
 from lit_score.callbacks.ranks import RanksDisagreeError
 from lit_score.callbacks.resume import (
     FinalCheckpoint,
@@ -37,9 +38,22 @@ from lit_score.callbacks.samples import run_dir
 from lit_score.checkpointing import AtomicCheckpointIO, NonFiniteWeightsError, find_last_checkpoint, nonfinite_names
 from lit_score.data import GenerativeDataModule
 from lit_score.generation import SampleCollector, SeedBatches, draw_seed_batch
+from lit_score.interrupts import Interrupted, stop_on_signals
 from lit_score.loading import checkpoint_class, load_module, read_checkpoint, resolve_class
 from lit_score.models import GenerativeModule, NonFiniteLossError
 from lit_score.samplers import Sampler
+from lit_score.validation import (
+    ENCODE_RULES,
+    SAMPLE_RULES,
+    check_config_data,
+    check_finite_argv,
+    check_options,
+    check_output_stem,
+    check_sampler_steps,
+    describe_os_error,
+    resolve_device,
+    writable_folder,
+)
 from lit_score.visualize import save_picture, save_samples
 
 SUBCOMMANDS_OUTSIDE_LIGHTNING = ("sample", "evaluate", "compare", "encode", "sweep")
@@ -92,6 +106,7 @@ def check_sampler(model: GenerativeModule, sampler: Sampler) -> None:
               f" prior and never visits the noise levels {type(model).__name__} was trained on, so its samples are"
               f" not the model's; use the model's own sampler ({type(model.sampler).__name__}) or AnnealedLangevin",
               file=sys.stderr)
+    check_sampler_steps(model, sampler)
 
 
 def resolve_sampler(
@@ -413,18 +428,7 @@ def check_wandb_login(loggers) -> None:
 
 def check_writable(folder: Path) -> None:
     """The output folder can be made and written to, or one line saying so (before any long work)."""
-    import tempfile
-
-    created = not folder.exists()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise UserError(f"cannot write to {folder} ({err.strerror or err}): pass --output somewhere writable") from err
-    finally:
-        if created and folder.exists() and not any(folder.iterdir()):
-            folder.rmdir()  # no empty folder left behind; save_samples makes it again
+    writable_folder(folder)
 
 
 def _reference_beside(ckpt: Path, x: torch.Tensor) -> torch.Tensor | None:
@@ -547,8 +551,9 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     cfg = parser.parse_args(argv)
     if cfg.num_samples < 1 or (cfg.batch_size is not None and cfg.batch_size < 1):
         raise UserError(f"need --num_samples >= 1 and --batch_size >= 1, got {cfg.num_samples} and {cfg.batch_size}")
-    device = torch.device("cuda" if cfg.accelerator == "auto" and torch.cuda.is_available() else (
-        "cpu" if cfg.accelerator == "auto" else cfg.accelerator))
+    check_options(cfg, SAMPLE_RULES)
+    check_output_stem(cfg.output)
+    device = resolve_device(cfg.accelerator)
     model = load_model(cfg.ckpt_path, map_location=device)
     model.set_sample_start(cfg.start)
     apply_condition(model, cfg, device)
@@ -596,8 +601,10 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     title = f"{type(model).__name__} · {type(sampler).__name__} · NFE {nfe}"
     if labels is not None:
         title += f" · {_condition_words(condition)}"
-    paths = save_samples(x, stem, title=title, metadata=metadata, reference=_reference_beside(ckpt, x),
-                         labels=None if labels is None else labels.cpu())
+    reference = _reference_beside(ckpt, x)
+    with outputs():  # the PNG and the .npz both, or neither
+        paths = save_samples(x, stem, title=title, metadata=metadata, reference=reference,
+                             labels=None if labels is None else labels.cpu())
     finite = torch.isfinite(x).all().item()
     extra = "".join(f", {k} {v:.4g}" for k, v in sampler.measured(scalars=True).items())
     extra += f", {_condition_words(condition)}" if labels is not None else ""
@@ -657,18 +664,19 @@ def encode_main(argv: list[str]) -> dict[str, Path]:
     if cfg.num_samples < 1 or cfg.interpolate < 0 or cfg.interpolate == 1:
         raise UserError(f"need --num_samples >= 1 and --interpolate 0 or >= 2, got {cfg.num_samples} and"
                         f" {cfg.interpolate}")
-    device = torch.device("cuda" if cfg.accelerator == "auto" and torch.cuda.is_available() else (
-        "cpu" if cfg.accelerator == "auto" else cfg.accelerator))
+    check_options(cfg, ENCODE_RULES)
+    check_output_stem(cfg.output)
+    device = resolve_device(cfg.accelerator)
     model = load_model(cfg.ckpt_path, map_location=device).eval()
     if model.process is None:
         raise UserError(f"{type(model).__name__} has no noise process, so no probability-flow ODE: encode a"
                         " diffusion, score or flow model")
     chosen = parser.instantiate_classes(cfg).sampler
     sampler = chosen if chosen is not None else DPMSolver(num_steps=20)
-    check_sampler(model, sampler)
     if not sampler.reversible:
         raise UserError(f"{type(sampler).__name__} cannot run backwards in time: encode with DPMSolver, Heun, Euler,"
                         " AdaptiveODE, DDIM (eta 0) or EDMHeun (S_churn 0)")
+    check_sampler(model, sampler)
     ckpt = Path(cfg.ckpt_path)
     if cfg.input is not None:
         x = load_array(cfg.input, model.require_shape(), _data_range(model), "--input")
@@ -679,8 +687,8 @@ def encode_main(argv: list[str]) -> dict[str, Path]:
         held_out = data.split_dataset("test")
         x = torch.stack([held_out[i] for i in range(min(cfg.num_samples, len(held_out)))])
     stem = Path(cfg.output) if cfg.output else ckpt.parent.parent / "latents" / f"{ckpt.stem}_{type(sampler).__name__}"
-    outputs = [stem.with_suffix(".npz"), stem.with_suffix(".png"), stem.with_name(stem.name + "_interpolation.png")]
-    existing = [p for p in outputs if p.exists()]
+    targets = [stem.with_suffix(".npz"), stem.with_suffix(".png"), stem.with_name(stem.name + "_interpolation.png")]
+    existing = [p for p in targets if p.exists()]
     if existing and not cfg.overwrite:
         raise UserError(f"{existing[0]} exists: pass --output elsewhere or --overwrite true")
     check_writable(stem.parent)
@@ -705,18 +713,19 @@ def encode_main(argv: list[str]) -> dict[str, Path]:
                 "relative_error": error.cpu().numpy(), "nfe": nfe, "sampler": repr(sampler), "ckpt_path": str(ckpt)}
     if cfg.class_label is not None:
         metadata["class_label"] = cfg.class_label
-    paths = save_samples(x.cpu(), stem, data_range=_data_range(model), title=f"inputs of {type(model).__name__}",
-                         metadata=metadata)
-    paths = {"npz": paths["npz"]}
-    if path is not None:
-        rows = path.transpose(0, 1).flatten(0, 1).cpu()  # one row per pair: x_a … x_b
-        if rows.ndim == 4:
-            from lit_score.visualize import save_image_grid
+    with outputs():  # every file, or none
+        paths = save_samples(x.cpu(), stem, data_range=_data_range(model),
+                             title=f"inputs of {type(model).__name__}", metadata=metadata)
+        paths = {"npz": paths["npz"]}
+        if path is not None:
+            rows = path.transpose(0, 1).flatten(0, 1).cpu()  # one row per pair: x_a … x_b
+            if rows.ndim == 4:
+                from lit_score.visualize import save_image_grid
 
-            save_image_grid(rows, outputs[2], _data_range(model), nrow=cfg.interpolate)
-        else:
-            save_picture(rows, outputs[2], title=f"slerp paths between {pairs} pairs ({cfg.interpolate} points)")
-        paths["interpolation"] = outputs[2]
+                save_image_grid(rows, targets[2], _data_range(model), nrow=cfg.interpolate)
+            else:
+                save_picture(rows, targets[2], title=f"slerp paths between {pairs} pairs ({cfg.interpolate} points)")
+            paths["interpolation"] = targets[2]
     print(f"wrote {', '.join(str(p) for p in paths.values())} ({x.shape[0]} inputs, NFE {nfe} each way, median"
           f" relative reconstruction error {float(error.median()):.2e})")
     return paths
@@ -732,10 +741,13 @@ def one_line(err: BaseException) -> str:
     keys = re.findall(r'Parser key "([^"]+)"', text)
     causes = []
     for line in text.splitlines():
-        line = re.sub(r'^Parser key "[^"]+":', "", line.strip()).strip().lstrip("-").strip()
+        line = re.sub(r'^Parser key "[^"]+":', "", line.strip()).strip()
+        line = re.sub(r"^-+\s+", "", line).strip()  # a bullet, not an option such as --output
         if line and not line.startswith(_NOISE):
             causes.append(line)
-    cause = causes[-1] if causes else type(err).__name__
+    # a constructor's own range check ("decay must be …", lit_score.checks) is the real reason among a Union's errors
+    checked = [c for c in causes if re.search(r"\w must be ", c)]
+    cause = checked[0] if checked else causes[-1] if causes else type(err).__name__
     return f"{'.'.join(keys)}: {cause}" if keys else cause
 
 
@@ -762,12 +774,13 @@ def check_config_files(argv: list[str]) -> None:
             raise UserError(f"config file {name} does not exist: pass the path of a YAML file"
                             " (e.g. configs/ddpm/toy.yaml)")
         try:
-            yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             reason = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise UserError(f"config file {name}{where}: {reason} — fix the YAML there") from err
+        check_config_data(name, data)
 
 
 def did_you_mean(parser, argv: list[str], message: str) -> str:
@@ -789,6 +802,8 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     try:
         check_config_files(argv)
+        check_finite_argv(argv)
+        quiet_full_disk_in_threads()
         if not argv or argv[0] in ("-h", "--help"):
             print_help(sys.stdout if argv else sys.stderr)
             if not argv:
@@ -801,15 +816,18 @@ def main(args: list[str] | None = None) -> None:
             hint = f"did you mean {close[0]}? " if close else ""
             raise ArgumentError(None, f"unknown subcommand {argv[0]!r}: {hint}choose from {', '.join(SUBCOMMANDS)}")
         if argv[0] == "sample":
-            sample_main(argv[1:])
+            with stop_on_signals():
+                sample_main(argv[1:])
             return
         if argv[0] == "evaluate":
             from lit_score.evaluation.cli import evaluate_main
 
-            evaluate_main(argv[1:])
+            with stop_on_signals():
+                evaluate_main(argv[1:])
             return
         if argv[0] == "encode":
-            encode_main(argv[1:])
+            with stop_on_signals():
+                encode_main(argv[1:])
             return
         if argv[0] == "sweep":
             from lit_score.sweeps.local import sweep_main
@@ -819,7 +837,8 @@ def main(args: list[str] | None = None) -> None:
         if argv[0] == "compare":
             from lit_score.evaluation.compare import compare_main
 
-            compare_main(argv[1:])
+            with stop_on_signals():
+                compare_main(argv[1:])
             return
         with warnings.catch_warnings():
             # compare and sweep run `fit` in-process with their own argv: Lightning's warning that both args and
@@ -834,16 +853,20 @@ def main(args: list[str] | None = None) -> None:
                 " configs/trainer/gpu.yaml" if any(w in text for w in ("not available", "CUDA", "gpu backend")) else "")
         print(f"lit-score: error: {text}{hint}", file=sys.stderr)
         raise SystemExit(1) from err
-    except TrainingStopped as err:
+    except (TrainingStopped, Interrupted) as err:
         print(f"lit-score: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from err
+    except KeyboardInterrupt as err:  # Ctrl-C outside a command's own handlers
+        print(f"lit-score: {Interrupted(2)}", file=sys.stderr)
+        raise SystemExit(130) from err
     except (UserError, ValueError, OSError, NonFiniteLossError, NonFiniteStepsError, NonFiniteWeightsError,
             RanksDisagreeError, ArgumentError) as err:
         if os.environ.get("LIT_SCORE_DEBUG"):
             raise
         command = f"lit-score {argv[0]}" if argv and argv[0] in SUBCOMMANDS else "lit-score"
         hint = f" (see `{command} --help`)" if isinstance(err, ArgumentError) else ""
-        print(f"lit-score: error: {one_line(err)}{hint}", file=sys.stderr)
+        text = describe_os_error(err) if isinstance(err, OSError) else one_line(err)
+        print(f"lit-score: error: {text}{hint}", file=sys.stderr)
         raise SystemExit(1 if not isinstance(err, ArgumentError) else 2) from err
     except Exception as err:
         if type(err).__module__.startswith("wandb.") and not os.environ.get("LIT_SCORE_DEBUG"):

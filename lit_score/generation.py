@@ -196,13 +196,10 @@ class SampleCollector(BasePredictionWriter):
 
 def save_generation(path: Path, samples: Tensor, nfe: list[int], index: Tensor, metadata: dict[str, Any]) -> Path:
     """Write samples + per-batch NFE + seed indices (+ metadata) as one .npz, atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as handle:
-        extras = {k: np.asarray(v) for k, v in metadata.items()}
-        np.savez(handle, samples=samples.float().numpy(), nfe=np.asarray(nfe), index=index.numpy(), **extras)
-    tmp.replace(path)
-    return path
+    from lit_score.atomic import savez
+
+    extras = {k: np.asarray(v) for k, v in metadata.items()}
+    return savez(path, samples=samples.float().numpy(), nfe=np.asarray(nfe), index=index.numpy(), **extras)
 
 
 @dataclass

@@ -10,6 +10,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from lit_score.atomic import save_figure, save_image, savez
+
 
 def image_grid(x: Tensor, data_range: tuple[float, float] = (-1.0, 1.0), nrow: int | None = None,
                marked: Tensor | None = None) -> Tensor:
@@ -48,8 +50,7 @@ def save_image_grid(x: Tensor, path: Path, data_range: tuple[float, float] = (-1
     factor = max(1, math.ceil(min_side / max(grid.shape[:2])))
     if factor > 1:
         grid = grid.repeat(factor, axis=0).repeat(factor, axis=1)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
-    return path
+    return save_image(Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid), path)
 
 
 def class_rows(x: Tensor, labels: Tensor) -> tuple[Tensor, int]:
@@ -100,9 +101,10 @@ def save_scatter(x: Tensor, path: Path, reference: Tensor | None = None, title: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def outside_note(xy: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> str:
@@ -130,7 +132,6 @@ def save_picture(
     ``labels`` (B,) are given, images where the (B,) bool ``marked`` is True framed red — else a scatter over the data
     (coloured by class)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if x.ndim == 4:
         if labels is not None:
             if marked is not None:  # the same rearrangement as the images
@@ -152,12 +153,12 @@ def save_samples(
     labels: Tensor | None = None,
 ) -> dict[str, Path]:
     """Write ``stem.png`` (grid for images — a row per class with ``labels`` —, scatter otherwise) and ``stem.npz``
-    (raw samples, their ``labels`` when given, and the metadata)."""
+    (raw samples, their ``labels`` when given, and the metadata), each atomically."""
     stem = Path(stem)
     png = save_picture(x, stem.with_suffix(".png"), data_range, reference, title, labels)
     npz = stem.with_suffix(".npz")
     extras = {k: np.asarray(v) for k, v in (metadata or {}).items()}
     if labels is not None:
         extras["labels"] = labels.detach().cpu().numpy()
-    np.savez_compressed(npz, samples=x.detach().float().cpu().numpy(), **extras)
+    savez(npz, compressed=True, samples=x.detach().float().cpu().numpy(), **extras)
     return {"png": png, "npz": npz}

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from lit_score.atomic import save_figure
 from lit_score.callbacks.samples import ValidationSampling, generate_across_ranks
 from lit_score.checks import check_number
 from lit_score.generation import SeedBatches
@@ -41,10 +42,10 @@ def save_energy_histogram(energies: dict[str, Tensor], path: Path, title: str | 
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 class EnergyHistogram(ValidationSampling):

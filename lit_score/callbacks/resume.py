@@ -94,6 +94,10 @@ def _resumable_loaders(trainer: pl.Trainer) -> list:
     return [loader for loader in loaders if isinstance(loader, ResumableLoader)]
 
 
+NOT_RESUMABLE = ("You're resuming from a checkpoint that ended before the epoch ended and your dataloader is"
+                 " not resumable")
+
+
 class ResumeState(Callback):
     """Saves every rank's RNG streams and its training loaders' positions (:class:`ResumableLoader`) in each
     checkpoint, and restores both in ``on_train_start`` of a resumed fit — after every start-up draw
@@ -106,6 +110,20 @@ class ResumeState(Callback):
     def __init__(self) -> None:
         self._trainer: pl.Trainer | None = None
         self._pending: dict | None = None
+        self._silenced = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._unsilence()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._unsilence()
+
+    def _unsilence(self) -> None:
+        if self._silenced is not None:
+            if self._silenced in warnings.filters:
+                warnings.filters.remove(self._silenced)
+                warnings._filters_mutated()
+            self._silenced = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = trainer
@@ -136,6 +154,13 @@ class ResumeState(Callback):
         if len(loaders) == len(saved):
             for loader, loader_state in zip(loaders, saved):
                 loader.resume_from(loader_state)
+            combined = getattr(trainer.fit_loop, "_combined_loader", None)
+            if loaders and combined is not None and len(loaders) == len(combined.flattened):
+                # every training loader's position is restored here, so Lightning's "dataloader is not resumable"
+                # warning (raised when its epoch loop restarts, just after this hook) is wrong: silenced until the
+                # first batch, and only that message
+                warnings.filterwarnings("ignore", message=NOT_RESUMABLE)
+                self._silenced = warnings.filters[0]
         else:
             rank_zero_warn(f"the checkpoint records {len(saved)} resumable training loader(s), this run has"
                            f" {len(loaders)}: the data order restarts")

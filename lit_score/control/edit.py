@@ -21,6 +21,7 @@ from torch import Tensor
 from lit_score.checks import check_number
 from lit_score.control.inpaint import inpaint
 from lit_score.control.sdedit import sdedit
+from lit_score.validation import check_array, check_mask, read_array
 
 
 @dataclass
@@ -77,16 +78,15 @@ class Edit:
 def load_array(path: str | Path, sample_shape: tuple[int, ...], data_range: tuple[float, float], what: str,
                mask: bool = False) -> Tensor:
     """(M, *sample_shape) float from an ``.npz`` (``samples``, else its first array) or, for images, a PNG; a mask
-    (``mask``) may also broadcast over channels. One clear line for a missing or misshapen file."""
+    (``mask``) may also broadcast over channels, and holds only 0 and 1. One clear line for a missing, misshapen or
+    non-finite file (the checks of :mod:`lit_score.validation`)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{what} {path} does not exist: pass an .npz (or a PNG for images)")
-    if path.suffix.lower() == ".npz":
-        with np.load(path) as data:
-            if not data.files:
-                raise ValueError(f"{what} {path} holds no array")
-            x = torch.from_numpy(np.asarray(data["samples"] if "samples" in data.files else data[data.files[0]]))
-        x = x.float()
+    if path.suffix.lower() in (".npz", ".npy"):
+        array, _ = read_array(path, what)
+        (check_mask if mask else check_array)(array, f"{what} {path}")
+        x = torch.from_numpy(array.astype(np.float32))
     elif path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
         if len(sample_shape) != 3:
             raise ValueError(f"{what} {path} is an image but the model's samples have shape {sample_shape}: pass an"
@@ -102,7 +102,7 @@ def load_array(path: str | Path, sample_shape: tuple[int, ...], data_range: tupl
     else:
         raise ValueError(f"{what} {path}: use an .npz (any data) or a PNG (images)")
     if mask:
-        x = (x > 0.5).float()
+        x = (x > 0.5).float()  # a PNG's brightness; an .npz mask holds exactly 0 and 1 (checked above)
     if tuple(x.shape) == tuple(sample_shape):
         x = x[None]
     shape = tuple(x.shape[1:])

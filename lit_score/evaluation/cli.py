@@ -20,6 +20,7 @@ import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.loggers import Logger
 
+from lit_score.atomic import outputs, save_figure
 from lit_score.data import GenerativeDataModule
 from lit_score.evaluation.evaluate import (
     METRIC_GROUPS,
@@ -35,6 +36,14 @@ from lit_score.evaluation.evaluate import (
 )
 from lit_score.loading import load_datamodule, read_checkpoint
 from lit_score.samplers import Sampler
+from lit_score.validation import (
+    EVALUATE_RULES,
+    check_array,
+    check_options,
+    check_output_folder,
+    read_array,
+    resolve_device,
+)
 from lit_score.visualize import save_picture
 
 
@@ -86,23 +95,23 @@ def load_samples(path: str | Path, datamodule: GenerativeDataModule) -> tuple[to
                 arrays.append(np.asarray(image.convert(mode)))
         u = torch.from_numpy(np.stack(arrays))
         u = u[:, None] if u.ndim == 3 else u.permute(0, 3, 1, 2)
+        check_array(u.numpy(), f"--samples {path}", min_rows=2)
         lo, hi = datamodule.data_range
         return lo + (hi - lo) * u.float() / 255, {"path": str(path), "format": "image folder", "files": len(files)}
     if not path.is_file():
         raise EvaluationError(f"samples {path} do not exist: pass an .npz (lit-score sample writes one) or an image"
                               " folder")
-    try:
-        with np.load(path) as data:
-            raw = np.asarray(data["samples"])
-            nfe = data["nfe"] if "nfe" in data else None
-            labels = np.asarray(data["labels"]) if "labels" in data else None
-        if raw.dtype == np.uint8:  # 8-bit images: 0 … 255 onto the data range
-            lo, hi = datamodule.data_range
-            x = lo + (hi - lo) * torch.from_numpy(raw).float() / 255
-        else:
-            x = torch.from_numpy(raw.astype(np.float32))
-    except (OSError, ValueError, KeyError) as err:
-        raise EvaluationError(f"samples {path} are not an .npz with a 'samples' array: {err}") from err
+    raw, extras = read_array(path, "--samples")
+    check_array(raw, f"--samples {path}", min_rows=2)  # real, finite, and a distribution needs two samples
+    nfe, labels = extras.get("nfe"), extras.get("labels")
+    if tuple(raw.shape[1:]) != tuple(datamodule.sample_shape):
+        raise EvaluationError(f"--samples {path} holds samples of shape {tuple(raw.shape[1:])} but the data's are"
+                              f" {tuple(datamodule.sample_shape)}: pass samples of this data (or matching --data)")
+    if raw.dtype == np.uint8:  # 8-bit images: 0 … 255 onto the data range
+        lo, hi = datamodule.data_range
+        x = lo + (hi - lo) * torch.from_numpy(raw).float() / 255
+    else:
+        x = torch.from_numpy(raw.astype(np.float32))
     nfe_value = float(np.mean(nfe)) if nfe is not None else None
     info = {"path": str(path), "format": "npz", "nfe": nfe_value}
     if labels is not None:  # the classes the samples were drawn for (lit-score sample writes them)
@@ -169,15 +178,14 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
     """``lit-score evaluate``."""
     parser = evaluate_parser()
     cfg = parser.parse_args(argv)
+    check_options(cfg, EVALUATE_RULES)  # every option, before anything is loaded or generated
     init = parser.instantiate_classes(cfg)
     sampler, datamodule, logger = init.sampler, init.data, init.logger
     seeds = parse_list(cfg.seeds, int)
     metrics = parse_list(cfg.metrics)
     if cfg.ckpt_path is None and (cfg.samples is None or datamodule is None):
         raise EvaluationError("pass --ckpt_path, or --samples with --data")
-    device = torch.device("cuda" if cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
-    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise EvaluationError("--accelerator gpu was asked for but no CUDA device is available: use --accelerator cpu")
+    device = resolve_device(cfg.accelerator)
     model, checkpoint = None, None
     if cfg.ckpt_path is not None:
         model, weights = load_for_evaluation(cfg.ckpt_path, cfg.weights, device)
@@ -219,6 +227,8 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
     written = output / ("guidance_curve.json" if cfg.guidance_scales is not None else "metrics.json")
     if not is_child_rank() and written.exists() and not cfg.overwrite:
         raise EvaluationError(f"{written} exists: pass --output elsewhere or --overwrite true")
+    if not is_child_rank():
+        check_output_folder(output)  # a file there, or a read-only place: refused now, not after generating
     trainer_kwargs = {"accelerator": "gpu" if device.type == "cuda" else "cpu", "devices": cfg.devices,
                       "strategy": cfg.strategy, "num_nodes": cfg.num_nodes, "precision": cfg.precision}
 
@@ -240,12 +250,14 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
             from lit_score.evaluation.evaluate import default_metrics
 
             metrics = [m for m in default_metrics(model, datamodule) if m != "bpd"]
-        return guidance_curve(model, cfg, parse_list(cfg.guidance_scales, float), run, output, datamodule, device)
-    result = run(output)
-    if result is None:
-        return None
-    write_outputs(result, output, datamodule, title=f"{result.protocol['model'] or 'samples'}".rpartition(".")[2],
-                  labels=_labels(model, cfg))
+        with outputs():  # every scale's folder and the curve, or nothing
+            return guidance_curve(model, cfg, parse_list(cfg.guidance_scales, float), run, output, datamodule, device)
+    with outputs():  # the samples, the picture and metrics.json, or nothing
+        result = run(output)
+        if result is None:
+            return None
+        write_outputs(result, output, datamodule, title=f"{result.protocol['model'] or 'samples'}".rpartition(".")[2],
+                      labels=_labels(model, cfg))
     if logger is not None:
         log_result(logger, result, step=(checkpoint or {}).get("global_step") or 0)
     print_summary(result, output)
@@ -311,16 +323,16 @@ def _plot_curve(rows: list[dict[str, Any]], kind: str, path: Path) -> Path:
         ax.set_title(name)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def write_outputs(result: EvaluationResult, output: Path, datamodule: GenerativeDataModule, title: str,
                   labels: torch.Tensor | None = None) -> Path:
     """``metrics.json`` and a picture of the first seed set's samples (grid or scatter beside the data; a row per
     class, or coloured by class, with the samples' class ``labels``)."""
-    output.mkdir(parents=True, exist_ok=True)
     if not result.samples:  # bits/dim only: nothing was generated, so there is no picture
         return write_json(output / "metrics.json", result.to_dict())
     x = result.samples[0]

@@ -28,6 +28,7 @@ import json
 import shutil
 import time
 import traceback
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from tqdm.auto import tqdm
 
+from lit_score.atomic import torch_save
 from lit_score.evaluation.evaluate import (
     EvaluationError,
     content_key,
@@ -91,6 +93,7 @@ class Compare:
 
             resolve_feature_extractor(self.evaluation["feature_extractor"],
                                       self.evaluation.get("feature_extractor_weights_path"))
+        self.check_plan()
         names = [r["name"] for r in runs]
         if len(set(names)) != len(names):
             raise EvaluationError(f"run names must be unique, got {names}")
@@ -100,6 +103,29 @@ class Compare:
             for path in [run.get("config"), run.get("ckpt")]:
                 if path is not None and not Path(path).is_file():
                     raise EvaluationError(f"run {run['name']!r}: {path} does not exist")
+
+    def check_plan(self) -> None:
+        """Every sampler of the grid is built and every evaluation number checked before the first run trains (a
+        0-step sampler must not fail after minutes of training, leaving partial evaluations)."""
+        from lit_score.validation import EVALUATE_RULES, InvalidInput, check_options
+
+        given = dict(self.evaluation)
+        rules = {k: r for k, r in EVALUATE_RULES.items() if k in given and r.kind in ("count", "number", "ints")}
+        try:
+            check_options(given, rules)
+        except InvalidInput as err:
+            raise EvaluationError(f"the compare config's evaluation: {str(err).replace('--', '', 1)}") from None
+        for label, entry, steps in self.sampler_grid():
+            spec = None if entry is None else entry.get("sampler")
+            if spec is None:
+                continue
+            try:
+                build_sampler(spec, steps, entry.get("steps_key", "num_steps"))
+            except (ValueError, TypeError, ArgumentError) as err:
+                lines = [line.strip().removeprefix("- ") for line in str(err).splitlines() if line.strip()]
+                cause = next((line for line in reversed(lines) if " must " in line), lines[-1] if lines else err)
+                raise EvaluationError(f"samplers entry {label}: {cause} — fix it in the compare config's samplers"
+                                      ) from None
 
     # --- training --------------------------------------------------------------------------------------------------
     def train(self, run: dict) -> dict[str, Any]:
@@ -208,10 +234,9 @@ class Compare:
             if entry is None and result.samples:  # the report's sample figure shows each run's own sampler
                 shown = result.samples[0][: (64 if data.is_image else 2000)]
                 reference = None if data.is_image else data.reference_draw(len(shown), torch.Generator().manual_seed(0))
-                path.parent.mkdir(parents=True, exist_ok=True)
                 flagged = torch.zeros(len(shown), dtype=torch.bool)  # k-NN realism's off-manifold samples
                 flagged[[i for i in result.per_seed[0].get("realism_flagged_index", []) if i < len(shown)]] = True
-                torch.save({"samples": shown, "reference": reference, "data_range": data.data_range,
+                torch_save({"samples": shown, "reference": reference, "data_range": data.data_range,
                             "flagged": flagged}, path.with_suffix(".pt"))
                 row["figure_samples"] = str(path.with_suffix(".pt"))
         except (EvaluationError, ValueError, FileNotFoundError) as err:  # a pairing that cannot run
@@ -281,6 +306,10 @@ def compare_main(argv: list[str]) -> dict[str, Path]:
     """``lit-score compare``."""
     parser = compare_parser()
     cfg = parser.parse_args(argv)
+    from lit_score.validation import COMPARE_RULES, check_options, resolve_device
+
+    check_options(cfg, COMPARE_RULES)  # before any run trains
+    resolve_device(cfg.accelerator)  # gpu on a machine without one: refused, not silently the CPU
     runs = list(cfg.runs or [])
     from lit_score.cli import checkpoint_class_path
 
@@ -291,6 +320,9 @@ def compare_main(argv: list[str]) -> dict[str, Path]:
         raise EvaluationError("nothing to compare: give runs in a --config or --ckpts")
     output = Path(cfg.output) if cfg.output else Path("runs/compare") / (
         Path(str(cfg.config[0])).stem if cfg.get("config") else "ckpts")
+    from lit_score.validation import check_output_folder
+
+    check_output_folder(output)  # the report's folder: refused now, not after training
     evaluation = {"num_samples": 2000, "seeds": [0], **(cfg.evaluation or {})}
     paths = Compare(output, runs, list(cfg.samplers or []), evaluation, dict(cfg.shared or {}),
                     cfg.accelerator, cfg.progress).run()

@@ -170,11 +170,9 @@ def describe_sampler(sampler: Sampler | None) -> dict[str, Any] | None:
 
 def write_json(path: Path, data: dict) -> Path:
     """Write JSON atomically (a temp file renamed into place): a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(jsonable(data), indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    from lit_score.atomic import write_text
+
+    return write_text(path, json.dumps(jsonable(data), indent=2) + "\n")
 
 
 def content_key(value: Any, length: int = 10) -> str:

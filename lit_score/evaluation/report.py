@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_score.atomic import atomic_file, save_figure, write_text
 from lit_score.evaluation.evaluate import jsonable, write_json
 from lit_score.metrics.image_quality import is_tie
 
@@ -194,9 +195,10 @@ def samples_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_yticks([])
         ax.set_title(f"{row['run']} ({row.get('family')})\nNFE {_fmt(row.get('nfe'))}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _quality(row: dict[str, Any]) -> tuple[str, float] | None:
@@ -237,9 +239,10 @@ def nfe_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def loss_figure(trained: list[dict[str, Any]], path: Path) -> Path | None:
@@ -260,9 +263,10 @@ def loss_figure(trained: list[dict[str, Any]], path: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def protocol_lines(rows: list[dict[str, Any]], evaluation: dict[str, Any]) -> list[str]:
@@ -322,9 +326,8 @@ def _embed(path: Path) -> str:
 
 def write_report(output: Path, trained: list[dict], rows: list[dict], evaluation: dict) -> dict[str, Path]:
     """Every report file; returns their paths."""
-    output.mkdir(parents=True, exist_ok=True)
     figures = output / "figures"
-    figures.mkdir(exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
     made = {"samples": samples_figure([r for r in rows if r["sampler_label"] == "default"], figures / "samples.png"),
             "quality_vs_nfe": nfe_figure(rows, figures / "quality_vs_nfe.png"),
             "loss": loss_figure(trained, figures / "loss.png")}
@@ -339,7 +342,7 @@ def write_report(output: Path, trained: list[dict], rows: list[dict], evaluation
         if path is not None:
             md += [f"## {name.replace('_', ' ')}", "", f"![{name}](figures/{path.name})", "", captions[name], ""]
     md_path = output / "report.md"
-    md_path.write_text("\n".join(md))
+    write_text(md_path, "\n".join(md))
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headings)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
@@ -353,13 +356,13 @@ def write_report(output: Path, trained: list[dict], rows: list[dict], evaluation
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}img{max-width:100%}")
     html_path = output / "report.html"
-    html_path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>lit-score compare</title>"
+    write_text(html_path, f"<!doctype html><html><head><meta charset='utf-8'><title>lit-score compare</title>"
                          f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
     flats = [flat_row(r) for r in rows]
     fields = list(dict.fromkeys(k for f in flats for k in f))
     csv_path = output / "metrics.csv"
-    with open(csv_path, "w", newline="") as handle:
+    with atomic_file(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows([{k: jsonable(f.get(k)) for k in fields} for f in flats])

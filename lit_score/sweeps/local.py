@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lit_score.atomic import atomic_file, write_text
 from lit_score.evaluation.report import markdown_table
 from lit_score.sweeps.spec import METHODS, SweepError, agent_values, fit_args, grid_size, load_sweep, plain
 
@@ -223,17 +224,25 @@ class LocalSweep:
 
     @contextmanager
     def locked(self):
-        """One ``lit-score sweep`` at a time per folder."""
+        """One ``lit-score sweep`` at a time per folder. The lock file goes when the sweep ends (however it ends),
+        and so does the folder when the sweep made it and left nothing in it."""
         import fcntl
 
-        self.output.mkdir(parents=True, exist_ok=True)
-        with open(self.output / ".lock", "w") as handle:
+        from lit_score.atomic import make_parents, remove_made
+
+        made = make_parents(self.output)
+        lock = self.output / ".lock"
+        with open(lock, "w") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
                 raise SweepError(f"another lit-score sweep is running in {self.output}: wait for it, or pass another"
                                  " --output") from err
-            yield
+            try:
+                yield
+            finally:
+                lock.unlink(missing_ok=True)  # still holding the lock: no other sweep can have taken it
+                remove_made(made)
 
     # --- proposals -----------------------------------------------------------------------------------------------
     def propose(self) -> dict[str, Any] | None:
@@ -436,7 +445,7 @@ class LocalSweep:
                          **{k: r["params"].get(k) for k in keys}, "wall_s": r.get("wall_s"),
                          "run_dir": r.get("run_dir"), "error": r.get("error") or ""})
         paths = {"csv": self.output / "summary.csv", "md": self.output / "summary.md"}
-        with open(paths["csv"], "w", newline="") as handle:
+        with atomic_file(paths["csv"], "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["run"])
             writer.writeheader()
             writer.writerows(rows)
@@ -446,7 +455,7 @@ class LocalSweep:
             if self._best_written != (best["name"], best["metric"]) or not paths["best"].is_file():
                 self.write_best(best)
                 self._best_written = (best["name"], best["metric"])
-        paths["md"].write_text(self.markdown(rows, keys, best))
+        write_text(paths["md"], self.markdown(rows, keys, best))
         return paths
 
     def markdown(self, rows: list[dict], keys: list[str], best: dict | None) -> str:
@@ -474,7 +483,7 @@ class LocalSweep:
                   f" {_fmt(best['metric'])} ({self.goal}).\n# Its parameters: "
                   + ", ".join(f"{k}={v}" for k, v in best["params"].items())
                   + f"\n#   lit-score fit --config {path}\n")
-        path.write_text(header + text)
+        write_text(path, header + text)
         return path
 
 
@@ -570,6 +579,9 @@ def sweep_parser():
 def sweep_main(argv: list[str], launch: Launcher = launch_process) -> dict[str, Path]:
     """``lit-score sweep``."""
     cfg = sweep_parser().parse_args(argv)
+    from lit_score.validation import SWEEP_RULES, check_options
+
+    check_options(cfg, SWEEP_RULES)
     sweep = LocalSweep(cfg.sweep_file, cfg.output, cfg.method, cfg.count, cfg.seed, launch)
     paths = sweep.run(retry_failed=cfg.retry_failed)
     print(paths["md"].read_text())
