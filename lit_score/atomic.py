@@ -19,12 +19,17 @@ A write that fails because the disk is full raises :class:`DiskFullError`, one l
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
 LOW_SPACE = 1 << 20  # bytes: below this a failed write is put down to a full disk (torch.save: "write failed")
@@ -155,8 +160,6 @@ def savez(path: str | Path, compressed: bool = False, **arrays: Any) -> Path:
 
 
 def torch_save(obj: Any, path: str | Path) -> Path:
-    import torch
-
     with atomic_file(path, "wb") as handle:
         torch.save(obj, handle)
     return Path(path)
@@ -179,9 +182,8 @@ def save_image(image, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["DiskFullError", "atomic_file", "disk_full", "outputs", "quiet_full_disk_in_threads", "save_figure",
-           "save_image", "savez",
-           "torch_save", "write_bytes", "write_text"]
+__all__ = ["DiskFullError", "atomic_file", "disk_full", "jsonable", "outputs", "quiet_full_disk_in_threads",
+           "save_figure", "save_image", "savez", "torch_save", "write_bytes", "write_json", "write_text"]
 
 
 def quiet_full_disk_in_threads() -> None:
@@ -200,3 +202,27 @@ def quiet_full_disk_in_threads() -> None:
 
     hook.lit_score_quiet = True
     threading.excepthook = hook
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: tensors and numpy to lists / floats, non-finite floats to None, objects to their repr."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Write JSON atomically (a temp file renamed into place): a kill never leaves half a file."""
+    return write_text(path, json.dumps(jsonable(data), indent=2) + "\n")

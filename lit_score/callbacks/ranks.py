@@ -16,6 +16,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from lit_score.atomic import write_json
+from lit_score.callbacks.resume import last_checkpoint_path
 from lit_score.checks import check_number
 
 
@@ -78,9 +80,6 @@ class RankSync(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         sums = self._check(trainer, pl_module)
         if trainer.is_global_zero:
-            from lit_score.callbacks.resume import last_checkpoint_path
-            from lit_score.evaluation.evaluate import write_json
-
             record = {"world_size": trainer.world_size, "global_step": trainer.global_step,
                       "checksums": sums.tolist(), "spread": self.last_spread}
             write_json(Path(last_checkpoint_path(trainer)).parent / "rank_checksums.json", record)

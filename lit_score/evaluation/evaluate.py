@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_score.atomic import jsonable
 from lit_score.data import GenerativeDataModule
 from lit_score.evaluation.image_rows import image_rows, image_summaries
 from lit_score.generation import generate
@@ -136,25 +137,6 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON values: tensors and numpy to lists / floats, non-finite floats to None, objects to their repr."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return jsonable(value.tolist())
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
-
-
 def describe_sampler(sampler: Sampler | None) -> dict[str, Any] | None:
     """class path + settings of a sampler (nested samplers described the same way)."""
     if sampler is None:
@@ -166,13 +148,6 @@ def describe_sampler(sampler: Sampler | None) -> dict[str, Any] | None:
         settings[key] = describe_sampler(value) if isinstance(value, Sampler) else jsonable(value)
     cls = type(sampler)
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": settings}
-
-
-def write_json(path: Path, data: dict) -> Path:
-    """Write JSON atomically (a temp file renamed into place): a kill never leaves half a file."""
-    from lit_score.atomic import write_text
-
-    return write_text(path, json.dumps(jsonable(data), indent=2) + "\n")
 
 
 def content_key(value: Any, length: int = 10) -> str:

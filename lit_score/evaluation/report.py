@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_score.atomic import atomic_file, save_figure, write_text
-from lit_score.evaluation.evaluate import jsonable, write_json
+from lit_score.atomic import atomic_file, jsonable, save_figure, write_json, write_text
 from lit_score.metrics.image_quality import is_tie
 
 #: metric columns of the table, in order, with their headings; only those some row has are shown

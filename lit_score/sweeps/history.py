@@ -13,6 +13,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_score.atomic import write_json
+from lit_score.callbacks.samples import run_dir
+
 
 class MetricHistory(pl.Callback):
     """After every validation run (and at the end of fit), the metrics logged *since the last row* as one row
@@ -55,8 +58,6 @@ class MetricHistory(pl.Callback):
         if trainer.fast_dev_run:
             self._run_dir = None
         else:
-            from lit_score.callbacks.samples import run_dir
-
             self._run_dir = str(run_dir(trainer))  # broadcasts: every rank calls it
         if self.path is None and self._run_dir is not None:
             self.path = Path(self._run_dir) / "metrics.json"
@@ -94,8 +95,6 @@ class MetricHistory(pl.Callback):
     def _write(self, trainer: pl.Trainer, finished: bool) -> None:
         if self.path is None:
             return
-        from lit_score.evaluation.evaluate import write_json
-
         write_json(self.path, {"rows": self.rows, "last": self.last, "run_dir": self._run_dir, "finished": finished,
                                "global_step": trainer.global_step})
 

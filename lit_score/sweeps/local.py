@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lit_score.atomic import atomic_file, write_text
+from lit_score.atomic import atomic_file, write_json, write_text
 from lit_score.evaluation.report import markdown_table
 from lit_score.sweeps.spec import METHODS, SweepError, agent_values, fit_args, grid_size, load_sweep, plain
 
@@ -218,8 +218,6 @@ class LocalSweep:
                                  " pass another --output, or remove that folder to start again")
 
     def save_state(self) -> None:
-        from lit_score.evaluation.evaluate import write_json
-
         write_json(self.state_path, self.state)
 
     @contextmanager
