@@ -20,7 +20,7 @@ import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.loggers import Logger
 
-from lit_score.atomic import outputs, save_figure
+from lit_score.atomic import jsonable, outputs, save_figure, write_json
 from lit_score.data import GenerativeDataModule
 from lit_score.evaluation.evaluate import (
     METRIC_GROUPS,
@@ -30,9 +30,7 @@ from lit_score.evaluation.evaluate import (
     describe_sampler,
     evaluate,
     is_child_rank,
-    jsonable,
     parse_list,
-    write_json,
 )
 from lit_score.loading import load_datamodule, read_checkpoint
 from lit_score.samplers import Sampler

@@ -36,14 +36,13 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from tqdm.auto import tqdm
 
-from lit_score.atomic import torch_save
+from lit_score.atomic import torch_save, write_json
 from lit_score.evaluation.evaluate import (
     EvaluationError,
     content_key,
     describe_sampler,
     evaluate,
     parse_list,
-    write_json,
 )
 from lit_score.samplers import Sampler
 
