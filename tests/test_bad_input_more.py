@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_bad_input import ROOT, SAVE_LAST, SHORT, TOY  # the same short toy runs as the first table
 
 from lit_score.cli import _encode_parser, _sample_parser, main
 from lit_score.evaluation.cli import evaluate_parser
@@ -32,13 +33,6 @@ from lit_score.validation import (
     SWEEP_RULES,
     parser_options,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-TOY = str(ROOT / "configs/ddpm/toy.yaml")
-SHORT = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
-         "--data.init_args.num_samples", "300", "--model.init_args.process.init_args.num_timesteps", "20"]
-SAVE_LAST = json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                          "init_args": {"save_last": True}}])
 
 
 def mount_tmpfs(path: Path, options: str) -> bool:
