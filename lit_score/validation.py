@@ -130,6 +130,7 @@ EVALUATE_RULES: dict[str, Rule] = {
     "likelihood_estimator": elsewhere("the likelihood estimators"),
     "likelihood_options": elsewhere("the likelihood estimators"),
     "distance_samples": count(2),
+    "half_samples": count(0),  # 0: no half-sample error bars
     "kid_subset_size": count(2, none=True),
     "cache_root": TEXT,
     "output": OUTPUT,

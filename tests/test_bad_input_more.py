@@ -106,6 +106,8 @@ def cases(w: Path) -> list[tuple[str, list, str, int]]:
         ("evaluate an npz of no samples", [*given, w / "no_rows.npz"], "holds 0 sample(s)", 1),
         ("bpd of zero held-out samples", [*evaluate, "--metrics", "bpd", "--likelihood_samples", "0"],
          "--likelihood_samples must be an integer >= 1, got 0", 1),
+        ("one half-sample for an error bar", [*evaluate, "--half_samples", "1"],
+         "--half_samples must be 0 (no error bars) or an integer >= 2, got 1", 1),
         # silently accepted before
         ("a mask of 0.5", [*sample, "--inpaint", w / "good.npz", "--mask", w / "mask_half.npz"],
          "holds 0.5 where only 0 (unknown) and 1 (known) are allowed", 1),

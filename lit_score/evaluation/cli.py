@@ -177,6 +177,8 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
     parser = evaluate_parser()
     cfg = parser.parse_args(argv)
     check_options(cfg, EVALUATE_RULES)  # every option, before anything is loaded or generated
+    if cfg.half_samples == 1:  # one half has no spread: the standard error needs two or more
+        raise EvaluationError("--half_samples must be 0 (no error bars) or an integer >= 2, got 1")
     init = parser.instantiate_classes(cfg)
     sampler, datamodule, logger = init.sampler, init.data, init.logger
     seeds = parse_list(cfg.seeds, int)

@@ -175,6 +175,8 @@ def half_sample_errors(samples: Tensor, reference: Tensor, metrics: tuple[str, .
                        prc_neighborhood: int = 3, stats: ReferenceStatistics | None = None) -> dict[str, float]:
     """Standard error at n of each metric from ``num`` random halves of the sample features (reference fixed;
     ``stats`` of it may be passed in to share them between calls)."""
+    if num < 2:
+        raise ValueError(f"a standard error from random halves needs num >= 2 halves, got {num}")
     generator = torch.Generator().manual_seed(seed)
     n = len(samples)
     stats = stats or ReferenceStatistics(reference, prc_neighborhood)
