@@ -9,6 +9,7 @@ reference of 1,117, as ``lit-score evaluate`` cuts it at n = 500; samples and fl
 :func:`lit_score.metrics.realism.realism`). Samples are drawn for labels i mod 10 from one generator seeded 0 (not
 evaluate's per-batch seeds: the shares are comparable with each other and with the floor printed first, and with
 evaluate's ``realism_flagged`` only up to sampling error). Per setting it prints one JSON line: the flagged share,
+the speckled share (clamped samples whose high-frequency energy exceeds 0.5),
 the sample range before the clamp, the high-frequency energy (mean squared 4-neighbour Laplacian) of flagged and
 clean samples, and along the path (about 10 of its steps) the range and high-frequency energy of x̂₀ and of x_t for
 flagged and clean samples ([flagged, clean] pairs). Pure N(0, 1) noise has a high-frequency energy of 20, clean
@@ -34,8 +35,12 @@ SETTINGS = {
     "ddim50_nodenoise": lambda: DDIM(50, denoise=False), "ddim100_clip": lambda: DDIM(100, clip_denoised=1.0),
     "anc1000_clip": lambda: Ancestral(1000, clip_denoised=1.0), "anc1000": lambda: Ancestral(1000),
     "anc1000_nodenoise_clip": lambda: Ancestral(1000, denoise=False, clip_denoised=1.0),
-    "anc250_clip": lambda: Ancestral(250, clip_denoised=1.0),
+    "anc250_clip": lambda: Ancestral(250, clip_denoised=1.0), "anc50_clip": lambda: Ancestral(50, clip_denoised=1.0),
+    "ddim50_eta1_clip": lambda: DDIM(50, eta=1.0, clip_denoised=1.0),
 }
+
+
+SPECKLED = 0.5  # high-frequency energy above which a clamped sample is counted speckled (clean digits: about 0.15)
 
 
 def high_frequency(x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +91,9 @@ def main() -> None:
         flagged = realism(reference, extract_features(to_uint8(out.clamp(-1, 1)), extractor)).flagged
         hf_flagged, hf_clean = split_means(high_frequency(out), flagged)
         row = {"setting": name, "guidance_scale": args.guidance_scale, "weights": weights, "n": args.n,
-               "flagged": float(flagged.double().mean()), "min": float(out.min()), "max": float(out.max()),
+               "flagged": float(flagged.double().mean()),
+               "speckled": float((high_frequency(out.clamp(-1, 1)) > SPECKLED).double().mean()),
+               "min": float(out.min()), "max": float(out.max()),
                "hf_flagged": hf_flagged, "hf_clean": hf_clean, "seconds": round(time.time() - start), "path": []}
         for t, lo, hi, hf_x0, hf_x in path[::max(1, len(path) // 8)] + path[-2:]:
             ranges = [[float(lo[m].min()), float(hi[m].max())] if m.any() else None for m in (flagged, ~flagged)]
