@@ -73,3 +73,33 @@ def test_the_average_is_the_warmed_up_ema_of_the_training_weights(tmp_path, warm
         torch.testing.assert_close(ckpt["state_dict"][k], v)  # the checkpoint's weights are the average ...
         torch.testing.assert_close(ckpt["current_model_state"][k], raw[-1][k])  # ... beside the training ones
         torch.testing.assert_close(model.state_dict()[k], v)  # and the model ends with the average
+
+
+def test_a_checkpoint_written_after_fit_keeps_the_training_weights(tmp_path):
+    # Lightning copies the average into the model at on_train_end; ModelCheckpoint's own save_last runs after that
+    # (when it has not saved one yet: e.g. it checkpoints on a validation that never ran) and so does a user's
+    # trainer.save_checkpoint: both wrote the average under state_dict *and* current_model_state (issue 23's
+    # last.ckpt, whose --weights raw evaluated the EMA)
+    torch.manual_seed(0)
+    model = DDPM(network=MLP(data_dim=2, hidden=16, depth=2), process=DiscreteVP(num_timesteps=20),
+                 sample_shape=(2,), optimizer=lambda params: torch.optim.SGD(params, lr=0.2))
+    raw = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args, **kwargs):
+            raw.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)  # saves on validation, which never runs
+    trainer = pl.Trainer(max_steps=6, check_val_every_n_epoch=1000, limit_val_batches=1, num_sanity_val_steps=0,
+                         callbacks=[Record(), EMA(decay=0.8), ckpt], logger=False, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=Toy2D(num_samples=400, batch_size=50))
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    average = model.state_dict()  # the model ends with the average
+    assert any(not torch.equal(average[k], raw[-1][k]) for k in average)  # which differs from the training weights
+    for name in ("last.ckpt", "after.ckpt"):
+        saved = torch.load(tmp_path / name, map_location="cpu", weights_only=False)
+        assert saved["global_step"] == 6
+        for k, v in average.items():
+            torch.testing.assert_close(saved["state_dict"][k], v)
+            torch.testing.assert_close(saved["current_model_state"][k], raw[-1][k])

@@ -32,7 +32,10 @@ last n/9 updates until n/9 reaches the ceiling's window 1/(1 − decay), so earl
 
 Mechanics are Lightning's :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` (which this subclasses): the
 average is swapped in for validation, copied into the model when training ends, and saved in the checkpoint's
-``state_dict`` with the training weights as ``current_model_state`` (``lit-score evaluate --weights ema|raw``).
+``state_dict`` with the training weights as ``current_model_state`` (``lit-score evaluate --weights ema|raw``). A
+checkpoint written after training ends (ModelCheckpoint's ``save_last`` in its ``on_train_end``, which runs after
+this callback's; ``trainer.save_checkpoint`` after ``fit``) keeps the training weights set aside before that copy:
+Lightning's callback would write the average under both keys.
 n is the ``AveragedModel``'s ``n_averaged``, saved in the checkpoint, so a resumed run continues the same schedule;
 n counts updates, not optimizer steps, when ``update_every_n_steps`` > 1. Non-float buffers are copied, not averaged.
 """
@@ -99,6 +102,7 @@ class EMA(EMAWeightAveraging):
         self.update_every_n_steps = update_every_n_steps
         self.update_starting_at_step = update_starting_at_step
         self.update_starting_at_epoch = update_starting_at_epoch
+        self._final_raw_state: dict[str, Tensor] | None = None  # the training weights once fit has ended
 
     def decay_at(self, n: int) -> float:
         """β_n for this callback's settings."""
@@ -111,3 +115,19 @@ class EMA(EMAWeightAveraging):
             torch._foreach_copy_(averaged, current)
             return
         torch._foreach_lerp_(averaged, current, 1.0 - self.decay_at(int(num_averaged)))
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._final_raw_state = None
+        super().on_fit_start(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Keep the training weights before Lightning copies the average into the model, so that a checkpoint
+        written after this (ModelCheckpoint's own ``save_last`` at ``on_train_end``, which runs after this callback,
+        or ``trainer.save_checkpoint`` after ``fit``) still holds them as ``current_model_state``."""
+        self._final_raw_state = {name: value.detach().clone() for name, value in pl_module.state_dict().items()}
+        super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._final_raw_state is not None and "current_model_state" in checkpoint:
+            checkpoint["current_model_state"] = self._final_raw_state  # the model holds the average now
