@@ -40,7 +40,8 @@ def test_bad_settings_are_refused_at_construction(bad):
         EMA(**bad)
 
 
-def _fit(tmp_path, ema, steps=12):
+def _fit(tmp_path, ema, steps=12, **trainer_kwargs):
+    """A 12-step toy DDPM fit with ``ema``: (model, the training weights after each step, last.ckpt, trainer)."""
     torch.manual_seed(0)
     model = DDPM(network=MLP(data_dim=2, hidden=16, depth=2), process=DiscreteVP(num_timesteps=20),
                  sample_shape=(2,), optimizer=lambda params: torch.optim.SGD(params, lr=0.2))
@@ -51,16 +52,17 @@ def _fit(tmp_path, ema, steps=12):
             raw.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
 
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    trainer = pl.Trainer(max_steps=steps, limit_val_batches=0, callbacks=[Record(), ema, ckpt], logger=False,
-                         default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer_kwargs = {"limit_val_batches": 0, **trainer_kwargs}
+    trainer = pl.Trainer(max_steps=steps, callbacks=[Record(), ema, ckpt], logger=False, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs)
     trainer.fit(model, datamodule=Toy2D(num_samples=400, batch_size=50))
-    return model, raw, torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    return model, raw, torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False), trainer
 
 
 @pytest.mark.parametrize("warmup", ["score_sde", "power", "none"])
 def test_the_average_is_the_warmed_up_ema_of_the_training_weights(tmp_path, warmup):
     ema = EMA(decay=0.8, warmup=warmup, power=0.75)
-    model, raw, ckpt = _fit(tmp_path, ema)
+    model, raw, ckpt, _ = _fit(tmp_path, ema)
     # θ̄_0 = θ_0; θ̄_n = β_n θ̄_{n−1} + (1 − β_n) θ_n, with β_n written out per source
     beta = {"score_sde": lambda n: min(0.8, (1 + n) / (10 + n)),
             "power": lambda n: min(0.8, 1 - (1 + n) ** -0.75),
@@ -80,20 +82,9 @@ def test_a_checkpoint_written_after_fit_keeps_the_training_weights(tmp_path):
     # (when it has not saved one yet: e.g. it checkpoints on a validation that never ran) and so does a user's
     # trainer.save_checkpoint: both wrote the average under state_dict *and* current_model_state (issue 23's
     # last.ckpt, whose --weights raw evaluated the EMA)
-    torch.manual_seed(0)
-    model = DDPM(network=MLP(data_dim=2, hidden=16, depth=2), process=DiscreteVP(num_timesteps=20),
-                 sample_shape=(2,), optimizer=lambda params: torch.optim.SGD(params, lr=0.2))
-    raw = []
-
-    class Record(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, *args, **kwargs):
-            raw.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
-
-    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)  # saves on validation, which never runs
-    trainer = pl.Trainer(max_steps=6, check_val_every_n_epoch=1000, limit_val_batches=1, num_sanity_val_steps=0,
-                         callbacks=[Record(), EMA(decay=0.8), ckpt], logger=False, default_root_dir=tmp_path,
-                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, datamodule=Toy2D(num_samples=400, batch_size=50))
+    # ModelCheckpoint saves on validation, which never runs here: its save_last comes at on_train_end
+    model, raw, _, trainer = _fit(tmp_path, EMA(decay=0.8), steps=6, check_val_every_n_epoch=1000,
+                                  limit_val_batches=1, num_sanity_val_steps=0)
     trainer.save_checkpoint(tmp_path / "after.ckpt")
     average = model.state_dict()  # the model ends with the average
     assert any(not torch.equal(average[k], raw[-1][k]) for k in average)  # which differs from the training weights
