@@ -23,7 +23,8 @@ PROCESSES = {
     "interpolant": lambda: Interpolant(),
     "discrete-vp": lambda: DiscreteVP(num_timesteps=20),
 }
-MEAN, STD = torch.tensor([1.5, -0.5], dtype=torch.float64), torch.tensor([0.25, 0.75], dtype=torch.float64)  # exact in float32
+# the data N(μ, diag(s²)); values exact in float32, so the float32-stored mixture oracle holds the same Gaussian
+MEAN, STD = torch.tensor([1.5, -0.5], dtype=torch.float64), torch.tensor([0.25, 0.75], dtype=torch.float64)
 
 
 def at(process, fraction: float, n: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ t_{i+1} with one evaluation of a two-time model (``denoise(x, t, s)``, then the 
 |---|---|
 | σ̃ = σ/α = e^{−λ} | the noise-to-signal ratio (EDM's σ) |
 | s = t_{i+1} | the next grid time |
-| s′ with σ̃_{s′} = √(1 − γ²)·σ̃_s | where the jump lands: λ_{s′} = λ_s − ½ log(1 − γ²), kept in [t_min, s] (and snapped onto a discrete process's grid) |
+| s′ with σ̃_{s′} = √(1 − γ²)·σ̃_s | where the jump lands: λ_{s′} = λ_s − ½ log(1 − γ²), kept in [t_min, s] |
 | x_{s′} = X_{t_i→s′}(x) | the deterministic jump |
 | x_s = (α_s/α_{s′})·x_{s′} + √(σ_s² − α_s² σ̃_{s′}²)·z, z ~ N(0, I) | re-noising with fresh noise |
 
@@ -17,7 +17,8 @@ If x_{s′} = α_{s′} x₀ + σ_{s′} ε has the marginal p_{s′}, then x_s 
 σ̃_{s′} = √(1 − γ²)·σ̃_s the fresh noise is exactly γ·σ_s·z. So γ = 0 is deterministic jumps t_i → t_{i+1} (k jumps of an
 exact flow map equal one); γ = 1 jumps to the data end t_min and re-noises to t_{i+1}, consistency models' multistep
 sampler (Song et al. 2023, Algorithm 1); in between, CTM's γ-sampling. The last jump lands on t_min and is not
-re-noised; there is no extra denoising step, so the NFE is the number of jumps.
+re-noised; there is no extra denoising step, so the NFE is the number of jumps. On a discrete process (DDPM's chain)
+s′ is snapped onto the trained grid (``process.discretize``); the re-noising formula holds for any s′ ≤ s.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class FlowMapSampler(Sampler):
         self.num_jumps, self.gamma = num_jumps, float(gamma)
 
     def advance(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
-        """One jump t → s′ and its re-noising to s: (x_s, {``x_mean``: x_s without its fresh noise, ``denoised``: D̂})."""
+        """One jump t → s′ and its re-noising to s: (x_s, {``x_mean``: x_s without fresh noise, ``denoised``: D̂})."""
         s_jump = jump_time(process, s, self.gamma)
         denoised = score_fn.denoise(x, t, s_jump)
         x = flow_map_jump(process, x, t, s_jump, denoised)

@@ -2,7 +2,7 @@ r"""Two-time models: the flow map X_{t→s} of the probability-flow ODE from a t
 
 | symbol | meaning |
 |---|---|
-| x_t = α_t x₀ + σ_t ε | the process's marginal (α, σ its own: VP, sub-VP, VE / EDM with α = 1, the interpolant α = 1 − t, σ = t) |
+| x_t = α_t x₀ + σ_t ε | the process's marginal, in its own α, σ (VE / EDM: α = 1; the interpolant: α = 1 − t, σ = t) |
 | X_{t→s}(x) | the probability-flow ODE's solution at time s ≤ t started from x at time t (the flow map) |
 | D(x, t) = E[x₀ given x_t = x] | the ordinary denoiser (Tweedie), :meth:`NetworkScore.denoise` |
 | D̂(x, t, s) | the two-time denoiser: the x̂₀ that makes one DDIM step t → s land on X_{t→s}(x) |
@@ -42,7 +42,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lit_score.processes import NoiseProcess
-from lit_score.scores.network import NetworkScore, Target
+from lit_score.scores.network import NetworkScore
 from lit_score.utils import append_dims
 
 
@@ -57,26 +57,20 @@ def flow_map_jump(process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, denois
 class FlowMapScore(NetworkScore):
     """A two-time score model: the flow map X_{t→s}(x) of a two-time network, and at s = t the ordinary score model.
 
-    Args: those of :class:`NetworkScore`; ``network`` must declare ``two_time`` (an :class:`~lit_score.networks.MLP`
-    or :class:`~lit_score.networks.UNet` built with ``two_time=True``; ``network(x, c_noise, y, s=c_noise_s)``).
+    Args: ``network``, ``process`` and the keywords of :class:`NetworkScore` (``target``, ``scale_by_sigma``,
+    ``sigma_data``, ``learned_variance``). ``network`` must declare ``two_time`` (an :class:`~lit_score.networks.MLP`
+    or :class:`~lit_score.networks.UNet` built with ``two_time=True``); it is called as
+    ``network(x, c_noise, y, s=c_noise_s)``.
     """
 
     #: the capability a flow-map sampler asks for: ``denoise(x, t, s)`` and ``flow_map(x, t, s)``
     two_time: bool = True
 
-    def __init__(
-        self,
-        network: nn.Module,
-        process: NoiseProcess,
-        target: Target = "eps",
-        scale_by_sigma: bool = False,
-        sigma_data: float = 0.5,
-        learned_variance: bool = False,
-    ):
+    def __init__(self, network: nn.Module, process: NoiseProcess, **kwargs) -> None:
         if not getattr(network, "two_time", False):
             raise ValueError(f"{type(network).__name__} takes one time: a FlowMapScore needs a two-time network"
                              " (build it with two_time=True; load_one_time_weights starts it from a one-time one)")
-        super().__init__(network, process, target, scale_by_sigma, sigma_data, learned_variance)
+        super().__init__(network, process, **kwargs)
 
     def denoise(self, x: Tensor, t: Tensor, s: Tensor | None = None) -> Tensor:
         """D̂(x, t, s) (B, ...) from one network evaluation; ``s=None`` is s = t, the ordinary x̂₀ = E[x₀ | x_t]."""
