@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lit_score.data.mixture import GaussianMixtureDistribution
+from lit_score.metrics.likelihood import log_likelihood
 from lit_score.networks import MLP, UNet, load_one_time_weights
 from lit_score.processes import EDM, VE, VP, DiscreteVP, Interpolant, SubVP
 from lit_score.samplers import DDIM, AdaptiveODE, CountingScore, FlowMapSampler, Heun
@@ -21,7 +22,7 @@ PROCESSES = {
     "ve": lambda: VE(),
     "edm": lambda: EDM(),
     "interpolant": lambda: Interpolant(),
-    "discrete-vp": lambda: DiscreteVP(num_timesteps=20),
+    "discrete-vp": lambda: DiscreteVP(num_timesteps=10),
 }
 # the data N(μ, diag(s²)); values exact in float32, so the float32-stored mixture oracle holds the same Gaussian
 MEAN, STD = torch.tensor([1.5, -0.5], dtype=torch.float64), torch.tensor([0.25, 0.75], dtype=torch.float64)
@@ -82,7 +83,7 @@ def test_flow_map_is_the_identity_at_s_equals_t_and_the_denoiser_there(name, tar
     assert torch.allclose(model.flow_map(x, t, s), flow_map_jump(process, x, t, s, model.denoise(x, t, s)))
 
 
-def test_samplers_on_the_two_time_model_at_s_equals_t_match_the_one_time_model():
+def test_samplers_guidance_and_likelihood_on_the_two_time_model_at_s_equals_t_match_the_one_time_model():
     process = VP()
     torch.manual_seed(1)
     one = MLP(2, hidden=32, depth=2, time_embed_dim=16, num_classes=3)
@@ -92,6 +93,8 @@ def test_samplers_on_the_two_time_model_at_s_equals_t_match_the_one_time_model()
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
     for sampler in (DDIM(num_steps=6), Heun(num_steps=4)):
         assert torch.equal(sampler(new, x, process), sampler(old, x, process))
+    nll = [log_likelihood(m, process, x, divergence="exact", fixed_steps=4).nats for m in (new, old)]
+    assert torch.equal(*nll)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     guided_old, guided_new = old.with_condition(labels, 1.5), new.with_condition(labels, 1.5)
     assert torch.equal(DDIM(num_steps=5)(guided_new, x, process), DDIM(num_steps=5)(guided_old, x, process))
@@ -159,7 +162,7 @@ def test_k_exact_jumps_equal_one_and_cost_one_evaluation_each(name):
     assert torch.allclose(one, gauss.flow_map(x, t_max, t_min), atol=1e-12)
     for k in (2, 5):
         counted = CountingScore(gauss)
-        sampler = FlowMapSampler(k, spacing="karras")
+        sampler = FlowMapSampler(k)  # the process's own spacing (EDM: Karras; the discrete chain: steps kept apart)
         out = sampler.sample(counted, x, process, generator=None, callback=None, progress=False)
         assert torch.allclose(out, one, atol=1e-10)
         assert counted.calls == len(sampler.grid(process, x.device)) - 1 == k
