@@ -150,6 +150,18 @@ def test_gaussian_flow_map_composes_and_its_ddim_form_is_exact(name):
         assert torch.allclose(gauss.denoise(x, t, t * (1 - 1e-6)), gauss.predict(x, t)[0], atol=1e-4)
 
 
+def test_gaussian_flow_map_on_image_shaped_data():
+    process = VP("cosine")
+    gauss = GaussianFlowMap(process, torch.linspace(-1, 1, 16, dtype=torch.float64).reshape(1, 4, 4), 0.5)
+    x = gauss.sample(3, process.t_max, torch.Generator().manual_seed(8))
+    assert x.shape == (3, 1, 4, 4)
+    t, u, s = at(process, 0.9, 3), at(process, 0.4, 3), at(process, 0.0, 3)
+    assert torch.allclose(gauss.flow_map(gauss.flow_map(x, t, u), u, s), gauss.flow_map(x, t, s), atol=1e-12)
+    assert torch.allclose(FlowMapSampler(3)(gauss, x, process), FlowMapSampler(1)(gauss, x, process), atol=1e-10)
+    assert torch.allclose(flow_map_jump(process, x, t, s, gauss.denoise(x, t, s)), gauss.flow_map(x, t, s),
+                          atol=1e-12)
+
+
 # --- the flow-map sampler --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["vp", "edm", "interpolant", "discrete-vp"])
 def test_k_exact_jumps_equal_one_and_cost_one_evaluation_each(name):

@@ -100,10 +100,10 @@ class GaussianFlowMap:
         return torch.where(append_dims(same, x), tweedie, jump)
 
     def sample(self, n: int, t: Tensor | float, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` exact draws of p_t = N(α_t μ, v_t²), in float64 (shaped (n, *μ's shape), at least (n, 1))."""
-        shape = (n, *torch.broadcast_shapes(self.mean.shape, self.std.shape)) if self.mean.ndim or self.std.ndim \
-            else (n, 1)
-        z = torch.randn(shape, generator=generator, dtype=torch.float64)
+        """``n`` exact draws of p_t = N(α_t μ, v_t²) in float64, shaped (n, *the shape of μ and s) ((n, 1) for
+        scalars)."""
+        sample_shape = torch.broadcast_shapes(self.mean.shape, self.std.shape) or (1,)
+        z = torch.randn((n, *sample_shape), generator=generator, dtype=torch.float64)
         t = torch.full((n,), float(t), dtype=torch.float64)
         alpha, _, _, var = self._terms(z, t)
         return alpha * self.mean + var.sqrt() * z
