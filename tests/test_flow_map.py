@@ -102,6 +102,17 @@ def test_samplers_guidance_and_likelihood_on_the_two_time_model_at_s_equals_t_ma
     assert torch.equal(guided_new.denoise(x, t, s), guided_old.denoise(x, t))  # zero s-branch: one DDIM step
 
 
+def test_the_zero_branch_learns():
+    """A jump's loss reaches the s-branch's zero last layer (so a student can learn s; DDP sees every parameter used)."""
+    process = Interpolant()
+    model = FlowMapScore(two_time_mlp(branch=False), process, target="velocity")
+    x, t, s = torch.randn(4, 2), at(process, 0.7, 4).float(), at(process, 0.2, 4).float()
+    model.flow_map(x, t, s).square().sum().backward()
+    last = model.network.target_time_embed[-1]
+    assert last.weight.grad.abs().sum() > 0 and last.bias.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.network.parameters())
+
+
 def test_one_time_models_are_refused_in_one_line():
     process = VP()
     with pytest.raises(ValueError, match="needs a two-time network"):
