@@ -103,7 +103,7 @@ def test_samplers_guidance_and_likelihood_on_the_two_time_model_at_s_equals_t_ma
 
 
 def test_the_zero_branch_learns():
-    """A jump's loss reaches the s-branch's zero last layer (so a student can learn s; DDP sees every parameter used)."""
+    """A jump's loss reaches the s-branch's zero last layer (a student can learn s; DDP sees every parameter used)."""
     process = Interpolant()
     model = FlowMapScore(two_time_mlp(branch=False), process, target="velocity")
     x, t, s = torch.randn(4, 2), at(process, 0.7, 4).float(), at(process, 0.2, 4).float()
