@@ -24,9 +24,9 @@ second time enters through F only. Consequences:
 
 - X_{t→t}(x) = x by construction: σ_t/σ_t = 1 and α_t − α_t = 0 exactly, whatever the network gives.
 - As s → t the derivative of the form in s is (σ'_t/σ_t)·x + (α'_t − α_t σ'_t/σ_t)·D̂(x, t, t), and the
-  probability-flow velocity is α' x̂₀ + σ' ε̂ = the same expression with x̂₀ = D(x, t); so D̂(x, t, t) = D(x, t): at s = t
-  the two-time network is an ordinary denoiser, and every sampler, guidance and the likelihood use it unchanged
-  (``score``, ``denoise``, ``predict`` and ``velocity`` without s evaluate it at s = t).
+  probability-flow velocity is α' x̂₀ + σ' ε̂ = the same expression with x̂₀ = D(x, t); so the exact D̂(x, t, t) is
+  D(x, t): at s = t the two-time network is (trained as) an ordinary denoiser, and every sampler, guidance and the
+  likelihood use it unchanged (``score``, ``denoise``, ``predict`` and ``velocity`` without s evaluate it at s = t).
 - A two-time network holding a one-time network's weights (zero s-branch) starts as that network's DDIM step t → s:
   the natural start of a distilled student (consistency trajectory models make the same choice).
 - On VE / EDM (α = 1) the form is CTM's G_θ(x, t, s) = (s/t)·x + (1 − s/t)·g_θ(x, t, s) with σ = t (Kim et al. 2023);
