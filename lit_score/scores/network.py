@@ -168,17 +168,21 @@ class NetworkScore(nn.Module):
         out, out_null = self._network(x_in, c_noise)
         return cfg_combine(out, out_null, self.guidance_scale)
 
-    def _network(self, x_in: Tensor, c_noise: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _network(self, x_in: Tensor, c_noise: Tensor, c_noise_s: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(F_y, F_∅ or None): the raw network output with the view's labels, and with the null label when
-        classifier-free guidance is on (both from one batched call)."""
+        classifier-free guidance is on (both from one batched call); ``c_noise_s``: a two-time network's target-time
+        conditioning (:class:`~lit_score.scores.flow_map.FlowMapScore`), None for one time."""
+        target = {} if c_noise_s is None else {"s": c_noise_s}
         labels = self._labels_for(x_in)
         if labels is None:
-            return self.network(x_in, c_noise), None
+            return self.network(x_in, c_noise, **target), None
         if not self.guidance_scale:
-            return self.network(x_in, c_noise, labels), None
+            return self.network(x_in, c_noise, labels, **target), None
         c_noise = torch.broadcast_to(c_noise, x_in.shape[:1])
+        if c_noise_s is not None:
+            target = {"s": torch.broadcast_to(c_noise_s, x_in.shape[:1]).repeat(2)}
         out = self.network(torch.cat([x_in, x_in]), torch.cat([c_noise, c_noise]),
-                           torch.cat([labels, torch.full_like(labels, -1)]))
+                           torch.cat([labels, torch.full_like(labels, -1)]), **target)
         return out.chunk(2, dim=0)
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
@@ -186,14 +190,15 @@ class NetworkScore(nn.Module):
         with a learned variance, its first half)."""
         return self.raw_and_variance(x, t)[0]
 
-    def raw_and_variance(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+    def raw_and_variance(self, x: Tensor, t: Tensor, s: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(raw output, variance fraction f = (v + 1)/2 shaped like x, or None without a learned variance) from one
-        network evaluation."""
+        network evaluation (a two-time network's at target time ``s``; None: one time)."""
         x_in = x
         if self.target == "edm":
             alpha, sigma = self._coefs(x, t)
             x_in = x / (alpha * (sigma**2 / alpha**2 + self.sigma_data**2).sqrt())
-        out, out_null = self._network(x_in, self.process.c_noise(t))
+        c_noise_s = None if s is None else self.process.c_noise(s)
+        out, out_null = self._network(x_in, self.process.c_noise(t), c_noise_s)
         frac = None
         if self.learned_variance:
             if out.shape[1] != 2 * x.shape[1]:
