@@ -14,6 +14,6 @@ from lit_score.models.rollback import DivergenceRollback  # the EBM builds its o
 
 __all__ = [
     "EMA", "ChainDiagnostics", "DivergenceRollback", "EnergyHistogram", "FinalCheckpoint", "GracefulStop",
-    "LikelihoodCallback", "NonFiniteGuard", "Performance", "RankSync", "RanksDisagreeError", "ResumeState", "SampleGrid", "SampleQuality",
-    "ema_decay", "generate_across_ranks", "run_dir",
+    "LikelihoodCallback", "NonFiniteGuard", "Performance", "RankSync", "RanksDisagreeError", "ResumeState",
+    "SampleGrid", "SampleQuality", "ema_decay", "generate_across_ranks", "run_dir",
 ]

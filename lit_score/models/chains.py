@@ -108,7 +108,8 @@ class NegativeChains:
         self.buffer.write(index, x)
         return x
 
-    def evaluation_fakes(self, n: int, labels: Tensor | None, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    def evaluation_fakes(self, n: int, labels: Tensor | None,
+                         generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
         """Fakes to compare held-out data with, and their labels: the buffer's first n chains (at their own labels),
         or fresh chains without a buffer that large (under trainer.validate/test Langevin runs inside inference_mode,
         which EnergyScore allows)."""
