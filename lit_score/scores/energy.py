@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.scores.condition import cfg_combine, conditioned_view
+from lit_score.scores.declarations import declared_classes
 
 
 def energy_gradient(energy_fn, x: Tensor, t: Tensor | None = None, create_graph: bool = False) -> tuple[Tensor, Tensor]:
@@ -81,7 +82,7 @@ class EnergyScore(nn.Module):
     @property
     def num_classes(self) -> int:
         """The energy network's ``num_classes`` (0: unconditional)."""
-        return int(getattr(self.energy_net, "num_classes", 0) or 0)
+        return declared_classes(self.energy_net)
 
     def with_condition(
         self,

@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess
 from lit_score.scores.condition import cfg_combine, conditioned_view
+from lit_score.scores.declarations import declared_classes, declares_energy
 from lit_score.scores.energy import energy_gradient
 from lit_score.utils import append_dims
 
@@ -128,8 +129,13 @@ class NetworkScore(nn.Module):
         with classifier-free guidance scale ``guidance_scale`` and/or classifier guidance by ``classifier`` (an
         object with ``log_prob(x, t, y) -> (B,)``) at ``classifier_scale`` (module docstring)."""
         return conditioned_view(self, labels, guidance_scale, classifier, classifier_scale,
-                                num_classes=int(getattr(self.network, "num_classes", 0) or 0),
+                                num_classes=self.num_classes,
                                 network=type(self.network).__name__, what="network")
+
+    @property
+    def num_classes(self) -> int:
+        """K of a class-conditional network (its declared ``num_classes``), 0 for an unconditional one."""
+        return declared_classes(self.network)
 
     @property
     def guided(self) -> bool:
@@ -148,7 +154,7 @@ class NetworkScore(nn.Module):
     def _labels_for(self, x: Tensor) -> Tensor | None:
         """The labels the network takes (None on an unconditional view, and when only a classifier is guided by
         them: an unconditional network then gets none)."""
-        if self.labels is None or not getattr(self.network, "num_classes", 0):
+        if self.labels is None or not self.num_classes:
             return None
         return self.batch_labels(x)
 
@@ -328,7 +334,7 @@ class NetworkScore(nn.Module):
     def has_energy(self) -> bool:
         """Whether E(x, t) is available: the network declares an energy Ẽ whose −∇ₓẼ it returns, and the target is
         one of those for which that output is a gradient field of the score (``score``, ``eps``)."""
-        return bool(getattr(self.network, "has_energy", False)) and self.target in ("score", "eps")
+        return declares_energy(self.network) and self.target in ("score", "eps")
 
     def energy(self, x: Tensor, t: Tensor) -> Tensor:
         """E(x, t) with −∇ₓE = score(x, t), from the network's Ẽ (raw output −∇ₓẼ): ``score`` → Ẽ, ``score`` with
