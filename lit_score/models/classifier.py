@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from lit_score.checks import check_number
 from lit_score.models.base import GenerativeModule
 from lit_score.processes import NoiseProcess
+from lit_score.scores.declarations import declared_outputs
 from lit_score.utils import randn_like
 
 
@@ -62,7 +63,7 @@ class NoiseConditionalClassifier(GenerativeModule):
     ) -> None:
         super().__init__(None, optimizer, lr_scheduler, warmup_steps, sample_shape)
         check_number("num_classes", num_classes, ge=2, integer=True, allow_none=True)
-        declared = getattr(network, "out_dim", None)
+        declared = declared_outputs(network)
         if num_classes is None and declared is None:
             raise ValueError(f"{type(network).__name__} declares no out_dim: set model.init_args.num_classes")
         if num_classes is not None and declared is not None and declared != num_classes:

@@ -1,10 +1,11 @@
 """What a network may declare about itself, read in one place.
 
-A network is any ``nn.Module`` taking ``(x, t[, y])``. lit-score's own networks declare ``num_classes`` (K > 0: it takes
-class labels y, −1 being the null label) and, for a network that returns −∇ₓẼ of an energy it can also give,
-``has_energy``. A module that declares neither (a user's network, a test's oracle) is unconditional and has no energy.
-The score models (:class:`~lit_score.scores.NetworkScore`, :class:`~lit_score.scores.EnergyScore`) turn these into
-their own declared ``num_classes`` / ``has_energy``; nothing above them reads a network's attributes.
+A network is any ``nn.Module`` taking ``(x, t[, y])``. lit-score's own networks declare ``num_classes`` (K > 0: it
+takes class labels y, −1 being the null label), ``has_energy`` (it returns −∇ₓẼ of an energy Ẽ it can also give) and,
+for a classifier, ``out_dim``. A module that declares none of them (a user's network, a test's oracle) is
+unconditional and has no energy. The score models (:class:`~lit_score.scores.NetworkScore`,
+:class:`~lit_score.scores.EnergyScore`) and the classifier turn these into their own declared ``num_classes`` /
+``has_energy``; nothing else reads a network's attributes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from torch import nn
 def declared_classes(network: nn.Module) -> int:
     """K of a class-conditional network, 0 for any network that declares no ``num_classes``."""
     return int(getattr(network, "num_classes", 0) or 0)
+
+
+def declared_outputs(network: nn.Module) -> int | None:
+    """The output width a network declares (``out_dim``: a classifier's K logits), None where it declares none."""
+    return getattr(network, "out_dim", None)
 
 
 def declares_energy(network: nn.Module) -> bool:
