@@ -68,7 +68,7 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess
-from lit_score.scores.condition import cfg_combine, conditioned_view
+from lit_score.scores.condition import batch_labels, cfg_combine, conditioned_view
 from lit_score.scores.declarations import declared_classes, declares_energy
 from lit_score.scores.energy import energy_gradient
 from lit_score.utils import append_dims
@@ -144,12 +144,7 @@ class NetworkScore(nn.Module):
 
     def batch_labels(self, x: Tensor) -> Tensor:
         """The view's labels as (B,) for the batch ``x`` (a single label is repeated), checked against its size."""
-        labels = self.labels.to(x.device)
-        if labels.ndim == 0:
-            labels = labels.expand(x.shape[0])
-        if labels.shape[0] != x.shape[0]:
-            raise ValueError(f"{labels.shape[0]} class labels for a batch of {x.shape[0]}: pass one label per sample")
-        return labels
+        return batch_labels(self.labels, x)
 
     def _labels_for(self, x: Tensor) -> Tensor | None:
         """The labels the network takes (None on an unconditional view, and when only a classifier is guided by
