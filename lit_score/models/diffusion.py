@@ -105,7 +105,7 @@ class DiffusionModule(GenerativeModule):
     @property
     def num_classes(self) -> int:
         """The network's ``num_classes`` (0: unconditional)."""
-        return int(getattr(self.network, "num_classes", 0) or 0)
+        return self.score_model.num_classes
 
     def training_labels(self, batch, generator: torch.Generator | None = None) -> Tensor | None:
         """The batch's labels, ``label_dropout`` of them replaced by the null label (−1); None if unconditional."""
