@@ -5,6 +5,7 @@ mixture score, and a bit-exact resume of a Lightning run (the target network inc
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -12,11 +13,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_score.callbacks.resume import ResumeState
+from lit_score.cli import load_model
 from lit_score.data.mixture import GaussianMixtureDistribution
 from lit_score.distillation import CheckpointTeacher
+from lit_score.loading import CheckpointError, check_hyperparameters
 from lit_score.losses import ConsistencyDistillation, DenoisingLoss, Teacher
 from lit_score.losses.consistency import consistency_distance, interval_times, pseudo_huber_constant
-from lit_score.models import ScoreSDE
+from lit_score.models import GenerativeModule, ScoreSDE
 from lit_score.networks import MLP
 from lit_score.processes import EDM, VP, Interpolant
 from lit_score.samplers import DDIM, FlowMapSampler, Heun
@@ -134,8 +137,8 @@ def test_one_time_networks_and_foreign_processes_are_refused():
 
 # --- a toy student on the exact mixture score -------------------------------------------------------------------------
 def test_a_toy_student_learns_the_teachers_one_jump_map():
-    """MLP student, 2-D ring mixture (4 components, radius 2), teacher = the exact mixture score with Heun steps on EDM's
-    process (σ ∈ [0.002, 80]). The 1-jump error is the mean squared distance between X̂_{t_max→t_min}(z) and the
+    """MLP student, 2-D ring mixture (4 components, radius 2), teacher = the exact mixture score with Heun steps on
+    EDM's process (σ ∈ [0.002, 80]). The 1-jump error is the mean squared distance between X̂_{t_max→t_min}(z) and the
     teacher's ODE sample from the same z (Heun, 40 steps; 1.3e-5 from 80 steps), over 512 prior draws. Measured: 3.66
     untrained, 0.122 after 400 steps (Adam 3e-3, batch 256, N = 18, μ = 0.9; 3.5 s on one CPU thread; 0.047 after
     1000). The teacher's own solvers from the same z: DDIM 3.92 at 1 NFE, 1.55 at 2, 0.44 at 4; Heun 55.7 at 2 NFE."""
@@ -227,3 +230,54 @@ def test_resume_is_bit_exact_with_the_target_network(tmp_path):
 def test_denoising_loss_keeps_the_one_time_model():
     model = ScoreSDE(MLP(2, hidden=8), EDM(), target="edm", loss=DenoisingLoss())
     assert not isinstance(model.score_model, FlowMapScore)
+
+
+# --- a teacher from a checkpoint --------------------------------------------------------------------------------------
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pre_redesign"
+
+
+def test_a_checkpoint_teacher_is_the_frozen_model_of_the_checkpoint_with_its_ema_weights(tmp_path):
+    """The EDM toy fixture (ScoreSDE, EDM process, MLP 128×3 Fourier): its Heun step, frozen; EMA weights by default
+    where the checkpoint holds them (``auto``), the training weights with ``raw``; an EBM refused in one line."""
+    model = load_model(FIXTURES / "edm.ckpt")
+    teacher = CheckpointTeacher(str(FIXTURES / "edm.ckpt"))
+    x, t = torch.randn(6, 2), torch.full((6,), 3.0)
+    s = torch.full((6,), 1.0)
+    expected = Heun(2, denoise=False).step(model.score_model, model.process, x, t, s)[0]
+    assert torch.equal(teacher.step(x, t, s), expected)
+    assert not any(p.requires_grad for p in teacher.network.parameters()) and not teacher.module.training
+
+    ckpt = torch.load(FIXTURES / "edm.ckpt", weights_only=True)  # an EMA run: the average in state_dict
+    ckpt["current_model_state"] = {k: v + 0.01 for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, tmp_path / "ema.ckpt")
+    key = "score_model.network.inp.weight"
+    for weights, shift in (("auto", 0.0), ("ema", 0.0), ("raw", 0.01)):
+        loaded = CheckpointTeacher(str(tmp_path / "ema.ckpt"), weights=weights)
+        loaded.step(x, t, s)
+        assert torch.allclose(loaded.module.state_dict()[key], ckpt["state_dict"][key] + shift), weights
+    with pytest.raises(ValueError, match="no EMA weights"):
+        CheckpointTeacher(str(FIXTURES / "edm.ckpt"), weights="ema").step(x, t, s)
+    with pytest.raises(CheckpointError, match="is not a DiffusionModule"):
+        CheckpointTeacher(str(FIXTURES / "ebm.ckpt")).step(x, t, s)
+
+
+def test_the_student_starts_from_the_teachers_weights_and_the_config_tree_passes_the_loading_checks():
+    teacher = CheckpointTeacher(str(FIXTURES / "edm.ckpt"), sampler=DDIM(eta=0.0))
+    network = MLP(2, hidden=128, depth=3, embedding="fourier", two_time=True)
+    student = ScoreSDE(network, EDM(), target="edm", sigma_data=1.0, loss=ConsistencyDistillation(teacher))
+    student.loss.fit_started(student.score_model, 0)  # what DiffusionModule.on_fit_start does on a fresh run
+    x, t = torch.randn(6, 2), torch.full((6,), 3.0)
+    with torch.no_grad():  # the zero s-branch: the teacher's denoiser at every s, its DDIM step as the jump
+        assert torch.equal(student.score_model.denoise(x, t, t / 3), teacher.score_model.denoise(x, t))
+        jump = student.score_model.flow_map(x, t, t / 3)
+    assert torch.allclose(jump, teacher.step(x, t, t / 3), atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(student.loss.target.parameters(), student.score_model.parameters()))
+
+    tree = {"_class_path": "lit_score.models.ScoreSDE", "network": {"class_path": "lit_score.networks.MLP"},
+            "loss": {"class_path": "lit_score.losses.ConsistencyDistillation", "init_args": {
+                "teacher": {"class_path": "lit_score.distillation.CheckpointTeacher", "init_args": {
+                    "checkpoint": "t.ckpt", "sampler": {"class_path": "lit_score.samplers.Heun"}}}}}}
+    assert check_hyperparameters(tree, GenerativeModule, "test") is ScoreSDE
+    tree["loss"]["init_args"]["teacher"]["init_args"]["sampler"]["class_path"] = "lit_score.samplers.EulerMaruyama"
+    with pytest.raises(CheckpointError, match="is not a Heun or Euler or DDIM"):
+        check_hyperparameters(tree, GenerativeModule, "test")

@@ -69,7 +69,8 @@ class CheckpointTeacher(Teacher):
         """(score model, process), the checkpoint loaded at the first call and kept on ``device``."""
         if self.module is None:
             self.module = load_teacher_module(self.checkpoint, self.weights, device)
-            self.score_model, self.process, self.network = self.module.score_model, self.module.process, self.module.network
+            module = self.module
+            self.score_model, self.process, self.network = module.score_model, module.process, module.network
         elif self.module.device != device:
             self.module.to(device)
         return self.score_model, self.process

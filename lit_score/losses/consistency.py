@@ -6,9 +6,10 @@ The consistency function is the student's flow map to the data end, f_θ(x, t) =
 
 | symbol | meaning |
 |---|---|
-| t_0 = t_max > … > t_{N−1} = t_min | the process's Karras grid ``process.time_grid(N − 1, "karras", ρ)``: σ̃ = σ/α ρ-spaced |
-| | (Karras et al. 2022, eq. 5; on the EDM process exactly consistency models' grid; fewer points where a discrete |
-| | process merges steps). Consistency models index it the other way up: their t_{n+1}, t_n are our t_n, t_{n+1} |
+| t_0 = t_max > … > t_{N−1} = t_min | the process's Karras grid ``process.time_grid(N − 1, "karras", ρ)``: σ̃ = σ/α |
+| | ρ-spaced (Karras et al. 2022, eq. 5; on the EDM process exactly consistency models' grid; fewer points where a |
+| | discrete process merges steps). Consistency models index it the other way up: their t_{n+1}, t_n are our t_n, |
+| | t_{n+1} |
 | n ~ U{0, …, N − 2} | the interval drawn per sample |
 | x_{t_n} = α x₀ + σ ε | a draw of the process's marginal at the noisier end |
 | x̂_{t_{n+1}} = Φ(x_{t_n}, t_n, t_{n+1}) | the teacher's one ODE step (:class:`~lit_score.losses.teacher.Teacher`) |
@@ -150,8 +151,8 @@ class ConsistencyDistillation(DiffusionLoss):
         ours = torch.stack([process.alpha(grid), process.sigma(grid)])
         theirs = torch.stack([teacher_process.alpha(grid), teacher_process.sigma(grid)]).to(ours)
         if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7):
-            raise ValueError(f"the teacher's process ({teacher_process!r}) is not the student's ({process!r}): build the"
-                             " student with the teacher's process")
+            raise ValueError(f"the teacher's process ({teacher_process!r}) is not the student's ({process!r}): build"
+                             " the student with the teacher's process")
         self._process_checked = True
 
     # --- the target network θ⁻ -------------------------------------------------------------------------------------

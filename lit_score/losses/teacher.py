@@ -7,8 +7,8 @@ solver step, Φ(x_t, t, s) ≈ X_{t→s}(x_t), with per-sample times:
 |---|---|
 | x_t | a point at time t (B, ...) |
 | t, s ≤ t | per-sample start and end times (B,), in the process's own units |
-| Φ(x_t, t, s) | one step t → s of the teacher's solver: Heun (2nd order, 2 NFE, the default: consistency distillation's |
-| | choice, Song et al. 2023, Sec. 6), Euler (1 NFE) or DDIM with η = 0 (1 NFE, exact for a Gaussian teacher) |
+| Φ(x_t, t, s) | one step t → s of the teacher's solver: Heun (2nd order, 2 NFE, the default: consistency |
+| | distillation's choice, Song et al. 2023, Sec. 6), Euler (1 NFE) or DDIM with η = 0 (1 NFE) |
 
 Heun in lit-score steps in the process's time t (:func:`~lit_score.samplers.ode.heun_step`); on the EDM process
 (σ = t, α = 1) that is EDM's and consistency models' Heun step in σ exactly. Its local error is O(h³) per step
@@ -61,7 +61,7 @@ class Teacher:
         self.sampler = check_solver(sampler)
         self.score_model, self.network = score_model, network
         self.process = process if process is not None else score_model.process
-        if isinstance(score_model, nn.Module):  # torch's type: a trained model to freeze (an exact score has no weights)
+        if isinstance(score_model, nn.Module):  # torch's type: a trained model to freeze (an exact score has none)
             freeze(score_model)
 
     def model(self, device: torch.device) -> tuple[ScoreFn, NoiseProcess]:
