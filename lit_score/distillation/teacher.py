@@ -65,15 +65,14 @@ class CheckpointTeacher(Teacher):
         self.module: DiffusionModule | None = None
         self.score_model = self.process = self.network = None
 
-    def model(self, device: torch.device) -> tuple[ScoreFn, NoiseProcess]:
-        """(score model, process), the checkpoint loaded at the first call and kept on ``device``."""
+    def model(self, device: torch.device | None = None) -> tuple[ScoreFn, NoiseProcess]:
+        """(score model, process), the checkpoint loaded at the first call (onto ``device``, the CPU when None) and
+        moved to ``device`` after."""
         if self.module is None:
-            self.module = load_teacher_module(self.checkpoint, self.weights, device)
-            module = self.module
-            self.score_model, self.process, self.network = module.score_model, module.process, module.network
-        elif self.module.device != device:
-            self.module.to(device)
-        return self.score_model, self.process
+            module = load_teacher_module(self.checkpoint, self.weights, device or torch.device("cpu"))
+            self.module, self.score_model, self.process, self.network = (module, module.score_model, module.process,
+                                                                         module.network)
+        return super().model(device)
 
     def __repr__(self) -> str:
         return f"CheckpointTeacher(checkpoint={self.checkpoint!r}, weights={self.weights!r}, sampler={self.sampler!r})"

@@ -61,11 +61,13 @@ class Teacher:
         self.sampler = check_solver(sampler)
         self.score_model, self.network = score_model, network
         self.process = process if process is not None else score_model.process
-        if isinstance(score_model, nn.Module):  # torch's type: a trained model to freeze (an exact score has none)
-            freeze(score_model)
+        # torch's type: a trained model to freeze and move with the batch (an exact score has no weights)
+        self.module = freeze(score_model) if isinstance(score_model, nn.Module) else None
 
-    def model(self, device: torch.device) -> tuple[ScoreFn, NoiseProcess]:
-        """(score model, process) on ``device`` (an in-memory teacher stays where it was built)."""
+    def model(self, device: torch.device | None = None) -> tuple[ScoreFn, NoiseProcess]:
+        """(score model, process), moved to ``device`` when it is a module (None: where it is)."""
+        if device is not None and self.module is not None:
+            self.module.to(device)
         return self.score_model, self.process
 
     @torch.no_grad()
@@ -79,7 +81,7 @@ class Teacher:
     def one_time_weights(self) -> Mapping[str, Tensor]:
         """The teacher network's weights (what :func:`~lit_score.networks.load_one_time_weights` starts a two-time
         student from); refused in one line for a teacher without a network."""
-        self.model(torch.device("cpu"))
+        self.model()
         if self.network is None:
             raise ValueError("this teacher has no network (an exact score): a student cannot start from its weights;"
                              " set init_from_teacher false")
