@@ -34,6 +34,10 @@ resumed run continues the same θ⁻ bit for bit. The update happens at the star
 (:meth:`before_step`, called by the family with the trainer's global step), not at the end of the last one: a
 checkpoint written at the end of step k then holds θ_k with θ⁻ one update behind, and the resumed run makes that
 update first, exactly as the uninterrupted one does; with gradient accumulation it happens once per optimizer step.
+
+**Dropout.** θ⁻ is evaluated in eval mode (no dropout); consistency models' code runs the target with the student's
+dropout mask (the same RNG state). For a network with dropout (a UNet's ``dropout``) the two differ; the toy MLPs have
+none. With μ = 0 the target is the student's own forward pass (its mode, fresh dropout noise).
 """
 
 from __future__ import annotations
