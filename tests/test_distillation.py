@@ -4,6 +4,7 @@ mixture score, and a bit-exact resume of a Lightning run (the target network inc
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -246,6 +247,7 @@ def test_a_checkpoint_teacher_is_the_frozen_model_of_the_checkpoint_with_its_ema
     expected = Heun(2, denoise=False).step(model.score_model, model.process, x, t, s)[0]
     assert torch.equal(teacher.step(x, t, s), expected)
     assert not any(p.requires_grad for p in teacher.network.parameters()) and not teacher.module.training
+    assert copy.deepcopy(teacher) is teacher  # frozen: a copied student (the EMA callback's average) shares it
 
     ckpt = torch.load(FIXTURES / "edm.ckpt", weights_only=True)  # an EMA run: the average in state_dict
     ckpt["current_model_state"] = {k: v + 0.01 for k, v in ckpt["state_dict"].items()}

@@ -87,6 +87,11 @@ class Teacher:
                              " set init_from_teacher false")
         return self.network.state_dict()
 
+    def __deepcopy__(self, memo: dict) -> Teacher:
+        """The teacher itself: it is frozen, so a copy of its student (the EMA callback's ``AveragedModel`` copies the
+        whole module, loss included) shares it instead of holding a second teacher."""
+        return self
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sampler={self.sampler!r})"
 
