@@ -184,8 +184,7 @@ class Mixture(pl.LightningDataModule):
 
 
 def distilled(teacher: ScoreSDE) -> ScoreSDE:
-    process = teacher.process
-    student = ScoreSDE(MLP(2, hidden=16, depth=1, time_embed_dim=8, two_time=True), process, target="edm",
+    student = ScoreSDE(MLP(2, hidden=16, depth=1, time_embed_dim=8, two_time=True), EDM(), target="edm",
                        loss=ConsistencyDistillation(Teacher(teacher.score_model, network=teacher.network),
                                                     num_scales=6, ema_rate=0.5, distance="pseudo_huber"),
                        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2))
