@@ -22,7 +22,7 @@ from lit_score.losses import ConsistencyDistillation, DenoisingLoss, Teacher
 from lit_score.losses.consistency import consistency_distance, interval_times, pseudo_huber_constant
 from lit_score.models import GenerativeModule, ScoreSDE
 from lit_score.networks import MLP
-from lit_score.processes import EDM, VP, Interpolant
+from lit_score.processes import EDM, VP, DiscreteVP, Interpolant
 from lit_score.samplers import DDIM, FlowMapSampler, Heun
 from lit_score.scores import FlowMapScore, GaussianFlowMap
 from lit_score.utils import randn_like
@@ -35,7 +35,8 @@ def cd(teacher, **kw) -> ConsistencyDistillation:
 
 
 # --- the loss at the exact map ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("process", [EDM(), VP(), Interpolant()], ids=["edm", "vp", "interpolant"])
+@pytest.mark.parametrize("process", [EDM(), VP(), Interpolant(), DiscreteVP(num_timesteps=50)],
+                         ids=["edm", "vp", "interpolant", "discrete-vp"])
 def test_at_the_exact_map_the_loss_is_the_teachers_step_error(process):
     """Student = the exact map: f(x_t, t) − f(Φ, s) = (v_min/v_s)(X_{t→s}(x_t) − Φ), so the l2 loss is exactly the
     teacher's step error carried to t_min (X_{s→t_min} is affine with slope v_min/v_s)."""
