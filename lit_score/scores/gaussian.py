@@ -47,6 +47,8 @@ class GaussianFlowMap:
 
     #: the capability a flow-map sampler asks for (as :class:`~lit_score.scores.flow_map.FlowMapScore`)
     two_time: bool = True
+    #: unconditional: no class labels (what a distillation loss passes on to its teacher and target)
+    labels = None
 
     def __init__(self, process: NoiseProcess, mean: Tensor | float = 0.0, std: Tensor | float = 1.0) -> None:
         self.process = process
