@@ -143,7 +143,7 @@ def describe_sampler(sampler: Sampler | None) -> dict[str, Any] | None:
         return None
     settings = {}
     for key, value in vars(sampler).items():
-        if key in sampler.run_state or key.startswith("_"):
+        if key.startswith("_"):
             continue
         settings[key] = describe_sampler(value) if isinstance(value, Sampler) else jsonable(value)
     cls = type(sampler)

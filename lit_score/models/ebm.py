@@ -37,7 +37,7 @@ from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.metrics.estimators import EnergyAIS, EnergyQuadrature, LikelihoodEstimator
 from lit_score.models.base import GenerativeModule, NonFiniteLossError
 from lit_score.models.replay import ReplayBuffer
-from lit_score.samplers import Langevin, Sampler
+from lit_score.samplers import Draw, Langevin, Sampler
 from lit_score.scores import EnergyScore
 from lit_score.scores.energy import ComposedEnergy
 from lit_score.utils import rand, randn_like
@@ -136,6 +136,7 @@ class EBM(GenerativeModule):
         self._snapshot_restored = False
         self._pending_generator_state: Tensor | None = None  # a resumed chain generator, set in on_fit_start
         self._chain_grad_norm: Tensor | None = None
+        self._chain_measured: dict[str, float | int] = {}  # what the last training chain's sampler measured
         self._energy_diffs: collections.deque[Tensor] = collections.deque(maxlen=100)
         self.save_config()
 
@@ -180,14 +181,18 @@ class EBM(GenerativeModule):
 
     def sample_energy(self, energy, n: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
                       progress: bool = False, x: Tensor | None = None) -> Tensor:
+        """The samples of :meth:`draw_energy`."""
+        return self.draw_energy(energy, n, sampler, generator, progress, x).samples
+
+    def draw_energy(self, energy, n: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
+                    progress: bool = False, x: Tensor | None = None) -> Draw:
         """``n`` samples of any energy transform (a :class:`~lit_score.scores.energy.ComposedEnergy`, a guided view)
-        with this model's sampler (or ``sampler``), from uniform noise over the data range (or ``x``), frozen."""
+        with this model's sampler (or ``sampler``), from uniform noise over the data range (or ``x``), frozen: the
+        :class:`~lit_score.samplers.base.Draw` (samples, NFE, measurements)."""
         sampler = sampler if sampler is not None else self.sampler
         with self.frozen(), torch.no_grad():
             x = self.uniform_noise(n, generator) if x is None else x
-            out = sampler(energy, x, None, generator=generator, progress=progress)
-        self.last_nfe = sampler.nfe
-        return out
+            return sampler.draw(energy, x, None, generator=generator, progress=progress)
 
     # --- sampling ---------------------------------------------------------------------------------
     def uniform_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -236,15 +241,15 @@ class EBM(GenerativeModule):
                 p.requires_grad_(flag)
             self.train(was_training)
 
-    def sample(self, n, sampler=None, generator=None, progress=False, x=None, labels=None, **kwargs) -> Tensor:
-        """:meth:`GenerativeModule.sample` (its further keywords passed on), frozen. With
-        ``set_sample_start("buffer")``, class ``labels`` (n,) and a conditional energy, chains continue buffer chains
-        of those labels (:meth:`buffer_start`); without labels they continue any buffer chains."""
-        if x is None and not kwargs and labels is not None and self.num_classes and self.sample_start == "buffer":
+    def draw(self, n, sampler=None, generator=None, progress=False, x=None, labels=None, edit=None) -> Draw:
+        """:meth:`GenerativeModule.draw`, frozen. With ``set_sample_start("buffer")``, class ``labels`` (n,) and a
+        conditional energy, chains continue buffer chains of those labels (:meth:`buffer_start`); without labels they
+        continue any buffer chains."""
+        if x is None and edit is None and labels is not None and self.num_classes and self.sample_start == "buffer":
             labels = torch.as_tensor(labels).long()
             x = self.buffer_start(labels.expand(n) if labels.ndim == 0 else labels, generator)
         with self.frozen():
-            return super().sample(n, sampler, generator, progress, x, labels, **kwargs)
+            return super().draw(n, sampler, generator, progress, x, labels, edit)
 
     # --- likelihood ------------------------------------------------------------------------------
     def likelihood_methods(self, dequantize: str = "none") -> tuple[LikelihoodEstimator, ...]:
@@ -297,14 +302,19 @@ class EBM(GenerativeModule):
             if self.chain_init == "data" and x_real is None:
                 raise ValueError("chain_init data starts the chains at the data batch: pass x_real")
             x = self.uniform_noise(n, self._generator) if self.chain_init == "noise" else x_real[:n].detach()
-            with self.frozen():
-                return self.sampler(score_fn, x, None, generator=self._generator, callback=self._record_chain).detach()
+            return self._run_chains(score_fn, x)
         noise = functools.partial(self.uniform_noise, generator=self._generator)
         x, index = self.buffer.starts(n, self.reuse_prob, noise, labels, self._generator, self.device)
-        with self.frozen():
-            x = self.sampler(score_fn, x, None, generator=self._generator, callback=self._record_chain).detach()
+        x = self._run_chains(score_fn, x)
         self.buffer.write(index, x)
         return x
+
+    def _run_chains(self, score_fn, x: Tensor) -> Tensor:
+        """The training chains from ``x``, frozen; what the sampler measured is kept for the step's log."""
+        with self.frozen():
+            draw = self.sampler.draw(score_fn, x, None, generator=self._generator, callback=self._record_chain)
+        self._chain_measured = draw.scalars()
+        return draw.samples.detach()
 
     def on_fit_start(self) -> None:
         self._generator = self._rank_generator()
@@ -384,7 +394,7 @@ class EBM(GenerativeModule):
             d = torch.stack(list(self._energy_diffs))
             d = d - d.mean()
             self.log("train/energy_diff_autocorr", ((d[1:] * d[:-1]).sum() / (d * d).sum().clamp_min(1e-300)).float())
-        for key, value in self.sampler.measured(scalars=True).items():
+        for key, value in self._chain_measured.items():
             self.log(f"train/chain_{key}", float(value))
 
     def real_samples(self, batch) -> Tensor:
