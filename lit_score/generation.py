@@ -178,8 +178,8 @@ def draw_across_ranks(
 class SampleCollector(BasePredictionWriter):
     """Collects what ``trainer.predict`` generates from :func:`seed_loader` batches; rank 0 ends with all of it.
 
-    Each batch's prediction is the :class:`~lit_score.samplers.base.Draw` that ``predict_step`` returns. After the
-    predict epoch, ``samples`` (N, ...) on rank 0 are in seed-index order and ``nfe`` lists the NFE of each
+    Each batch's prediction is its samples; ``predict_step`` records the batch's NFE in the batch (``batch["nfe"]``).
+    After the predict epoch, ``samples`` (N, ...) on rank 0 are in seed-index order and ``nfe`` lists the NFE of each
     generation batch; with ``path`` they are also written there as ``.npz`` (``samples``, ``nfe``, ``index``, plus
     ``metadata``), which is how a caller reads them back from a forked or spawned DDP run.
     """
@@ -195,11 +195,10 @@ class SampleCollector(BasePredictionWriter):
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
         self._parts = []
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: Draw, batch_indices, batch, batch_idx,
-                           dataloader_idx=0):
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if not isinstance(batch, dict) or "index" not in batch:
             raise TypeError("SampleCollector needs the generation batches of lit_score.evaluation.seed_loader")
-        self._parts.append((batch["index"].cpu(), prediction.samples.detach().cpu(), int(prediction.nfe)))
+        self._parts.append((batch["index"].cpu(), prediction.detach().cpu(), int(batch["nfe"])))
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         shape = tuple(pl_module.require_shape())

@@ -276,12 +276,14 @@ class GenerativeModule(pl.LightningModule):
         finally:
             self.train(was_training)
 
-    def predict_step(self, batch, batch_idx: int) -> Draw:
+    def predict_step(self, batch, batch_idx: int) -> Tensor:
         """One sample per seed index of a generation batch of :func:`lit_score.evaluation.seed_loader` (the
-        datamodules' ``predict_dataloader``), drawn with the model's sampler and that batch's generator: the
-        :class:`~lit_score.samplers.base.Draw` (samples and NFE) that :class:`~lit_score.generation.SampleCollector`
-        collects."""
-        return seed_batch_draw(self, batch, self.sampler)
+        datamodules' ``predict_dataloader``), drawn with the model's sampler and that batch's generator: the samples
+        (what ``trainer.predict`` returns). What drawing them cost is recorded in the batch beside its seed indices,
+        ``batch["nfe"]``, where :class:`~lit_score.generation.SampleCollector` reads it."""
+        drawn = seed_batch_draw(self, batch, self.sampler)
+        batch["nfe"] = drawn.nfe
+        return drawn.samples
 
     # --- likelihood --------------------------------------------------------------------------------
     def likelihood_methods(self, dequantize: str = "none") -> tuple[LikelihoodEstimator, ...]:
