@@ -44,7 +44,7 @@ class Draw(NamedTuple):
 
     samples: Tensor
     nfe: int
-    measurements: dict[str, Any] = {}
+    measurements: dict[str, Any]
 
     def scalars(self) -> dict[str, float | int]:
         """The measurements that are numbers (what a logger takes), not per-level lists."""
