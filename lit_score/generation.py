@@ -35,6 +35,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lit_score.atomic import savez
 from lit_score.samplers.base import Draw
 
 # torch's CPU generator keeps only the low 32 bits of a seed (mt19937), so everything must fit in 32 bits:
@@ -219,8 +220,6 @@ class SampleCollector(BasePredictionWriter):
 
 def save_generation(path: Path, samples: Tensor, nfe: list[int], index: Tensor, metadata: dict[str, Any]) -> Path:
     """Write samples + per-batch NFE + seed indices (+ metadata) as one .npz, atomically (temp file, then rename)."""
-    from lit_score.atomic import savez
-
     extras = {k: np.asarray(v) for k, v in metadata.items()}
     return savez(path, samples=samples.float().numpy(), nfe=np.asarray(nfe), index=index.numpy(), **extras)
 
