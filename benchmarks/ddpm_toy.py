@@ -30,9 +30,9 @@ def run(name: str, n: int, workdir: Path) -> dict[str, float]:
           "--trainer.logger.init_args.save_dir", str(workdir), "--trainer.enable_progress_bar", "false"])
     train_s = time.perf_counter() - start
     model = load_model(workdir / "ddpm_toy" / "version_0" / "checkpoints" / "last.ckpt")
-    samples = model.sample(n, generator=torch.Generator().manual_seed(0))
+    samples, nfe, _ = model.draw(n, generator=torch.Generator().manual_seed(0))
     draw = lambda k, g=None: TOY_DISTRIBUTIONS[name](k, generator=g)  # noqa: E731
-    row = {"train_s": train_s, "nfe": model.last_nfe}
+    row = {"train_s": train_s, "nfe": nfe}
     for label, dist in (("energy", energy_distance), ("sw", partial(sliced_wasserstein, num_projections=256))):
         gen = torch.Generator().manual_seed(1)
         row[f"{label}_model"] = median_distance(samples, draw, n, dist, num_draws=5, generator=gen)

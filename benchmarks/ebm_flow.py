@@ -34,14 +34,14 @@ def samples_of(family: str, model, n: int) -> dict[str, tuple[torch.Tensor, int]
     gen = torch.Generator().manual_seed(0)
     out = {}
     if family == "ebm":
-        out["langevin-60 (fresh)"] = (model.sample(n, generator=gen), model.last_nfe)
+        out["langevin-60 (fresh)"] = model.draw(n, generator=gen)[:2]
         out["replay buffer"] = (model.replay_buffer[:n].clone(), 0)
         base = model.sampler
         long_run = Langevin(500, base.step_size, base.noise_scale, base.grad_clip, base.clamp)
-        out["langevin-500 (fresh)"] = (model.sample(n, sampler=long_run, generator=gen), model.last_nfe)
+        out["langevin-500 (fresh)"] = model.draw(n, sampler=long_run, generator=gen)[:2]
     else:
-        out["heun-50"] = (model.sample(n, sampler=Heun(num_steps=50), generator=gen), model.last_nfe)
-        out["ddim-50"] = (model.sample(n, sampler=DDIM(num_steps=50), generator=gen), model.last_nfe)
+        out["heun-50"] = model.draw(n, sampler=Heun(num_steps=50), generator=gen)[:2]
+        out["ddim-50"] = model.draw(n, sampler=DDIM(num_steps=50), generator=gen)[:2]
     return out
 
 

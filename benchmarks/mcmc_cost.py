@@ -28,14 +28,15 @@ def kernels(steps: int) -> dict[str, object]:
             "HMC (L=3)": HMC(num_steps=steps, step_size=0.05, leapfrog_steps=3)}
 
 
-def time_one(sampler, score, x0: torch.Tensor) -> float:
+def time_one(sampler, score, x0: torch.Tensor) -> tuple[float, int]:
+    """(seconds, NFE) of one call."""
     if x0.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    sampler(score, x0.clone(), None, generator=torch.Generator(x0.device).manual_seed(0))
+    nfe = sampler.draw(score, x0.clone(), None, generator=torch.Generator(x0.device).manual_seed(0)).nfe
     if x0.is_cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, nfe
 
 
 def main() -> None:
@@ -58,14 +59,16 @@ def main() -> None:
         for sampler in samplers.values():  # warm-up (allocator, kernels)
             time_one(sampler.with_settings(num_steps=2), score, x0)
         times: dict[str, list[float]] = {k: [] for k in samplers}
+        nfes: dict[str, int] = {}
         for _ in range(args.repeats):
             for label, sampler in samplers.items():
-                times[label].append(time_one(sampler, score, x0))
+                seconds, nfes[label] = time_one(sampler, score, x0)
+                times[label].append(seconds)
         base = statistics.median(times["ULA"])
         print(f"{name}, {args.steps} iterations, {device.type}:")
         for label, values in times.items():
             median = statistics.median(values)
-            nfe = samplers[label].nfe
+            nfe = nfes[label]
             print(f"  {label:10s} {1e6 * median / shape[0]:9.1f} µs/sample  NFE {nfe:4d}  x{median / base:.2f} of ULA")
 
 

@@ -51,8 +51,8 @@ def train(config: str, name: str, workdir: Path):
 
 def quality(model, draw, n: int) -> dict[str, float]:
     start = time.perf_counter()
-    samples = model.sample(n, generator=torch.Generator().manual_seed(0))
-    row = {"nfe": model.last_nfe, "sample_s": time.perf_counter() - start}
+    samples, nfe, _ = model.draw(n, generator=torch.Generator().manual_seed(0))
+    row = {"nfe": nfe, "sample_s": time.perf_counter() - start}
     for label, dist in (("energy", energy_distance), ("sw", partial(sliced_wasserstein, num_projections=256))):
         row[f"{label}_model"] = median_distance(samples, draw, n, dist, num_draws=5,
                                                 generator=torch.Generator().manual_seed(1))

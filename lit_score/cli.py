@@ -37,7 +37,7 @@ from lit_score.callbacks.resume import (
 from lit_score.callbacks.samples import run_dir
 from lit_score.checkpointing import AtomicCheckpointIO, NonFiniteWeightsError, find_last_checkpoint, nonfinite_names
 from lit_score.data import GenerativeDataModule
-from lit_score.generation import SampleCollector, SeedBatches, draw_seed_batch
+from lit_score.generation import SampleCollector, SeedBatches, seed_batch_draw
 from lit_score.interrupts import Interrupted, stop_on_signals
 from lit_score.loading import checkpoint_class, load_module, read_checkpoint, resolve_class
 from lit_score.models import GenerativeModule, NonFiniteLossError
@@ -575,12 +575,12 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
         raise UserError(f"{existing[0]} exists: pass --output elsewhere or --overwrite true")
     check_writable(stem.parent)  # before any sampling, not after it
     batches = SeedBatches(cfg.num_samples, cfg.batch_size or min(cfg.num_samples, 1000), cfg.seed)  # = evaluate's
-    chunks, nfe = [], 0
+    chunks, nfe, measured = [], 0, {}
     for k in tqdm(range(len(batches)), desc="batches", disable=len(batches) == 1):
-        chunks.append(draw_seed_batch(model, batches[k], sampler, progress=True, edit=edit).cpu())
-        nfe = model.last_nfe
+        drawn = seed_batch_draw(model, batches[k], sampler, progress=True, edit=edit)
+        chunks.append(drawn.samples.cpu())
+        nfe, measured = drawn.nfe, drawn.measurements
     x = torch.cat(chunks)
-    measured = sampler.measured()
     labels = model.condition_labels(torch.arange(cfg.num_samples))
     conditional = {k: v for k, v in condition.items() if k != "classifier"} if labels is not None else {}
     if conditional.get("class_label") is None:
@@ -606,7 +606,7 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
         paths = save_samples(x, stem, title=title, metadata=metadata, reference=reference,
                              labels=None if labels is None else labels.cpu())
     finite = torch.isfinite(x).all().item()
-    extra = "".join(f", {k} {v:.4g}" for k, v in sampler.measured(scalars=True).items())
+    extra = "".join(f", {k} {v:.4g}" for k, v in drawn.scalars().items())
     extra += f", {_condition_words(condition)}" if labels is not None else ""
     origin = f"from {model.sample_start}" if edit is None else (
         f"by SDEdit at strength {edit.strength:g} from {edit.data.shape[0]} guide(s)" if edit.kind == "sdedit" else
@@ -699,14 +699,14 @@ def encode_main(argv: list[str]) -> dict[str, Path]:
         labels = torch.tensor(cfg.class_label, device=device)  # one label: the view repeats it for any batch
     with torch.no_grad():
         score_fn = model.conditioned_score(labels)
-        z = encode(score_fn, model.process, sampler, x, progress=True)
-        nfe = sampler.nfe
-        back = decode(score_fn, model.process, sampler, z, progress=True)
+        encoded = encode(score_fn, model.process, sampler, x, progress=True)
+        z, nfe = encoded.samples, encoded.nfe
+        back = decode(score_fn, model.process, sampler, z, progress=True).samples
         path = None
         if cfg.interpolate and x.shape[0] >= 2:
             pairs = x.shape[0] // 2
             path = interpolate(score_fn, model.process, sampler, x[0 : 2 * pairs : 2], x[1 : 2 * pairs : 2],
-                               num=cfg.interpolate)  # (num, pairs, ...)
+                               num=cfg.interpolate).samples  # (num, pairs, ...)
     # every file is written once the work has succeeded
     error = (back - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)
     metadata = {"latents": z.cpu().numpy(), "reconstruction": back.cpu().numpy(),

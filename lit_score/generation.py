@@ -35,6 +35,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lit_score.atomic import savez
+from lit_score.samplers.base import Draw
+
 # torch's CPU generator keeps only the low 32 bits of a seed (mt19937), so everything must fit in 32 bits:
 # 12 bits of seed set, 20 bits of seed index (up to 1,048,576 samples per set) — no two batches ever share a seed.
 _INDEX_BITS, _SEED_BITS = 20, 12
@@ -76,17 +79,21 @@ def seed_loader(num_samples: int, batch_size: int, seed: int = 0) -> DataLoader:
     return DataLoader(SeedBatches(num_samples, batch_size, seed), batch_size=None, shuffle=False)
 
 
-def draw_seed_batch(pl_module, batch: dict[str, Any], sampler=None, progress: bool = False, edit=None) -> Tensor:
-    """``pl_module.sample`` for one generation batch, with the generator of its first seed index and the class labels
+def seed_batch_draw(pl_module, batch: dict[str, Any], sampler=None, progress: bool = False, edit=None) -> Draw:
+    """``pl_module.draw`` for one generation batch, with the generator of its first seed index and the class labels
     of its seed indices (``pl_module.condition_labels``; None for an unconditional model); with an ``edit``
-    (SDEdit / inpainting, :class:`~lit_score.control.edit.Edit`) the rows of its seed indices are edited."""
+    (SDEdit / inpainting, :class:`~lit_score.control.edit.Edit`) the rows of its seed indices are edited. Returns the
+    :class:`~lit_score.samplers.base.Draw`: samples, NFE and what the sampler measured."""
     generator = torch.Generator(pl_module.device).manual_seed(batch_seed(int(batch["seed"]), int(batch["start"])))
     labels = pl_module.condition_labels(batch["index"])
-    if edit is not None:
-        return pl_module.sample(len(batch["index"]), sampler=sampler, generator=generator, progress=progress,
-                                labels=labels, edit=edit.rows(batch["index"]))
-    return pl_module.sample(len(batch["index"]), sampler=sampler, generator=generator, progress=progress,
-                            labels=labels)
+    edit = None if edit is None else edit.rows(batch["index"])
+    return pl_module.draw(len(batch["index"]), sampler=sampler, generator=generator, progress=progress,
+                          labels=labels, edit=edit)
+
+
+def draw_seed_batch(pl_module, batch: dict[str, Any], sampler=None, progress: bool = False, edit=None) -> Tensor:
+    """The samples of :func:`seed_batch_draw`."""
+    return seed_batch_draw(pl_module, batch, sampler, progress, edit).samples
 
 
 def gather_rows(strategy, x: Tensor, chunk_rows: int = 4096) -> Tensor:
@@ -115,21 +122,23 @@ def generate_local(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """This rank's share of n samples from inside a fit/validation loop: samples (n_r, ...) and seed indices (n_r,).
+) -> tuple[Draw, Tensor]:
+    """This rank's share of n samples from inside a fit/validation loop: its :class:`~lit_score.samplers.base.Draw`
+    (samples (n_r, ...), and the NFE and measurements of its last generation batch) and seed indices (n_r,).
 
     Ranks take generation batches round-robin (rank r draws batches r, r + world, …); a rank left without a batch
-    returns empty tensors. For metrics that sync their own states (torchmetrics); :func:`generate_across_ranks`
-    gathers the shares.
+    returns empty tensors (and NFE 0). For metrics that sync their own states (torchmetrics);
+    :func:`draw_across_ranks` gathers the shares.
     """
     world, rank = trainer.world_size, trainer.global_rank
     batches = SeedBatches(n, batch_size or math.ceil(n / world), seed)
     mine = [batches[k] for k in range(rank, len(batches), world)]
     if not mine:  # more ranks than batches: this rank draws nothing (its row shape still has to match)
         empty = torch.zeros((0, *pl_module.require_shape()), device=pl_module.device)
-        return empty, torch.zeros(0, dtype=torch.long)
-    samples = torch.cat([draw_seed_batch(pl_module, batch, sampler, progress) for batch in mine])
-    return samples, torch.cat([batch["index"] for batch in mine])
+        return Draw(empty, 0, {}), torch.zeros(0, dtype=torch.long)
+    draws = [seed_batch_draw(pl_module, batch, sampler, progress) for batch in mine]
+    samples = torch.cat([draw.samples for draw in draws])
+    return Draw(samples, draws[-1].nfe, draws[-1].measurements), torch.cat([batch["index"] for batch in mine])
 
 
 def generate_across_ranks(
@@ -141,7 +150,21 @@ def generate_across_ranks(
     batch_size: int | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """n samples from inside a fit/validation loop: ranks take generation batches round-robin; every rank gets all n.
+    """The samples of :func:`draw_across_ranks`."""
+    return draw_across_ranks(trainer, pl_module, n, sampler, seed, batch_size, progress).samples
+
+
+def draw_across_ranks(
+    trainer: pl.Trainer,
+    pl_module,
+    n: int,
+    sampler=None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> Draw:
+    """n samples from inside a fit/validation loop: ranks take generation batches round-robin; every rank gets all n
+    samples, and the NFE and measurements of its own last generation batch (NFE 0 on a rank that drew none).
 
     ``batch_size`` fixes the generation batches (the result is then independent of the world size); by default it is
     ⌈n / world⌉, one batch per rank (fastest, but the samples then depend on the world size).
@@ -149,13 +172,14 @@ def generate_across_ranks(
     local, index = generate_local(trainer, pl_module, n, sampler, seed, batch_size, progress)
     if trainer.world_size == 1:
         return local
-    samples, order = gather_rows(trainer.strategy, local), gather_rows(trainer.strategy, index)
-    return samples[torch.argsort(order)].to(local.device)
+    samples, order = gather_rows(trainer.strategy, local.samples), gather_rows(trainer.strategy, index)
+    return local._replace(samples=samples[torch.argsort(order)].to(local.samples.device))
 
 
 class SampleCollector(BasePredictionWriter):
     """Collects what ``trainer.predict`` generates from :func:`seed_loader` batches; rank 0 ends with all of it.
 
+    Each batch's prediction is its samples; ``predict_step`` records the batch's NFE in the batch (``batch["nfe"]``).
     After the predict epoch, ``samples`` (N, ...) on rank 0 are in seed-index order and ``nfe`` lists the NFE of each
     generation batch; with ``path`` they are also written there as ``.npz`` (``samples``, ``nfe``, ``index``, plus
     ``metadata``), which is how a caller reads them back from a forked or spawned DDP run.
@@ -175,7 +199,7 @@ class SampleCollector(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if not isinstance(batch, dict) or "index" not in batch:
             raise TypeError("SampleCollector needs the generation batches of lit_score.evaluation.seed_loader")
-        self._parts.append((batch["index"].cpu(), prediction.detach().cpu(), int(pl_module.last_nfe)))
+        self._parts.append((batch["index"].cpu(), prediction.detach().cpu(), int(batch["nfe"])))
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         shape = tuple(pl_module.require_shape())
@@ -196,8 +220,6 @@ class SampleCollector(BasePredictionWriter):
 
 def save_generation(path: Path, samples: Tensor, nfe: list[int], index: Tensor, metadata: dict[str, Any]) -> Path:
     """Write samples + per-batch NFE + seed indices (+ metadata) as one .npz, atomically (temp file, then rename)."""
-    from lit_score.atomic import savez
-
     extras = {k: np.asarray(v) for k, v in metadata.items()}
     return savez(path, samples=samples.float().numpy(), nfe=np.asarray(nfe), index=index.numpy(), **extras)
 

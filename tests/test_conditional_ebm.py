@@ -210,10 +210,10 @@ def test_concept_conjunction_of_two_labels_of_one_conditional_model():
     inv_var = weights / MIXTURE.stds[labels, 0].double() ** 2
     mean = (inv_var[:, None] * MIXTURE.means[labels].double()).sum(0) / inv_var.sum()
     composed = model.compose(labels, weights.tolist())
-    samples = model.sample_energy(composed, 4000, MALA(num_steps=100, step_size=0.02, adapt_steps=50),
-                                  torch.Generator().manual_seed(0)).double()
-    check_moments(samples, mean, torch.eye(2, dtype=torch.float64) / inv_var.sum())
-    assert model.last_nfe == 151
+    drawn = model.draw_energy(composed, 4000, MALA(num_steps=100, step_size=0.02, adapt_steps=50),
+                              torch.Generator().manual_seed(0))
+    check_moments(drawn.samples.double(), mean, torch.eye(2, dtype=torch.float64) / inv_var.sum())
+    assert drawn.nfe == 151
     with pytest.raises(ValueError, match="no energy"):
         ComposedEnergy([(torch.nn.Linear(2, 2), 1.0)])
     with pytest.raises(ValueError, match="2 weights for 1 labels"):

@@ -18,7 +18,7 @@ from torch import nn
 
 from lit_score.data import Digits, GaussianMixture, Toy2D
 from lit_score.data.mixture import GaussianMixtureDistribution
-from lit_score.generation import draw_seed_batch
+from lit_score.generation import seed_batch_draw
 from lit_score.metrics.distances import energy_distance
 from lit_score.models import DDPM, ScoreSDE
 from lit_score.networks import MLP, UNet
@@ -208,8 +208,8 @@ def test_conditional_model_trains_on_labels_with_dropout_and_samples_by_seed_ind
     # a sample's value depends on its seed index only: a batch split in two gives the same samples
     model.set_condition(guidance_scale=1.0)
     sampler = DDIM(num_steps=4)
-    whole = draw_seed_batch(model, {"seed": 0, "start": 0, "index": torch.arange(6)}, sampler)
-    assert model.last_nfe == 4
+    whole, nfe, _ = seed_batch_draw(model, {"seed": 0, "start": 0, "index": torch.arange(6)}, sampler)
+    assert nfe == 4
     assert whole.shape == (6, 2) and torch.isfinite(whole).all()
 
 

@@ -108,10 +108,10 @@ def impute(x1: float, n: int, resample: int = 1, jump_length: int = 1):
     """x2 given x1 by inpainting with ``Ancestral(100, spacing="logsnr")`` on VP: (x2 (n, 1), NFE)."""
     process, sampler = VP(), Ancestral(100, spacing="logsnr")
     y = torch.tensor([[x1, 0.0]]).expand(n, 2).clone()
-    x = inpaint(MIXTURE.noised(process), process, sampler, y, torch.tensor([1.0, 0.0]), resample, jump_length,
-                generator=torch.Generator().manual_seed(1))
+    x, nfe, _ = inpaint(MIXTURE.noised(process), process, sampler, y, torch.tensor([1.0, 0.0]), resample, jump_length,
+                        generator=torch.Generator().manual_seed(1))
     assert torch.equal(x[:, 0], y[:, 0])
-    return x[:, 1:], sampler.nfe
+    return x[:, 1:], nfe
 
 
 def upper_fraction(x2: torch.Tensor) -> float:
@@ -169,7 +169,7 @@ def test_known_part_is_exact_for_vectors_and_images(make):
     process = VE()
     y = MIXTURE.sample(64, generator)
     x = inpaint(MIXTURE.noised(process), process, make(), y, torch.tensor([0, 1]), resample=2, jump_length=3,
-                generator=generator)
+                generator=generator).samples
     assert x.shape == y.shape and torch.equal(x[:, 1], y[:, 1]) and torch.isfinite(x).all()
     # images (B, C, H, W): a 16-dimensional mixture seen as 1x4x4, the left half known, one mask for the batch
     images = GaussianMixtureDistribution.random(3, 16, generator)
@@ -178,8 +178,8 @@ def test_known_part_is_exact_for_vectors_and_images(make):
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., :2] = 1
     sampler = make()
-    x = inpaint(images.noised(process), process, sampler, y, mask, generator=generator)
-    assert x.shape == y.shape and torch.isfinite(x).all() and sampler.nfe > 0
+    x, nfe, _ = inpaint(images.noised(process), process, sampler, y, mask, generator=generator)
+    assert x.shape == y.shape and torch.isfinite(x).all() and nfe > 0
     assert torch.equal(x[..., :2], y[..., :2]) and not torch.equal(x[..., 2:], y[..., 2:])
 
 
@@ -190,7 +190,7 @@ def test_interval_by_interval_run_is_the_full_run(make):
     process = VP()
     score = MIXTURE.noised(process)
     y = torch.zeros(64, 2, dtype=torch.float64)
-    x = inpaint(score, process, make(), y, torch.zeros(2), generator=torch.Generator().manual_seed(0))
+    x = inpaint(score, process, make(), y, torch.zeros(2), generator=torch.Generator().manual_seed(0)).samples
     prior = process.prior_sample(y.shape, torch.Generator().manual_seed(0)).double()
     torch.testing.assert_close(x, make()(score, prior, process), rtol=1e-9, atol=1e-9)
 
@@ -224,7 +224,7 @@ def test_inpaint_refusals():
 def test_sdedit_strength_one_is_sampling_from_the_same_noise(make_process, make):
     process = make_process()
     score, guide = MIXTURE.noised(process), MIXTURE.sample(256, torch.Generator().manual_seed(0))
-    edited = sdedit(score, process, make(), guide, 1.0, torch.Generator().manual_seed(1))
+    edited = sdedit(score, process, make(), guide, 1.0, torch.Generator().manual_seed(1)).samples
     generator = torch.Generator().manual_seed(1)
     sampled = make()(score, process.prior_sample(guide.shape, generator), process, generator=generator)
     assert torch.equal(edited, sampled)
@@ -238,11 +238,12 @@ def test_sdedit_strength_zero_returns_the_guide(make_process):
     process = make_process()
     score, guide = MIXTURE.noised(process), MIXTURE.sample(500, torch.Generator().manual_seed(0))
     sampler = Ancestral(20)
-    assert torch.equal(sdedit(score, process, sampler, guide, 0.0, torch.Generator().manual_seed(1)), guide)
-    assert sampler.nfe == 0
+    unchanged = sdedit(score, process, sampler, guide, 0.0, torch.Generator().manual_seed(1))
+    assert torch.equal(unchanged.samples, guide)
+    assert unchanged.nfe == 0
     for strength in (1e-3, 1e-2):
         t0 = torch.tensor([sdedit_time(process, strength)])
-        x = sdedit(score, process, sampler, guide, strength, torch.Generator().manual_seed(1))
+        x = sdedit(score, process, sampler, guide, strength, torch.Generator().manual_seed(1)).samples
         rms = float((x - guide).pow(2).mean().sqrt())
         assert rms <= 2 * float(process.sigma(t0) / process.alpha(t0)), (strength, rms)
 
@@ -253,8 +254,8 @@ def test_sdedit_of_data_is_data():
     process = VP()
     guide = MIXTURE.sample(N * SETS, torch.Generator().manual_seed(0))
     sampler = EulerMaruyama(100)
-    x = sdedit(MIXTURE.noised(process), process, sampler, guide, 0.5, torch.Generator().manual_seed(1))
-    assert sampler.nfe == 100
+    x, nfe, _ = sdedit(MIXTURE.noised(process), process, sampler, guide, 0.5, torch.Generator().manual_seed(1))
+    assert nfe == 100
     assert median_distance(x, MIXTURE.sample) <= 2 * floor_of(MIXTURE.sample)
 
 
@@ -266,9 +267,9 @@ def test_encode_decode_round_trip_within_the_tolerance():
     score = MIXTURE.noised(process)
     x0 = score.sample(256, process.t_min, torch.Generator().manual_seed(0)).double()
     sampler = AdaptiveODE(rtol=1e-6, atol=1e-6)
-    z = encode(score, process, sampler, x0)
-    assert sampler.nfe > 0 and (process.t_min, process.t_max) == (1e-3, 1.0)
-    assert float((decode(score, process, sampler, z) - x0).abs().max()) < 1e-4
+    z, nfe, _ = encode(score, process, sampler, x0)
+    assert nfe > 0 and (process.t_min, process.t_max) == (1e-3, 1.0)
+    assert float((decode(score, process, sampler, z).samples - x0).abs().max()) < 1e-4
 
 
 ROUND_TRIP_ORDERS = {  # solver of order p: the round trip's order is p for odd p, p + 1 for even p (see below)
@@ -294,7 +295,8 @@ def test_fixed_grid_round_trip_converges(name):
 
     def error(n: int) -> float:
         sampler = make(n)
-        return float((decode(score, process, sampler, encode(score, process, sampler, x0)) - x0).norm(dim=1).median())
+        z = encode(score, process, sampler, x0).samples
+        return float((decode(score, process, sampler, z).samples - x0).norm(dim=1).median())
 
     errors = [error(n) for n in (40, 80)]
     assert abs(math.log2(errors[0] / errors[1]) - order) < 0.5, errors
@@ -307,7 +309,7 @@ def test_encoded_data_is_distributed_as_the_prior():
     process = VP()
     score = MIXTURE.noised(process)
     x0 = score.sample(N * SETS, process.t_min, torch.Generator().manual_seed(0))
-    z = encode(score, process, DPMSolver(20), x0)
+    z = encode(score, process, DPMSolver(20), x0).samples
 
     def prior(n, generator):
         return process.prior_sample((n, 2), generator)
@@ -352,7 +354,7 @@ def test_slerp_and_interpolation_paths():
     score = MIXTURE.noised(process)
     x_a, x_b = score.sample(4, process.t_min, generator).double(), score.sample(4, process.t_min, generator).double()
     sampler = AdaptiveODE(rtol=1e-6, atol=1e-6)
-    paths = interpolate(score, process, sampler, x_a, x_b, num=5)
-    assert paths.shape == (5, 4, 2) and sampler.nfe > 0
+    paths, nfe, _ = interpolate(score, process, sampler, x_a, x_b, num=5)
+    assert paths.shape == (5, 4, 2) and nfe > 0
     torch.testing.assert_close(paths[0], x_a, rtol=0, atol=1e-4)
     torch.testing.assert_close(paths[-1], x_b, rtol=0, atol=1e-4)

@@ -76,9 +76,9 @@ def test_every_sampler_runs_on_an_energy_model_and_reproduces_the_mixture(name, 
 
 def test_the_mala_corrector_accepts_most_snr_steps_on_the_exact_energy(floor):
     sampler = PredictorCorrector(ReverseDiffusion(100), MALACorrector(snr=0.16))
-    exact_model().sample(2 * N, sampler=sampler, generator=torch.Generator().manual_seed(1))
-    assert 0.6 < sampler.acceptance_rate < 0.9  # measured 0.73: the SNR-0.16 step is near MALA's optimum
-    assert sampler.nfe == 100 + 99 * 2  # the predictor's steps and two energy evaluations per corrector step
+    drawn = exact_model().draw(2 * N, sampler=sampler, generator=torch.Generator().manual_seed(1))
+    assert 0.6 < drawn.measurements["acceptance_rate"] < 0.9  # measured 0.73: the SNR-0.16 step is near MALA's optimum
+    assert drawn.nfe == 100 + 99 * 2  # the predictor's steps and two energy evaluations per corrector step
 
 
 def test_a_trained_energy_network_backpropagates_through_its_gradient_and_serves_mala():
@@ -117,9 +117,9 @@ def test_annealed_mala_adapts_every_noise_level_to_the_optimal_acceptance(floor)
     """Each level's dual averaging lands near MALA's 0.574 although σ_t spans 1 → 0.0045 (measured 0.52-0.61);
     without adaptation the ladder's c·σ² steps are far too timid at this budget (measured 2.99× the floor)."""
     sampler = AnnealedMCMC(MALA(step_size=0.2, adapt_steps=10), num_levels=20, steps_per_level=5)
-    samples = exact_model().sample(2 * N, sampler=sampler, generator=torch.Generator().manual_seed(1))
-    assert all(abs(a - 0.574) < 0.06 for a in sampler.level_acceptance), sampler.level_acceptance
-    assert len(sampler.level_step_sizes) == 20 and sampler.nfe == 20 * (1 + 10 + 5)
+    samples, nfe, measured = exact_model().draw(2 * N, sampler=sampler, generator=torch.Generator().manual_seed(1))
+    assert all(abs(a - 0.574) < 0.06 for a in measured["level_acceptance"]), measured["level_acceptance"]
+    assert len(measured["level_step_sizes"]) == 20 and nfe == 20 * (1 + 10 + 5)
     timid = AnnealedMCMC(MALA(step_size=0.2), num_levels=20, steps_per_level=5)
     assert distance(exact_model().sample(2 * N, sampler=timid, generator=torch.Generator().manual_seed(1))) > 2 * floor
     assert distance(samples) <= 2 * floor  # measured 1.29×
@@ -131,9 +131,9 @@ def test_recovery_chains_on_the_exact_energy_reproduce_the_mixture(mh, floor):
     """With E = −log p_t of the mixture every recovery density p(x_s | x_t) is exact, so 6 recoveries of 30 steps from
     the prior reproduce the mixture (measured 0.87× the floor with plain Langevin, 1.40× with MH at acceptance 0.99)."""
     sampler = RecoverySampler(num_levels=6, steps_per_level=30, mh=mh)
-    samples = exact_model().sample(2 * N, sampler=sampler, generator=torch.Generator().manual_seed(1))
+    samples, _, measured = exact_model().draw(2 * N, sampler=sampler, generator=torch.Generator().manual_seed(1))
     assert distance(samples) <= 2 * floor, f"{distance(samples) / floor:.2f}× the floor"
-    assert (sampler.acceptance_rate > 0.7) if mh else sampler.acceptance_rate is None
+    assert (measured["acceptance_rate"] > 0.7) if mh else "acceptance_rate" not in measured
     assert sampler.requires_energy == mh
 
 

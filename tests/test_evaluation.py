@@ -323,7 +323,7 @@ def test_ebm_normalised_nll_equals_the_exact_gaussian_nll():
 def test_evaluate_scores_an_ebms_held_out_set_with_one_ais_log_partition():
     """Beyond one 250-sample chunk every held-out sample shares one log Ẑ (mean NLL = mean E(x) + log Ẑ), and options
     keyed by estimator reach AIS; the quadrature record normalises exactly on the same set."""
-    from lit_score.evaluation.evaluate import _likelihood
+    from lit_score.evaluation.groups import held_out_likelihood as _likelihood
 
     a = torch.tensor([[2.0, 0.6], [0.6, 1.0]])
     model = EBM(energy_net=QuadraticEnergy(a), data_range=(-9.0, 9.0), sample_shape=(2,))

@@ -63,7 +63,7 @@ def test_textbook_langevin_samples_the_gaussian():
     torch.testing.assert_close(mean, MU.double(), atol=0.03, rtol=0)
     torch.testing.assert_close(cov, torch.linalg.inv(A).double(), atol=0.05, rtol=0.05)
     torch.testing.assert_close(cov, stationary_cov(eta, (2 * eta) ** 0.5), atol=0.02, rtol=0.05)
-    assert sampler.nfe == 900
+    assert sampler.draw(EnergyScore(Quadratic()), torch.zeros(2, 2)).nfe == 900
 
 
 def test_tempered_langevin_has_the_ar1_variance():
@@ -108,13 +108,13 @@ def test_langevin_time_none_without_process_and_t_min_with_one():
 def test_langevin_denoise_without_process_is_a_noise_free_last_step():
     sampler = Langevin(num_steps=4, step_size=0.1, noise_scale=1.0, grad_clip=None, clamp=None, denoise=True)
     last: list[Tensor] = []
-    out = sampler(
+    out, nfe, _ = sampler.draw(
         lambda x, t: -x,
         torch.ones(3, 2),
         callback=lambda info: last.append(info["x"]),
         generator=torch.Generator().manual_seed(0),
     )
-    assert len(last) == 3 and sampler.nfe == 4
+    assert len(last) == 3 and nfe == 4
     torch.testing.assert_close(out, last[-1] * 0.9)
 
 
@@ -130,9 +130,9 @@ def test_annealed_langevin_step_sizes_and_single_denoise_step():
         return -x / (1 + process.sigma(t)[:, None] ** 2)
 
     gen = torch.Generator().manual_seed(0)
-    out = sampler(score, torch.randn(6, 2), process, callback=records.append, generator=gen)
+    out, nfe, _ = sampler.draw(score, torch.randn(6, 2), process, callback=records.append, generator=gen)
     sigmas = process.sigmas.float()
-    assert len(records) == 5 * 3 and sampler.nfe == 5 * 3 + 1 == len(calls)
+    assert len(records) == 5 * 3 and nfe == 5 * 3 + 1 == len(calls)
     for r in records:
         torch.testing.assert_close(r["step_size"], 1e-3 * sigmas[r["level"]] ** 2 / sigmas[-1] ** 2)
         torch.testing.assert_close(process.sigma(r["t"]), sigmas[r["level"]].expand(6))
@@ -145,8 +145,7 @@ def test_annealed_langevin_continuous_process_needs_levels():
     with pytest.raises(ValueError, match="num_levels"):
         AnnealedLangevin(steps_per_level=1)(lambda x, t: -x, torch.zeros(2, 2), VE())
     sampler = AnnealedLangevin(steps_per_level=2, num_levels=4)
-    sampler(lambda x, t: -x, torch.zeros(2, 2), VE())
-    assert sampler.nfe == 2 * 4 + 1
+    assert sampler.draw(lambda x, t: -x, torch.zeros(2, 2), VE()).nfe == 2 * 4 + 1
 
 
 def test_annealed_langevin_with_the_exact_score_reproduces_a_mixture():

@@ -46,11 +46,11 @@ def test_mala_and_hmc_recover_the_mean_and_covariance_of_a_gaussian(sampler, tem
     n = 4000  # independent chains: their final states are independent draws once the chains have mixed
     sampler = sampler.with_settings(temperature=temperature)
     g = torch.Generator().manual_seed(0)
-    x = sampler(Gaussian(), 3 * torch.randn(n, 3, generator=g), generator=g)
+    x, _, measured = sampler.draw(Gaussian(), 3 * torch.randn(n, 3, generator=g), generator=g)
     cov = temperature * SIGMA
     assert (x.mean(0).abs() <= 4 * (torch.diag(cov) / n).sqrt()).all()
     assert ((torch.cov(x.T) - cov).abs() <= covariance_tolerance(cov, n)).all()
-    assert 0.3 < sampler.acceptance_rate <= 1.0
+    assert 0.3 < measured["acceptance_rate"] <= 1.0
 
 
 def test_adapted_mala_acceptance_converges_to_0574():
@@ -58,9 +58,9 @@ def test_adapted_mala_acceptance_converges_to_0574():
     for dim in (3, 20):
         precision = torch.diag(torch.linspace(0.5, 4.0, dim))
         sampler = MALA(num_steps=200, step_size=1e-3, adapt_steps=300)
-        sampler(Gaussian(precision), torch.randn(2000, dim, generator=g), generator=g)
-        assert abs(sampler.acceptance_rate - 0.574) < 0.03, (dim, sampler.acceptance_rate)
-        assert sampler.adapted_step_size > 1e-2  # moved far from the poor starting step
+        measured = sampler.draw(Gaussian(precision), torch.randn(2000, dim, generator=g), generator=g).measurements
+        assert abs(measured["acceptance_rate"] - 0.574) < 0.03, (dim, measured["acceptance_rate"])
+        assert measured["adapted_step_size"] > 1e-2  # moved far from the poor starting step
 
 
 def test_ula_at_temperature_t_has_the_ar1_stationary_covariance():
@@ -207,9 +207,10 @@ def test_tempered_smc_restores_the_mode_weights_plain_annealing_and_mala_get_wro
         "annealed": AnnealedMCMC(kernel, ladder="temperature", num_levels=10, steps_per_level=20),
         "smc": AnnealedMCMC(kernel, ladder="temperature", num_levels=10, steps_per_level=20, resample=True),
     }.items():
-        draws[name] = _mode_fractions(model.sample(4000, sampler=sampler, generator=torch.Generator().manual_seed(1)))
+        drawn = model.draw(4000, sampler=sampler, generator=torch.Generator().manual_seed(1))
+        draws[name] = _mode_fractions(drawn.samples)
         if name == "smc":
-            assert sampler.num_resamples >= 1 and sampler.nfe == 10 * (1 + 20 + 20)
+            assert drawn.measurements["num_resamples"] >= 1 and drawn.nfe == 10 * (1 + 20 + 20)
     assert draws["mala"][1] > 0.36 and draws["annealed"][1] > 0.36
     assert (draws["smc"] - weights).abs().max() < 0.03, draws["smc"]
 

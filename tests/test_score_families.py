@@ -69,8 +69,9 @@ def test_ncsn_sigma_max_from_data_trains_samples_and_survives_checkpoint(tmp_pat
     expected = max_pairwise_distance(data.reference_samples(400, torch.Generator().manual_seed(0)).double())
     assert model.process.sigma_max == pytest.approx(expected, rel=1e-6) and model.process.num_levels == 8
     assert model.sigmas[0].item() == pytest.approx(expected) and model.sigmas[-1].item() == pytest.approx(0.01)
-    samples = model.sample(16, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (16, 2) and torch.isfinite(samples).all() and model.last_nfe == 8 * 3 + 1
+    drawn = model.draw(16, generator=torch.Generator().manual_seed(0))
+    samples = drawn.samples
+    assert samples.shape == (16, 2) and torch.isfinite(samples).all() and drawn.nfe == 8 * 3 + 1
 
     trainer.save_checkpoint(tmp_path / "ncsn.ckpt")
     loaded = NCSN.load_from_checkpoint(tmp_path / "ncsn.ckpt", network=_mlp(), process=process, sampler=sampler)
@@ -89,8 +90,8 @@ def test_score_sde_trains_samples_and_logs_bits_per_dim(process):
     trainer.fit(model, data)
     assert torch.isfinite(trainer.callback_metrics["val/bpd"])
     assert callback.last_result.bits_per_dim.shape == (16,) and callback.last_result.nfe == 16
-    samples = model.sample(8)
-    assert samples.shape == (8, 2) and torch.isfinite(samples).all() and model.last_nfe == 10
+    samples, nfe, _ = model.draw(8)
+    assert samples.shape == (8, 2) and torch.isfinite(samples).all() and nfe == 10
     trainer.validate(model, data, verbose=False)  # under inference_mode, which the PF-ODE must leave
     assert torch.isfinite(trainer.callback_metrics["val/bpd"])
 

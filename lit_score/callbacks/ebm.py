@@ -166,7 +166,7 @@ class ChainDiagnostics(ValidationSampling):
         try:
             with torch.no_grad():
                 x = pl_module.initial_state(self.num_chains, generator)
-                sampler(pl_module.score_model, x, pl_module.process, generator=generator, callback=record)
+                draw = sampler.draw(pl_module.score_model, x, pl_module.process, generator=generator, callback=record)
         finally:
             pl_module.train(was_training)
         energies = torch.stack(trace, dim=1)  # (chains, steps)
@@ -174,7 +174,7 @@ class ChainDiagnostics(ValidationSampling):
         self.last = {"chain_energy": float(energies[:, -1].mean())}
         if half.shape[1] >= 4:
             self.last.update(chain_rhat=split_rhat(half), chain_ess=effective_sample_size(half))
-        for key, value in sampler.measured(scalars=True).items():
+        for key, value in draw.scalars().items():
             self.last[f"chain_{key}"] = float(value)
         for key, value in self.last.items():
             pl_module.log(f"ebm/{key}", value, rank_zero_only=True)

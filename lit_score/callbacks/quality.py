@@ -16,7 +16,6 @@ of a fixed ``batch_size``, each seeded by its first seed index, so the numbers d
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import lightning.pytorch as pl
@@ -27,10 +26,10 @@ from torch.utils.data import Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from lit_score.callbacks.image_metrics import FeatureLayer, OrderedKID
-from lit_score.generation import SeedBatches, generate_across_ranks, generate_local
+from lit_score.generation import SeedBatches, draw_across_ranks, generate_local
 from lit_score.metrics.distances import DISTANCES, distance_floors, distance_report
 from lit_score.metrics.fidelity import FeatureExtractorSpec, dataset_to_uint8, resolve_feature_extractor, to_uint8
-from lit_score.samplers import Sampler
+from lit_score.samplers import Draw, Sampler
 
 IMAGE_METRICS = ("fid", "kid")
 DISTANCE_METRICS = tuple(DISTANCES)  # energy_distance, mmd, sliced_wasserstein
@@ -167,15 +166,15 @@ class SampleQuality(pl.Callback):
         """Sample and compute the metrics (every rank takes part); returns ``{logged name: value}``."""
         n = min(self.num_samples, FAST_DEV_RUN_SAMPLES) if trainer.fast_dev_run else self.num_samples
         if trainer.datamodule.is_image:
-            values, x, index = self._measure_images(trainer, pl_module, n)
+            values, drawn, index = self._measure_images(trainer, pl_module, n)
         else:
-            values, x = self._measure_distances(trainer, pl_module, n)
+            values, drawn = self._measure_distances(trainer, pl_module, n)
             index = None  # every rank holds all n samples
+        x = drawn.samples
         labels = pl_module.condition_labels(torch.arange(n))
         if labels is not None and trainer.datamodule.can_classify and pl_module.condition["class_label"] != -1:
             values["val/class_accuracy"] = self._class_accuracy(trainer, x, labels, index)
-        drew = trainer.global_rank < math.ceil(n / self.batch_size)  # ranks take the generation batches round-robin
-        nfe = torch.tensor(float(pl_module.last_nfe if drew else 0), device=trainer.strategy.root_device)
+        nfe = torch.tensor(float(drawn.nfe), device=trainer.strategy.root_device)  # 0 on a rank that drew nothing
         values["val/quality_nfe"] = float(trainer.strategy.reduce(nfe, reduce_op="max"))
         self.last_metrics = values
         return values
@@ -192,9 +191,10 @@ class SampleQuality(pl.Callback):
         total = trainer.strategy.reduce(torch.tensor(float(hits), device=device), reduce_op="sum")
         return float(total) / len(labels)
 
-    def _measure_distances(self, trainer: pl.Trainer, pl_module, n: int) -> tuple[dict[str, float], Tensor]:
+    def _measure_distances(self, trainer: pl.Trainer, pl_module, n: int) -> tuple[dict[str, float], Draw]:
         datamodule = trainer.datamodule
-        x = generate_across_ranks(trainer, pl_module, n, self.sampler, self.seed, self.batch_size)
+        drawn = draw_across_ranks(trainer, pl_module, n, self.sampler, self.seed, self.batch_size)
+        x = drawn.samples
         draw = (lambda k, g: datamodule.reference_draw(k, g, self.reference))  # noqa: E731
         wanted = {name: DISTANCES[name] for name in self._wanted}
         if n not in self._floors:  # the floors depend on the data and n only: computed once
@@ -206,11 +206,12 @@ class SampleQuality(pl.Callback):
             values[f"val/{name}"] = row["value"]
             values[f"val/{name}_floor"] = row["floor"]
             values[f"val/{name}_ratio"] = row["ratio"]
-        return values, x
+        return values, drawn
 
-    def _measure_images(self, trainer: pl.Trainer, pl_module, n: int) -> tuple[dict[str, float], Tensor, Tensor]:
+    def _measure_images(self, trainer: pl.Trainer, pl_module, n: int) -> tuple[dict[str, float], Draw, Tensor]:
         datamodule = trainer.datamodule
-        x, index = generate_local(trainer, pl_module, n, self.sampler, self.seed, self.batch_size)
+        drawn, index = generate_local(trainer, pl_module, n, self.sampler, self.seed, self.batch_size)
+        x = drawn.samples
         # metric states must be ordinary tensors: trainer.validate runs under inference_mode
         with torch.inference_mode(False), torch.no_grad():
             metrics = self._metrics_with_reference(trainer, pl_module, n)
@@ -232,7 +233,7 @@ class SampleQuality(pl.Callback):
                     kid_mean, kid_std = kid.compute()
                 values["val/kid"], values["val/kid_std"] = float(kid_mean), float(kid_std)
                 kid.reset()
-        return values, x, index
+        return values, drawn, index
 
     def _reference(self, trainer: pl.Trainer, fast: int | None) -> Tensor:
         """The reference images, uint8 (N_ref, 3, H, W): the split, or its ``num_reference`` subset fixed by seed."""

@@ -8,11 +8,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torch import Tensor
 
 from lit_score.checks import check_number
-from lit_score.generation import SeedBatches, generate_across_ranks
-from lit_score.samplers import Sampler
+from lit_score.generation import SeedBatches, draw_across_ranks, generate_across_ranks  # noqa: F401 (re-exported)
+from lit_score.samplers import Draw, Sampler
 from lit_score.visualize import save_samples
 
 
@@ -87,27 +86,28 @@ class SampleGrid(ValidationSampling):
         if not self.due(trainer, batch_idx, dataloader_idx):
             return
         n = min(self.num_samples, 8) if trainer.fast_dev_run else self.num_samples  # a check of the path, not a grid
-        x = generate_across_ranks(trainer, pl_module, n, self.sampler, self.seed)
-        self._write(trainer, pl_module, x, f"epoch={trainer.current_epoch:04d}")
+        drawn = draw_across_ranks(trainer, pl_module, n, self.sampler, self.seed)
+        self._write(trainer, pl_module, drawn, f"epoch={trainer.current_epoch:04d}")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
         """A last grid from the final weights (EMA weights, once the EMA callback has copied them in)."""
         if trainer.fast_dev_run or trainer.interrupted:
             return
-        x = generate_across_ranks(trainer, pl_module, self.num_samples, self.sampler, self.seed)
-        self._write(trainer, pl_module, x, "final")
+        drawn = draw_across_ranks(trainer, pl_module, self.num_samples, self.sampler, self.seed)
+        self._write(trainer, pl_module, drawn, "final")
 
     @rank_zero_only
-    def _write(self, trainer: pl.Trainer, pl_module, x: Tensor, name: str) -> None:
+    def _write(self, trainer: pl.Trainer, pl_module, drawn: Draw, name: str) -> None:
+        x = drawn.samples
         datamodule = trainer.datamodule
         data_range = getattr(datamodule, "data_range", (-1.0, 1.0))
         reference = None
         if x.ndim == 2 and hasattr(datamodule, "reference_samples"):
             reference = datamodule.reference_samples(x.shape[0], torch.Generator().manual_seed(self.seed))
         stem = self.dirpath / name
-        title = f"{type(pl_module).__name__} epoch {trainer.current_epoch}, NFE {pl_module.last_nfe}"
+        title = f"{type(pl_module).__name__} epoch {trainer.current_epoch}, NFE {drawn.nfe}"
         labels = pl_module.condition_labels(torch.arange(x.shape[0]))  # what generation used, by seed index
-        self.last_paths = save_samples(x, stem, data_range, reference, title, {"nfe": pl_module.last_nfe}, labels)
+        self.last_paths = save_samples(x, stem, data_range, reference, title, {"nfe": drawn.nfe}, labels)
         self._log_image(trainer, self.last_paths["png"])
 
     @staticmethod

@@ -21,6 +21,7 @@ from torch import Tensor
 from lit_score.checks import check_number
 from lit_score.control.inpaint import inpaint
 from lit_score.control.sdedit import sdedit
+from lit_score.samplers.base import Draw
 from lit_score.validation import check_array, check_mask, read_array
 
 
@@ -53,8 +54,8 @@ class Edit:
             mask = mask[pick]
         return replace(self, data=self.data[pick], mask=mask)
 
-    def __call__(self, score_fn, process, sampler, generator=None, progress: bool = False) -> Tensor:
-        """Run the edit on this (batch-sized) data with ``sampler``; the NFE lands in ``sampler.nfe``."""
+    def __call__(self, score_fn, process, sampler, generator=None, progress: bool = False) -> Draw:
+        """Run the edit on this (batch-sized) data with ``sampler``: the :class:`~lit_score.samplers.base.Draw`."""
         if process is None:
             raise ValueError(f"{self.kind} runs a sampler down a noise process: this model has none (an EBM)")
         device = process.device

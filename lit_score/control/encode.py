@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lit_score.processes import NoiseProcess
-from lit_score.samplers.base import Sampler, ScoreFn
+from lit_score.samplers.base import Draw, Sampler, ScoreFn
 from lit_score.utils import append_dims
 
 
@@ -31,22 +31,18 @@ def ode_sampler(sampler: Sampler) -> Sampler:
     return sampler.with_settings(denoise=False) if sampler.denoise else sampler
 
 
-def encode(score_fn: ScoreFn, process: NoiseProcess, sampler: Sampler, x0: Tensor, progress: bool = False) -> Tensor:
-    """z = x(t_max) of the probability-flow ODE from x(t_min) = x0, by a reversible ``sampler`` (NFE: sampler.nfe)."""
+def encode(score_fn: ScoreFn, process: NoiseProcess, sampler: Sampler, x0: Tensor, progress: bool = False) -> Draw:
+    """z = x(t_max) of the probability-flow ODE from x(t_min) = x0, by a reversible ``sampler``: the run's
+    :class:`~lit_score.samplers.base.Draw` (samples z, NFE)."""
     ode = ode_sampler(sampler)
     with process.window(process.t_min, process.t_max):
-        z = ode(score_fn, x0, process, progress=progress)
-    sampler.nfe = ode.nfe
-    return z
+        return ode.draw(score_fn, x0, process, progress=progress)
 
 
-def decode(score_fn: ScoreFn, process: NoiseProcess, sampler: Sampler, z: Tensor, progress: bool = False) -> Tensor:
+def decode(score_fn: ScoreFn, process: NoiseProcess, sampler: Sampler, z: Tensor, progress: bool = False) -> Draw:
     """x0 = x(t_min) of the probability-flow ODE from x(t_max) = z: the inverse of :func:`encode` with the same
-    ``sampler`` (its grid read t_max → t_min, no final denoise; NFE: ``sampler.nfe``)."""
-    ode = ode_sampler(sampler)
-    x0 = ode(score_fn, z, process, progress=progress)
-    sampler.nfe = ode.nfe
-    return x0
+    ``sampler`` (its grid read t_max → t_min, no final denoise); the run's :class:`~lit_score.samplers.base.Draw`."""
+    return ode_sampler(sampler).draw(score_fn, z, process, progress=progress)
 
 
 def slerp(z0: Tensor, z1: Tensor, alpha: float | Tensor) -> Tensor:
@@ -78,23 +74,22 @@ def interpolate(
     x_b: Tensor,
     num: int = 8,
     progress: bool = False,
-) -> Tensor:
+) -> Draw:
     """Paths (num, B, ...) from x_a to x_b through latent space: encode both, slerp at α = 0, 1/(num−1), …, 1, decode.
 
-    The ends are decode(encode(x)) ≈ x. One encoding call (2B samples) and one decoding call (num·B samples); the NFE
-    of both, summed, is ``sampler.nfe``.
+    The ends are decode(encode(x)) ≈ x. One encoding call (2B samples) and one decoding call (num·B samples); the
+    :class:`~lit_score.samplers.base.Draw` holds the paths and the NFE of both calls, summed.
     """
     if num < 2:
         raise ValueError(f"num must be >= 2 (the two ends at least), got {num}")
     if x_a.shape != x_b.shape:
         raise ValueError(f"interpolate needs two batches of one shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}")
-    z_a, z_b = encode(score_fn, process, sampler, torch.cat([x_a, x_b]), progress).chunk(2)
-    nfe = sampler.nfe
+    encoded = encode(score_fn, process, sampler, torch.cat([x_a, x_b]), progress)
+    z_a, z_b = encoded.samples.chunk(2)
     alphas = torch.linspace(0, 1, num, dtype=z_a.dtype, device=z_a.device)
     path = torch.stack([slerp(z_a, z_b, alpha) for alpha in alphas])  # (num, B, ...)
-    x = decode(score_fn, process, sampler, path.flatten(0, 1), progress).reshape(path.shape)
-    sampler.nfe += nfe
-    return x
+    decoded = decode(score_fn, process, sampler, path.flatten(0, 1), progress)
+    return Draw(decoded.samples.reshape(path.shape), encoded.nfe + decoded.nfe, {})
 
 
 __all__ = ["decode", "encode", "interpolate", "ode_sampler", "slerp"]

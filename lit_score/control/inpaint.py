@@ -34,7 +34,7 @@ from torch import Tensor
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess
 from lit_score.samplers.ancestral import transition_variances
-from lit_score.samplers.base import CountingScore, Sampler, ScoreFn, full_like_t
+from lit_score.samplers.base import CountingScore, Draw, Sampler, ScoreFn, full_like_t
 from lit_score.utils import append_dims, randn_like
 
 
@@ -96,12 +96,11 @@ def inpaint(
     jump_length: int = 1,
     generator: torch.Generator | None = None,
     progress: bool = False,
-) -> Tensor:
+) -> Draw:
     """Fill in the unknown part of ``y`` (``mask`` 0) with ``sampler``: replacement (r = 1) or RePaint (r > 1).
 
     The sampler must step along a fixed grid (``sampler.steps_on_grid``: Ancestral, DDIM, Euler–Maruyama, reverse
-    diffusion, predictor–corrector, Euler, Heun, DPM-Solver, EDM Heun). The NFE, summed over all intervals, is
-    ``sampler.nfe`` afterwards. All noise comes from ``generator``.
+    diffusion, predictor–corrector, Euler, Heun, DPM-Solver, EDM Heun). All noise comes from ``generator``.
 
     Args:
         y: the data (B, ...); only its known part is read.
@@ -110,7 +109,8 @@ def inpaint(
         jump_length: j, the levels of one jump back (RePaint: r = 10, j = 10 on 250 steps); < the grid's intervals.
 
     Returns:
-        x of y's shape with x = y exactly where the mask is 1.
+        the :class:`~lit_score.samplers.base.Draw`: x of y's shape with x = y exactly where the mask is 1, and the NFE
+        summed over all intervals.
     """
     if not sampler.steps_on_grid:
         raise ValueError(f"{type(sampler).__name__} does not step along a fixed grid: inpainting needs one that does"
@@ -136,8 +136,7 @@ def inpaint(
         else:
             x = renoise(process, x, t, s, generator)
     x = sampler.finish(counted, process, x, torch.tensor(grid[-1], dtype=torch.float64))
-    sampler.nfe = counted.calls
-    return torch.where(mask, y, x)
+    return Draw(torch.where(mask, y, x), counted.calls, {})
 
 
 __all__ = ["inpaint", "known_mask", "project", "renoise", "repaint_schedule"]

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess
-from lit_score.samplers.base import Sampler, ScoreFn, full_like_t
+from lit_score.samplers.base import Draw, Sampler, ScoreFn, full_like_t
 
 
 def sdedit_time(process: NoiseProcess, strength: float) -> float:
@@ -58,11 +58,12 @@ def sdedit(
     strength: float,
     generator: torch.Generator | None = None,
     progress: bool = False,
-) -> Tensor:
+) -> Draw:
     """SDEdit (Meng et al. 2022, Algorithm 1): perturb ``guide`` to t₀ and run ``sampler`` from there to t_min.
 
-    Any sampler that carries x through the noise levels works (grid or adaptive, ODE or SDE); the NFE of the run is
-    ``sampler.nfe`` afterwards (0 when the guide is returned unchanged). ε and the sampler draw from ``generator``.
+    Any sampler that carries x through the noise levels works (grid or adaptive, ODE or SDE). Returns the run's
+    :class:`~lit_score.samplers.base.Draw` (NFE 0 when the guide is returned unchanged). ε and the sampler draw from
+    ``generator``.
 
     Args:
         guide: the guide x_g, any shape (B, ...).
@@ -73,15 +74,14 @@ def sdedit(
                          " that does (e.g. Ancestral, DDIM, EulerMaruyama, DPMSolver)")
     t0 = sdedit_time(process, strength)
     if t0 <= process.t_min:
-        sampler.nfe = 0
-        return guide.clone()
+        return Draw(guide.clone(), 0, {})
     eps = torch.randn(guide.shape, generator=generator, device=guide.device, dtype=guide.dtype)
     if t0 == process.t_max:  # exactly process.prior_sample's draw
         x = process.prior_std * eps
     else:
         x = process.perturb(guide, full_like_t(guide, t0), eps)
     with process.window(t0, process.t_min):
-        return sampler(score_fn, x, process, generator=generator, progress=progress)
+        return sampler.draw(score_fn, x, process, generator=generator, progress=progress)
 
 
 __all__ = ["sdedit", "sdedit_time"]

@@ -235,26 +235,14 @@ def fidelity_metrics(
     """
     import torch_fidelity
 
-    unknown = set(metrics) - set(METRICS)
-    if unknown:
-        raise ValueError(f"unknown image metrics {sorted(unknown)}: choose from {', '.join(METRICS)}")
-    missing = [m for m in metrics if m not in extractor.layers]
-    if missing:
-        raise ValueError(f"feature extractor {extractor.name} has no layer for {', '.join(missing)}")
-    if not metrics:
-        raise ValueError("no image metric asked for")
-    if cuda and not torch.cuda.is_available():
-        raise ValueError("feature extraction on CUDA was asked for but no CUDA device is available")
+    _check_request(metrics, extractor, cuda)
     kid_subset_size = kid_subset_size or min(1000, len(samples), len(reference))
     options = {
         "input1": UInt8Images(samples),
         "input2": UInt8Images(reference),
         "cuda": cuda,
         "batch_size": batch_size,
-        "fid": "fid" in metrics,
-        "kid": "kid" in metrics,
-        "isc": "isc" in metrics,
-        "prc": "prc" in metrics,
+        **{name: name in metrics for name in METRICS},  # fid, kid, isc, prc: which torch-fidelity computes
         "kid_subset_size": kid_subset_size,
         "kid_subsets": kid_subsets,
         "isc_splits": isc_splits,
@@ -273,21 +261,38 @@ def fidelity_metrics(
     raw = torch_fidelity.calculate_metrics(**options)
     seconds = time.perf_counter() - start
     values = {_KEYS[k]: float(v) for k, v in raw.items() if k in _KEYS}
-    protocol = {
-        "metrics": list(metrics),
-        "feature_extractor": extractor.to_dict(),
-        "num_samples": len(samples),
-        "num_reference": len(reference),
-        "image_shape": list(samples.shape[1:]),
-        "kid_subset_size": kid_subset_size if "kid" in metrics else None,
-        "kid_subsets": kid_subsets if "kid" in metrics else None,
-        "isc_splits": isc_splits if "isc" in metrics else None,
-        "prc_neighborhood": prc_neighborhood if "prc" in metrics else None,
-        "rng_seed": rng_seed,
-        "reference_cache": reference_name,
-        "torch_fidelity": torch_fidelity.__version__,
-    }
+    settings = {"kid_subset_size": kid_subset_size, "kid_subsets": kid_subsets, "isc_splits": isc_splits,
+                "prc_neighborhood": prc_neighborhood}
+    protocol = _protocol(samples, reference, metrics, extractor, settings, rng_seed, reference_name,
+                         torch_fidelity.__version__)
     return FidelityResult(values, protocol, seconds)
+
+
+def _check_request(metrics: tuple[str, ...], extractor: FeatureExtractorSpec, cuda: bool) -> None:
+    """Fail before any work on metrics that are unknown, that the extractor has no layer for, or none, or no CUDA."""
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown image metrics {sorted(unknown)}: choose from {', '.join(METRICS)}")
+    missing = [m for m in metrics if m not in extractor.layers]
+    if missing:
+        raise ValueError(f"feature extractor {extractor.name} has no layer for {', '.join(missing)}")
+    if not metrics:
+        raise ValueError("no image metric asked for")
+    if cuda and not torch.cuda.is_available():
+        raise ValueError("feature extraction on CUDA was asked for but no CUDA device is available")
+
+
+#: the metric each of fidelity_metrics' settings belongs to (a setting is recorded only where its metric was asked for)
+_SETTING_OF = {"kid_subset_size": "kid", "kid_subsets": "kid", "isc_splits": "isc", "prc_neighborhood": "prc"}
+
+
+def _protocol(samples, reference, metrics, extractor, settings: dict[str, int], rng_seed, reference_name,
+              version: str) -> dict:
+    """How :func:`fidelity_metrics` measured (what it was given, the settings of the metrics asked for, versions)."""
+    return {"metrics": list(metrics), "feature_extractor": extractor.to_dict(), "num_samples": len(samples),
+            "num_reference": len(reference), "image_shape": list(samples.shape[1:]),
+            **{k: v if _SETTING_OF[k] in metrics else None for k, v in settings.items()},
+            "rng_seed": rng_seed, "reference_cache": reference_name, "torch_fidelity": version}
 
 
 def cached_reference_features(reference_name: str, extractor: FeatureExtractorSpec, cache_root: str | Path) -> Path:

@@ -15,11 +15,11 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
-from lit_score.generation import draw_seed_batch
+from lit_score.generation import seed_batch_draw
 from lit_score.models.conditioning import Conditioning
 from lit_score.models.likelihood import Likelihood
 from lit_score.processes import NoiseProcess
-from lit_score.samplers import Sampler
+from lit_score.samplers import Draw, Sampler
 
 _PLAIN = (type(None), bool, int, float, str)
 
@@ -75,7 +75,6 @@ class GenerativeModule(Conditioning, Likelihood, pl.LightningModule):
         self.sampler = sampler  # subclasses fill in default_sampler(process) once their parts exist
         self.optimizer_fn, self.lr_scheduler_fn, self.warmup_steps = optimizer, lr_scheduler, warmup_steps
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
-        self.last_nfe = 0
         self._condition: dict | None = None  # what set_condition chose (None: nothing yet)
         self._sample_start: str | None = None  # what set_sample_start chose (None: the first of sample_starts)
         self.skip_nonfinite_steps = False  # set by NonFiniteGuard: a non-finite step is then skipped, not fatal
@@ -169,9 +168,23 @@ class GenerativeModule(Conditioning, Likelihood, pl.LightningModule):
         labels: Tensor | None = None,
         edit=None,
     ) -> Tensor:
-        """Draw ``n`` samples (n, *sample_shape) with ``sampler`` (default: the model's), in eval mode; with class
-        ``labels`` (n,) from the conditional, guided score of :meth:`conditioned_score`; with an ``edit``
-        (:class:`~lit_score.control.edit.Edit` of n rows: SDEdit or inpainting) that edit instead of plain sampling."""
+        """The samples (n, *sample_shape) of :meth:`draw` (which see)."""
+        return self.draw(n, sampler, generator, progress, x, labels, edit).samples
+
+    def draw(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        x: Tensor | None = None,
+        labels: Tensor | None = None,
+        edit=None,
+    ) -> Draw:
+        """Draw ``n`` samples with ``sampler`` (default: the model's), in eval mode: the samples, the NFE and what the
+        sampler measured (:class:`~lit_score.samplers.base.Draw`). With class ``labels`` (n,) from the conditional,
+        guided score of :meth:`conditioned_score`; with an ``edit`` (:class:`~lit_score.control.edit.Edit` of n rows:
+        SDEdit or inpainting) that edit instead of plain sampling."""
         sampler = sampler if sampler is not None else self.sampler
         if labels is None and self._condition is not None:  # after set_condition: its labels
             labels = self.condition_labels(torch.arange(n))
@@ -181,19 +194,20 @@ class GenerativeModule(Conditioning, Likelihood, pl.LightningModule):
             with torch.no_grad():
                 score_fn = self.conditioned_score(labels)
                 if edit is not None:
-                    out = edit(score_fn, self.process, sampler, generator=generator, progress=progress)
-                else:
-                    x = self.initial_state(n, generator) if x is None else x
-                    out = sampler(score_fn, x, self.process, generator=generator, progress=progress)
+                    return edit(score_fn, self.process, sampler, generator=generator, progress=progress)
+                x = self.initial_state(n, generator) if x is None else x
+                return sampler.draw(score_fn, x, self.process, generator=generator, progress=progress)
         finally:
             self.train(was_training)
-        self.last_nfe = sampler.nfe
-        return out
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         """One sample per seed index of a generation batch of :func:`lit_score.evaluation.seed_loader` (the
-        datamodules' ``predict_dataloader``), drawn with the model's sampler and that batch's generator."""
-        return draw_seed_batch(self, batch, self.sampler)
+        datamodules' ``predict_dataloader``), drawn with the model's sampler and that batch's generator: the samples
+        (what ``trainer.predict`` returns). What drawing them cost is recorded in the batch beside its seed indices,
+        ``batch["nfe"]``, where :class:`~lit_score.generation.SampleCollector` reads it."""
+        drawn = seed_batch_draw(self, batch, self.sampler)
+        batch["nfe"] = drawn.nfe
+        return drawn.samples
 
     # --- training plumbing -----------------------------------------------------------------------
     def data_batch(self, batch: Tensor | tuple | list | dict) -> Tensor:

@@ -99,14 +99,19 @@ class NegativeChains:
             if self.chain_init == "data" and x_real is None:
                 raise ValueError("chain_init data starts the chains at the data batch: pass x_real")
             x = self.uniform_noise(n, self._generator) if self.chain_init == "noise" else x_real[:n].detach()
-            with self.frozen():
-                return self.sampler(score_fn, x, None, generator=self._generator, callback=self._record_chain).detach()
+            return self._run_chains(score_fn, x)
         noise = functools.partial(self.uniform_noise, generator=self._generator)
         x, index = self.buffer.starts(n, self.reuse_prob, noise, labels, self._generator, self.device)
-        with self.frozen():
-            x = self.sampler(score_fn, x, None, generator=self._generator, callback=self._record_chain).detach()
+        x = self._run_chains(score_fn, x)
         self.buffer.write(index, x)
         return x
+
+    def _run_chains(self, score_fn, x: Tensor) -> Tensor:
+        """The training chains from ``x``, frozen; what the sampler measured is kept for the step's log."""
+        with self.frozen():
+            draw = self.sampler.draw(score_fn, x, None, generator=self._generator, callback=self._record_chain)
+        self._chain_measured = draw.scalars()
+        return draw.samples.detach()
 
     def evaluation_fakes(self, n: int, labels: Tensor | None,
                          generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
@@ -139,7 +144,7 @@ class NegativeChains:
             d = torch.stack(list(self._energy_diffs))
             d = d - d.mean()
             self.log("train/energy_diff_autocorr", ((d[1:] * d[:-1]).sum() / (d * d).sum().clamp_min(1e-300)).float())
-        for key, value in self.sampler.measured(scalars=True).items():
+        for key, value in self._chain_measured.items():
             self.log(f"train/chain_{key}", float(value))
 
     # --- the chains' state across fits and checkpoints --------------------------------------------

@@ -36,7 +36,7 @@ from lit_score.models.base import GenerativeModule
 from lit_score.models.chains import NegativeChains
 from lit_score.models.replay import ReplayBuffer
 from lit_score.models.rollback import DivergenceRollback, EBMDivergedError
-from lit_score.samplers import Langevin, Sampler
+from lit_score.samplers import Draw, Langevin, Sampler
 from lit_score.scores import EnergyScore
 from lit_score.scores.energy import ComposedEnergy
 from lit_score.utils import rand, randn_like
@@ -115,6 +115,7 @@ class EBM(NegativeChains, GenerativeModule):
         self._generator: torch.Generator | None = None  # the chains' random stream (per rank, set in on_fit_start)
         self._pending_generator_state: Tensor | None = None  # a resumed chain generator, set in on_fit_start
         self._chain_grad_norm: Tensor | None = None
+        self._chain_measured: dict[str, float | int] = {}  # what the last training chain's sampler measured
         self._energy_diffs: collections.deque[Tensor] = collections.deque(maxlen=100)
         self.save_config()
 
@@ -149,14 +150,18 @@ class EBM(NegativeChains, GenerativeModule):
 
     def sample_energy(self, energy, n: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
                       progress: bool = False, x: Tensor | None = None) -> Tensor:
+        """The samples of :meth:`draw_energy`."""
+        return self.draw_energy(energy, n, sampler, generator, progress, x).samples
+
+    def draw_energy(self, energy, n: int, sampler: Sampler | None = None, generator: torch.Generator | None = None,
+                    progress: bool = False, x: Tensor | None = None) -> Draw:
         """``n`` samples of any energy transform (a :class:`~lit_score.scores.energy.ComposedEnergy`, a guided view)
-        with this model's sampler (or ``sampler``), from uniform noise over the data range (or ``x``), frozen."""
+        with this model's sampler (or ``sampler``), from uniform noise over the data range (or ``x``), frozen: the
+        :class:`~lit_score.samplers.base.Draw` (samples, NFE, measurements)."""
         sampler = sampler if sampler is not None else self.sampler
         with self.frozen(), torch.no_grad():
             x = self.uniform_noise(n, generator) if x is None else x
-            out = sampler(energy, x, None, generator=generator, progress=progress)
-        self.last_nfe = sampler.nfe
-        return out
+            return sampler.draw(energy, x, None, generator=generator, progress=progress)
 
     # --- sampling ---------------------------------------------------------------------------------
     def uniform_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -197,15 +202,15 @@ class EBM(NegativeChains, GenerativeModule):
                 p.requires_grad_(flag)
             self.train(was_training)
 
-    def sample(self, n, sampler=None, generator=None, progress=False, x=None, labels=None, **kwargs) -> Tensor:
-        """:meth:`GenerativeModule.sample` (its further keywords passed on), frozen. With
-        ``set_sample_start("buffer")``, class ``labels`` (n,) and a conditional energy, chains continue buffer chains
-        of those labels (:meth:`buffer_start`); without labels they continue any buffer chains."""
-        if x is None and not kwargs and labels is not None and self.num_classes and self.sample_start == "buffer":
+    def draw(self, n, sampler=None, generator=None, progress=False, x=None, labels=None, edit=None) -> Draw:
+        """:meth:`GenerativeModule.draw`, frozen. With ``set_sample_start("buffer")``, class ``labels`` (n,) and a
+        conditional energy, chains continue buffer chains of those labels (:meth:`buffer_start`); without labels they
+        continue any buffer chains."""
+        if x is None and edit is None and labels is not None and self.num_classes and self.sample_start == "buffer":
             labels = torch.as_tensor(labels).long()
             x = self.buffer_start(labels.expand(n) if labels.ndim == 0 else labels, generator)
         with self.frozen():
-            return super().sample(n, sampler, generator, progress, x, labels, **kwargs)
+            return super().draw(n, sampler, generator, progress, x, labels, edit)
 
     # --- likelihood ------------------------------------------------------------------------------
     def likelihood_methods(self, dequantize: str = "none") -> tuple[LikelihoodEstimator, ...]:

@@ -4,6 +4,7 @@ from lit_score.samplers.adaptive_sde import AdaptiveSDE
 from lit_score.samplers.ancestral import DDIM, Ancestral
 from lit_score.samplers.base import (
     CountingScore,
+    Draw,
     Sampler,
     ScoreFn,
     predict_x0_eps,
@@ -28,6 +29,7 @@ __all__ = [
     "AnnealedMCMC",
     "CountingScore",
     "DPMSolver",
+    "Draw",
     "EDMHeun",
     "Euler",
     "FlowMapSampler",

@@ -5,14 +5,24 @@ A sampler is configured by its typed ``__init__`` and called as
 ``score_fn(x, t)`` returns ∇ₓ log p_t(x) and ``x`` is the starting point (usually a prior sample).
 A score function may also offer ``predict(x, t) -> (x̂₀, ε̂)`` and ``velocity(x, t)``
 (:class:`~lit_score.scores.NetworkScore` does); samplers use them when present, else derive them from
-the score. ``sampler.nfe`` holds the number of score evaluations of the last call.
+the score.
+
+A call returns the samples only; :meth:`Sampler.draw` (same arguments) returns what the call produced as a
+:class:`Draw`, and nothing of a call is left on the sampler:
+
+| field | what |
+|---|---|
+| ``samples`` | x at the end of the run |
+| ``nfe`` | score (energy, denoiser, velocity) evaluations of this call, counted by a per-call :class:`CountingScore` |
+| ``measurements`` | what the sampling loop measured beside its NFE, keyed by the names in ``sampler.measures`` |
+|  | (an MCMC kernel's ``acceptance_rate`` and ``adapted_step_size``, …; empty for samplers that measure nothing) |
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -24,6 +34,22 @@ from lit_score.utils import append_dims
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 StepCallback = Callable[[dict[str, Any]], None]
+
+
+class Draw(NamedTuple):
+    """What one sampling call produced: the samples, its NFE and what the sampler measured (module docstring).
+
+    A named tuple, so it is immutable and Lightning moves it between devices like any tuple (``predict_step``
+    returns one)."""
+
+    samples: Tensor
+    nfe: int
+    measurements: dict[str, Any]
+
+    def scalars(self) -> dict[str, float | int]:
+        """The measurements that are numbers (what a logger takes), not per-level lists."""
+        return {k: v for k, v in self.measurements.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class CountingScore:
@@ -102,8 +128,9 @@ class Sampler(ABC):
     traverses_noise_levels: bool = True
     #: whether it needs the energy E(x) itself, not only the score (the Metropolis–Hastings kernels MALA and HMC)
     requires_energy: bool = False
-    #: attributes that hold what the last call measured (not settings): left out of repr and of descriptions
-    run_state: tuple[str, ...] = ("nfe",)
+    #: the names of what a call measures beside its NFE (the keys ``Draw.measurements`` may hold); a sampler that
+    #: declares some returns ``(x, measurements)`` from its ``sample`` loop, the others return x
+    measures: tuple[str, ...] = ()
     #: whether it is a deterministic solver of the probability-flow ODE whose updates hold with t increasing as well,
     #: so that inside ``process.window(t_min, t_max)`` it maps data to latents (DDIM inversion; ``control.encode``)
     reversible: bool = False
@@ -118,7 +145,6 @@ class Sampler(ABC):
         if num_steps < 1 + int(denoise):
             raise ValueError(f"num_steps must be >= {1 + int(denoise)} (denoise={denoise}), got {num_steps}")
         self.num_steps, self.spacing, self.denoise = num_steps, spacing, denoise
-        self.nfe = 0
 
     def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
         """Times t_max → t_min for this sampler's steps (decreasing but inside a reversed ``process.window``)."""
@@ -145,10 +171,24 @@ class Sampler(ABC):
         callback: StepCallback | None = None,
         progress: bool = False,
     ) -> Tensor:
+        """The samples of :meth:`draw` (which see)."""
+        return self.draw(score_fn, x, process, generator=generator, callback=callback, progress=progress).samples
+
+    def draw(
+        self,
+        score_fn: ScoreFn,
+        x: Tensor,
+        process: NoiseProcess | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        progress: bool = False,
+    ) -> Draw:
+        """Run the sampling loop from ``x``: the samples, the NFE of this call and what it measured."""
         counted = CountingScore(score_fn)
         out = self.sample(counted, x, process, generator=generator, callback=callback, progress=progress)
-        self.nfe = counted.calls
-        return out
+        samples, measurements = out if self.measures else (out, {})
+        return Draw(samples, counted.calls, measurements)
 
     @abstractmethod
     def sample(
@@ -161,7 +201,8 @@ class Sampler(ABC):
         callback: StepCallback | None,
         progress: bool,
     ) -> Tensor:
-        """The sampling loop; ``score_fn`` here counts its own evaluations."""
+        """The sampling loop; ``score_fn`` here counts its own evaluations. Returns x, or ``(x, measurements)`` when
+        the sampler declares ``measures`` (only what was measured: a value that does not apply is left out)."""
 
     def advance(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One interval t → s of :func:`~lit_score.samplers.stepping.sample_on_grid`: (x_s, what the step callback
@@ -195,18 +236,11 @@ class Sampler(ABC):
         """A new sampler of this class with this one's settings, ``changes`` applied on top."""
         return type(self)(**{**self.settings(), **changes})
 
-    def measured(self, scalars: bool = False) -> dict[str, Any]:
-        """What the last call measured beside its NFE (the ``run_state`` values that are set); with ``scalars`` only
-        the numbers (what a logger takes), not per-level lists."""
-        values = {k: getattr(self, k, None) for k in self.run_state if k != "nfe"}
-        return {k: v for k, v in values.items()
-                if v is not None and (not scalars or isinstance(v, (int, float)) and not isinstance(v, bool))}
-
     @staticmethod
     def steps(n: int, progress: bool, desc: str) -> Iterable[int]:
         """range(n), with a tqdm bar when ``progress``."""
         return tqdm(range(n), desc=desc, leave=False, dynamic_ncols=True) if progress else range(n)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in self.run_state)
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"

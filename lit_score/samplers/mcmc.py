@@ -69,8 +69,8 @@ class AnnealedMCMC(Sampler):
 
     With the kernel's ``adapt_steps`` > 0 (MALA, HMC) each level first adapts its step by dual averaging toward the
     kernel's target acceptance, starting from the previous level's step (times its ladder ratio on a noise ladder), then
-    freezes it for ``steps_per_level`` transitions. ``level_acceptance`` and ``level_step_sizes`` hold each level's
-    mean acceptance and step of the last call; ``acceptance_rate`` their mean. NFE: one evaluation per transition
+    freezes it for ``steps_per_level`` transitions. A call measures ``level_acceptance`` and ``level_step_sizes``, each
+    level's mean acceptance and step, and ``acceptance_rate``, their mean. NFE: one evaluation per transition
     (HMC: ``leapfrog_steps``) plus one per level; the ladder's kernel needs the energy where the kernel does.
 
     Args:
@@ -86,8 +86,7 @@ class AnnealedMCMC(Sampler):
         resample_threshold: resample when ESS < threshold·B (1: at every level).
     """
 
-    run_state = ("nfe", "acceptance_rate", "adapted_step_size", "num_resamples", "level_acceptance",
-                 "level_step_sizes")
+    measures = ("acceptance_rate", "adapted_step_size", "num_resamples", "level_acceptance", "level_step_sizes")
 
     def __init__(
         self,
@@ -122,11 +121,6 @@ class AnnealedMCMC(Sampler):
         if resample and not self.kernel.requires_energy:
             raise ValueError("resample weighs chains by their energy: use a MALA or HMC kernel")
         self.resample, self.resample_threshold = resample, float(resample_threshold)
-        self.num_resamples: int | None = None
-        self.acceptance_rate: float | None = None
-        self.adapted_step_size: float | None = None
-        self.level_acceptance: list[float] | None = None
-        self.level_step_sizes: list[float] | None = None
 
     @property
     def requires_process(self) -> bool:
@@ -199,17 +193,25 @@ class AnnealedMCMC(Sampler):
                 total += 1
             acceptance.append(accepted / self.steps_per_level)
             step_sizes.append(step)
-        if mh:
-            self.level_acceptance = [float(a) for a in torch.stack(acceptance).cpu()]  # one host read per call
-            self.acceptance_rate = sum(self.level_acceptance) / len(self.level_acceptance)
-        else:
-            self.level_acceptance, self.acceptance_rate = None, None
-        self.level_step_sizes, self.adapted_step_size = step_sizes, step_sizes[-1]
         if self.resample and bool((log_w != 0).any()):
             x, resamples = x[systematic_resample(log_w, generator)], resamples + 1
-        self.num_resamples = resamples if self.resample else None
         if self.denoise:
             x = self.finish(score_fn, process, x, times[-1])
             x = x.clamp(*k.bounds) if k.bounds is not None else x
-        return x
+        return x, self._measurements(acceptance if mh else None, step_sizes, resamples)
+
+    def _measurements(self, acceptance: list[Tensor] | None, step_sizes: list[float], resamples: int) -> dict:
+        """What a call measured (:attr:`measures`): the levels' acceptance (an MH kernel's only) and steps, and the
+        number of resamplings (with ``resample`` only)."""
+        out = {}
+        if acceptance is not None:
+            level_acceptance = [float(a) for a in torch.stack(acceptance).cpu()]  # one host read per call
+            out["acceptance_rate"] = sum(level_acceptance) / len(level_acceptance)
+        out["adapted_step_size"] = step_sizes[-1]
+        if self.resample:
+            out["num_resamples"] = resamples
+        if acceptance is not None:
+            out["level_acceptance"] = level_acceptance
+        out["level_step_sizes"] = step_sizes
+        return out
 

@@ -28,8 +28,8 @@ Metropolis–Hastings rule for a truncated density), ULA clamps (the EBM practic
 
 Warm-up: ``adapt_steps`` iterations adapt one step size shared by all chains by dual averaging on the mean acceptance
 over chains; then it is frozen for the ``num_steps`` sampling iterations (so the sampling kernel is a fixed, valid
-MH kernel). ``adapted_step_size`` and ``acceptance_rate`` (mean over chains and sampling iterations) hold the last
-call's values, like ``nfe``.
+MH kernel). A call's ``adapted_step_size`` and ``acceptance_rate`` (mean over chains and sampling iterations) are in
+the measurements of its :class:`~lit_score.samplers.base.Draw`, beside its NFE.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class MCMCSampler(Sampler):
     default_target_accept = 0.574
     #: how the step follows a length scale ℓ: ∝ ℓ² for Langevin kernels (noise variance 2η), ∝ ℓ for HMC's ε
     step_scale_power = 2
-    run_state = ("nfe", "adapted_step_size", "acceptance_rate")
+    measures = ("adapted_step_size", "acceptance_rate")
 
     def __init__(
         self,
@@ -81,8 +81,6 @@ class MCMCSampler(Sampler):
         self.bounds = check_range("bounds", bounds, allow_none=True)
         self.step_size, self.temperature, self.adapt_steps = float(step_size), float(temperature), adapt_steps
         self.target_accept = target_accept
-        self.adapted_step_size: float | None = None
-        self.acceptance_rate: float | None = None
 
     def transition(self, fn: EnergyAndScore, x, energy, score, step_size, temperature: float, generator):
         """One iteration of the kernel on π_T at ``temperature``: (x, E, s, accepted, α)."""
@@ -109,8 +107,7 @@ class MCMCSampler(Sampler):
             if callback is not None:
                 callback({"step": i, "t": t, "x": x, "energy": energy, "accepted": accept, "acceptance": alpha.mean(),
                           "step_size": step, "warmup": warm, "grad_norm": per_sample_norm(score)})
-        self.adapted_step_size, self.acceptance_rate = step, float(accepted) / max(self.num_steps, 1)
-        return x
+        return x, {"adapted_step_size": step, "acceptance_rate": float(accepted) / max(self.num_steps, 1)}
 
 
 class MALA(MCMCSampler):
@@ -203,6 +200,5 @@ class ULA(MCMCSampler):
             x, step = self.update(x, score, self.step_size, self.temperature, generator)
             if callback is not None:
                 callback({"step": i, "t": t, "x": x, "step_size": step, "grad_norm": per_sample_norm(score)})
-        self.adapted_step_size, self.acceptance_rate = None, None
-        return x
+        return x, {}  # no accept/reject test and no adaptation: nothing measured
 

@@ -28,7 +28,7 @@ from lit_score.samplers.base import Sampler, ScoreFn
 from lit_score.samplers.langevin import langevin_step
 from lit_score.samplers.mcmc import energy_and_score, metropolis_accept
 from lit_score.samplers.sde import ReverseDiffusion
-from lit_score.samplers.stepping import Stepper, sample_on_grid
+from lit_score.samplers.stepping import Stepper, sample_on_grid, sample_on_grid_with_acceptance
 from lit_score.utils import append_dims, per_sample_norm, randn_like
 
 
@@ -81,15 +81,6 @@ class LangevinCorrector(Sampler):
             raise ValueError(f"unknown norm {norm!r}: use batch or sample")
         self.snr, self.n_steps, self.norm = float(snr), int(n_steps), norm
 
-    #: a Metropolis-adjusted corrector's mean acceptance over its last call (None: no accept/reject test)
-    acceptance_rate: float | None = None
-
-    def reset(self) -> None:
-        """Before a sampling call (a corrector that measures something starts afresh)."""
-
-    def finish_call(self) -> None:
-        """After a sampling call."""
-
     def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """``n_steps`` Langevin steps at t, with α_i from the interval t → s; returns (x, x_mean)."""
         x_mean = x
@@ -137,11 +128,12 @@ def mala_corrector_step(
 
 class MALACorrector(LangevinCorrector):
     """The Langevin corrector with a Metropolis–Hastings test at each level (needs the energy E(x, t) of a
-    noise-conditional energy model): every corrector step leaves p_t exactly invariant, and ``acceptance_rate``
-    reports how often its SNR-rule step is accepted. Two energy evaluations per step."""
+    noise-conditional energy model): every corrector step leaves p_t exactly invariant, and a call measures how often
+    its SNR-rule step is accepted (``acceptance_rate``; each grid step reports its corrector steps' shares of accepted
+    chains as ``accepted_fraction``). Two energy evaluations per step."""
 
     requires_energy = True
-    run_state = ("nfe", "acceptance_rate")
+    measures = ("acceptance_rate",)
 
     def __init__(
         self,
@@ -152,31 +144,29 @@ class MALACorrector(LangevinCorrector):
         denoise: bool = True,
     ) -> None:
         super().__init__(snr, n_steps, num_steps, spacing, denoise, norm="sample")
-        self.acceptance_rate: float | None = None
-        self._accepted: list[Tensor] = []
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in ("snr", "n_steps", "num_steps", "spacing", "denoise")}
 
-    def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+    def correct(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        """``n_steps`` MALA steps at t: (x, the share of chains each step accepted (n_steps,), on the device)."""
+        accepted = []
         for _ in range(self.n_steps):
             x, _, accept = mala_corrector_step(score_fn, process, x, t, s, self.snr, generator)
-            self._accepted.append(accept.float().mean())  # kept on the device: no host sync per step
+            accepted.append(accept.float().mean())  # kept on the device: no host sync per step
+        return x, torch.stack(accepted) if accepted else x.new_zeros(0)
+
+    def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        x, _ = self.correct(score_fn, process, x, t, s, generator)
         return x, x
 
-    def reset(self) -> None:
-        self._accepted, self.acceptance_rate = [], None
-
-    def finish_call(self) -> None:
-        if self._accepted:
-            self.acceptance_rate = float(torch.stack(self._accepted).mean())
+    def advance(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        x, accepted = self.correct(score_fn, process, x, t, s, generator)
+        return x, {"x_mean": x, "accepted_fraction": accepted}
 
     def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
-        self.reset()
-        out = sample_on_grid(self, score_fn, x, process, generator=generator, callback=callback, progress=progress,
-                             desc="mala corrector")
-        self.finish_call()
-        return out
+        return sample_on_grid_with_acceptance(self, score_fn, x, process, generator=generator, callback=callback,
+                                              progress=progress, desc="mala corrector")
 
 
 class PredictorCorrector(Sampler):
@@ -190,7 +180,8 @@ class PredictorCorrector(Sampler):
         corrector: the corrector (default ``LangevinCorrector()``); ``n_steps=0`` gives the predictor alone.
     """
 
-    run_state = ("nfe", "acceptance_rate")
+    #: a Metropolis-adjusted corrector's (MALACorrector's) share of accepted steps; nothing for the others
+    measures = ("acceptance_rate",)
 
     def __init__(self, predictor: Sampler | None = None, corrector: LangevinCorrector | None = None) -> None:
         if predictor is None:
@@ -217,11 +208,6 @@ class PredictorCorrector(Sampler):
         """The corrector and the predictor's one-interval sampler."""
         return self.with_settings(predictor=self.predictor.interval())
 
-    @property
-    def acceptance_rate(self) -> float | None:
-        """The corrector's acceptance over the last call (MALACorrector), else None."""
-        return self.corrector.acceptance_rate
-
     def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
         """The predictor's grid."""
         return self.predictor.grid(process, device)
@@ -231,12 +217,15 @@ class PredictorCorrector(Sampler):
         x, _ = self.corrector.step(score_fn, process, x, t, s, generator)
         return self.predictor.step(score_fn, process, x, t, s, generator)
 
+    def advance(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
+        """:meth:`step`, reporting the predictor's x_mean and what the corrector's step reports beside it."""
+        x, corrected = self.corrector.advance(score_fn, process, x, t, s, generator)
+        x, x_mean = self.predictor.step(score_fn, process, x, t, s, generator)
+        return x, {**corrected, "x_mean": x_mean}
+
     def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
-        self.corrector.reset()
-        out = sample_on_grid(self, score_fn, x, process, generator=generator, callback=callback, progress=progress,
-                             desc="predictor-corrector")
-        self.corrector.finish_call()
-        return out
+        return sample_on_grid_with_acceptance(self, score_fn, x, process, generator=generator, callback=callback,
+                                              progress=progress, desc="predictor-corrector")
 
 
 __all__ = ["LangevinCorrector", "MALACorrector", "PredictorCorrector", "langevin_alpha", "langevin_corrector_step",

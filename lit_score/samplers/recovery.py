@@ -73,7 +73,7 @@ class RecoverySampler(Sampler):
 
     Use the ``num_levels`` (and ``spacing``) the :class:`~lit_score.losses.RecoveryLikelihood` loss trained with:
     the energy was fitted at exactly those levels. ``mh`` adds the Metropolis–Hastings test (MALA on the recovery
-    density; needs the energy) and records ``acceptance_rate``; the reference runs plain Langevin.
+    density; needs the energy) and measures its ``acceptance_rate``; the reference runs plain Langevin.
     NFE: L·K (+ L with ``mh``, the chains' starting evaluations).
 
     Args:
@@ -85,7 +85,7 @@ class RecoverySampler(Sampler):
         data_std: σ_d of the Gaussian that sets each chain's start and step (the loss's value).
     """
 
-    run_state = ("nfe", "acceptance_rate")
+    measures = ("acceptance_rate",)
 
     def __init__(
         self,
@@ -102,7 +102,6 @@ class RecoverySampler(Sampler):
         check_number("steps_per_level", steps_per_level, ge=1, integer=True)
         check_number("step_size", step_size, gt=0.0)
         self.num_levels, self.steps_per_level, self.step_size, self.mh = num_levels, steps_per_level, step_size, mh
-        self.acceptance_rate: float | None = None
 
     @property
     def requires_energy(self) -> bool:
@@ -123,8 +122,7 @@ class RecoverySampler(Sampler):
                 accepted.append(rate)
             if callback is not None:
                 callback({"step": k, "level": level, "t": s, "x": x})
-        self.acceptance_rate = float(torch.stack(accepted).mean()) if accepted else None
-        return x
+        return x, ({"acceptance_rate": float(torch.stack(accepted).mean())} if accepted else {})
 
     def _mala(self, score_fn, x_t, s, coefficients: list[float], generator) -> tuple[Tensor, Tensor]:
         """MALA on the recovery density (E plus the anchor), from k·x_t; the levels' steps are scalars here."""

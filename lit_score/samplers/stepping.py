@@ -3,7 +3,9 @@
 Samplers whose update needs nothing but (x, t, s) — Euler–Maruyama, reverse diffusion, the Langevin
 corrector, ancestral, DDIM, Euler, Heun — expose ``step(score_fn, process, x, t, s, generator) -> (x_s, x_mean)``
 (t, s of shape (B,); ``x_mean`` is the update without its fresh noise). Their whole sampling loop is
-``sample_on_grid``, and ``PredictorCorrector`` composes any two of them (Song et al. 2021, Algorithm 1).
+``sample_on_grid``, and ``PredictorCorrector`` composes any two of them (Song et al. 2021, Algorithm 1). A step whose
+corrector runs a Metropolis test reports the share of chains it accepted as ``accepted_fraction``;
+``sample_on_grid_with_acceptance`` returns their mean beside x.
 """
 
 from __future__ import annotations
@@ -50,4 +52,31 @@ def sample_on_grid(
     return sampler.finish(score_fn, process, x, grid[-1])
 
 
-__all__ = ["Stepper", "sample_on_grid"]
+def sample_on_grid_with_acceptance(
+    sampler: Sampler,
+    score_fn: ScoreFn,
+    x: Tensor,
+    process: NoiseProcess | None,
+    *,
+    generator: torch.Generator | None,
+    callback: StepCallback | None,
+    progress: bool,
+    desc: str,
+) -> tuple[Tensor, dict[str, float]]:
+    """:func:`sample_on_grid`, and ``{"acceptance_rate": the mean of the steps' reported ``accepted_fraction``}``
+    (empty when no step ran a Metropolis test): one host read per call."""
+    accepted: list[Tensor] = []
+
+    def record(report: dict) -> None:
+        if "accepted_fraction" in report:
+            accepted.append(report["accepted_fraction"])
+        if callback is not None:
+            callback(report)
+
+    x = sample_on_grid(sampler, score_fn, x, process, generator=generator, callback=record, progress=progress,
+                       desc=desc)
+    shares = torch.cat(accepted) if accepted else x.new_zeros(0)
+    return x, ({"acceptance_rate": float(shares.mean())} if shares.numel() else {})
+
+
+__all__ = ["Stepper", "sample_on_grid", "sample_on_grid_with_acceptance"]
