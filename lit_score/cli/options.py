@@ -3,8 +3,9 @@
 ==============================  ===================================================================================
 name                            what it does
 ==============================  ===================================================================================
-:func:`parse_command`           a command line's options (defaults filled in) and the ``--sampler.init_args``
-                                settings the user gave, which :func:`~lit_score.loading.sampler.resolve_sampler` keeps
+:func:`parse_command`           one reading of a command line: its options (defaults filled in) and the
+                                ``--sampler.init_args`` settings the user gave, which
+                                :func:`~lit_score.loading.sampler.resolve_sampler` keeps
 :func:`add_condition_arguments` ``--class_label``, ``--guidance_scale``, ``--classifier_ckpt``, ``--classifier_scale``
 :func:`apply_condition`         sets the model's labels and guidance from them (one line on a mismatch)
 :func:`data_range`              the range a model's samples live in
@@ -24,13 +25,12 @@ from lit_score.validation import InvalidInput
 def parse_command(parser: ArgumentParser, argv: list[str]) -> tuple[Namespace, frozenset[str]]:
     """The parsed options of ``argv`` (defaults filled in) and the names of the ``--sampler`` settings the command
     line gave, which :func:`~lit_score.loading.sampler.resolve_sampler` takes from the user rather than from the
-    model's own sampler. jsonargparse keeps no record of which values were given, so with ``--sampler`` the command
-    line is read once more without defaults, here, where the command parses (nothing downstream re-reads argv)."""
-    cfg = parser.parse_args(argv)
-    if cfg.get("sampler") is None:
-        return cfg, frozenset()
-    given = parser.parse_args(argv, defaults=False).get("sampler")
-    init_args = given.get("init_args") if given is not None else None
+    model's own sampler. ``argv`` is read once, without defaults (what the user gave); the parser's defaults are then
+    laid under that (``parse_object``, the same config ``parse_args(argv)`` gives)."""
+    given = parser.parse_args(argv, defaults=False)
+    cfg = parser.parse_object(given)
+    sampler = given.get("sampler")
+    init_args = sampler.get("init_args") if sampler is not None else None
     return cfg, frozenset(vars(init_args)) if init_args is not None else frozenset()
 
 
