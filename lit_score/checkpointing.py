@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lit_score.atomic import DiskFullError, disk_full
+
 
 class NonFiniteWeightsError(RuntimeError):
     """A checkpoint was about to be written with NaN or infinite weights."""
@@ -65,8 +67,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             os.replace(tmp, target)
         except BaseException as err:
-            from lit_score.atomic import DiskFullError, disk_full
-
             if disk_full(err, target.parent):
                 raise DiskFullError(target) from err  # one line; the previous checkpoint is untouched
             raise

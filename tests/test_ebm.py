@@ -335,7 +335,7 @@ def test_a_rolled_back_step_leaves_the_snapshot_weights_and_returns_a_loss():
         warnings.simplefilter("ignore")
         make_trainer(Path("."), 7, [BlowUp({5}), record]).fit(model, make_data())
     assert model.rollbacks == 1
-    snapshot_step, snapshot_state, _ = model._snapshot
+    snapshot_step, snapshot_state, _ = model.rollback.snapshot
     assert snapshot_step == 4
     for name, value in record.after[6].items():  # step 5 diverged and was rolled back: no update in that step
         if "replay" not in name:

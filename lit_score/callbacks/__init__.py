@@ -10,9 +10,10 @@ from lit_score.callbacks.quality import SampleQuality
 from lit_score.callbacks.ranks import RanksDisagreeError, RankSync
 from lit_score.callbacks.resume import FinalCheckpoint, GracefulStop, NonFiniteGuard, ResumeState
 from lit_score.callbacks.samples import SampleGrid, generate_across_ranks, run_dir
+from lit_score.models.rollback import DivergenceRollback  # the EBM builds its own (lit_score.models.rollback)
 
 __all__ = [
-    "EMA", "ChainDiagnostics", "EnergyHistogram", "FinalCheckpoint", "GracefulStop", "LikelihoodCallback",
-    "NonFiniteGuard", "Performance", "RankSync", "RanksDisagreeError", "ResumeState", "SampleGrid", "SampleQuality",
-    "ema_decay", "generate_across_ranks", "run_dir",
+    "EMA", "ChainDiagnostics", "DivergenceRollback", "EnergyHistogram", "FinalCheckpoint", "GracefulStop",
+    "LikelihoodCallback", "NonFiniteGuard", "Performance", "RankSync", "RanksDisagreeError", "ResumeState",
+    "SampleGrid", "SampleQuality", "ema_decay", "generate_across_ranks", "run_dir",
 ]

@@ -88,7 +88,7 @@ class EnergyHistogram(ValidationSampling):
     def _write(self, trainer: pl.Trainer, pl_module, fresh: Tensor, batch) -> None:
         n, generator = self.num_samples, torch.Generator(pl_module.device).manual_seed(self.seed)
         datamodule = trainer.datamodule
-        if hasattr(datamodule, "reference_samples"):
+        if datamodule is not None:  # a lit_score datamodule declares reference_samples
             real = datamodule.reference_samples(n, torch.Generator().manual_seed(self.seed)).to(pl_module.device)
         else:
             real = pl_module.data_batch(batch)[:n]

@@ -76,7 +76,7 @@ class LikelihoodCallback(pl.Callback):
         self.validation_runs = state_dict.get("validation_runs", 0)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if getattr(pl_module, "process", None) is None or not hasattr(pl_module, "score_model"):
+        if pl_module.process is None:  # GenerativeModule.process: None for families without one
             raise ValueError(f"LikelihoodCallback needs a model with a noise process, not {type(pl_module).__name__}")
 
     def _per_rank(self, trainer: pl.Trainer) -> int:

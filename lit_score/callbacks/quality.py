@@ -9,8 +9,9 @@
 | class-conditional model | ``val/class_accuracy`` | the data's reference classifier (``class_log_probs``) on the |
 | on data that classifies | | samples, each requesting class (seed index mod K); hits summed over ranks |
 
-The samples are those of :mod:`lit_score.generation`: generation batches of a fixed ``batch_size``, each
-seeded by its first seed index, so the numbers do not depend on the world size.
+The torchmetrics pieces (a torch-fidelity feature layer as a module, KID in seed-index order) are in
+:mod:`lit_score.callbacks.image_metrics`. The samples are those of :mod:`lit_score.generation`: generation batches
+of a fixed ``batch_size``, each seeded by its first seed index, so the numbers do not depend on the world size.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import warnings
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
-from torchmetrics.utilities import dim_zero_cat
 
+from lit_score.callbacks.image_metrics import FeatureLayer, OrderedKID
 from lit_score.generation import SeedBatches, generate_across_ranks, generate_local
 from lit_score.metrics.distances import DISTANCES, distance_floors, distance_report
 from lit_score.metrics.fidelity import FeatureExtractorSpec, dataset_to_uint8, resolve_feature_extractor, to_uint8
@@ -35,64 +35,6 @@ from lit_score.samplers import Sampler
 IMAGE_METRICS = ("fid", "kid")
 DISTANCE_METRICS = tuple(DISTANCES)  # energy_distance, mmd, sliced_wasserstein
 FAST_DEV_RUN_SAMPLES = 16  # under fast_dev_run: a check of the path, not a measurement
-
-
-class FeatureLayer(nn.Module):
-    """One feature layer of a torch-fidelity extractor as an ``nn.Module``: uint8 (B, 3, H, W) → float (B, D).
-
-    The ``feature`` torchmetrics' FID / KID call. Rows go through the extractor ``chunk`` at a time, so one ``update``
-    can carry a rank's whole share (KID's list states must see the same number of updates on every rank to sync).
-    """
-
-    def __init__(self, spec: FeatureExtractorSpec, layer: str, image_size: tuple[int, int], chunk: int = 250) -> None:
-        from torch_fidelity.utils import create_feature_extractor
-
-        super().__init__()
-        self.extractor = create_feature_extractor(
-            spec.name, [layer], cuda=False, feature_extractor_weights_path=spec.weights_path, verbose=False
-        )
-        self.chunk = chunk
-        with torch.no_grad():
-            self.num_features = int(self.extractor(torch.zeros((1, 3, *image_size), dtype=torch.uint8))[0].shape[-1])
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[0] == 0:  # a rank without samples still takes part in the metric's sync
-            return torch.zeros((0, self.num_features), device=x.device)
-        return torch.cat([self.extractor(part)[0].float() for part in x.split(self.chunk)])
-
-
-class OrderedKID(KernelInceptionDistance):
-    """KID whose feature rows are put in seed-index (reference-index) order before its random subsets are drawn.
-
-    The synced states hold rank 0's rows, then rank 1's, …; sorting by the index makes the subsets, and so the value,
-    independent of how the rows were shared out over ranks.
-    """
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("real_index", [], dist_reduce_fx=None)
-        self.add_state("fake_index", [], dist_reduce_fx=None)
-
-    def update(self, imgs: Tensor, real: bool, index: Tensor) -> None:  # type: ignore[override]
-        super().update(imgs, real)
-        (self.real_index if real else self.fake_index).append(index.to(self.device))
-
-    def compute(self) -> tuple[Tensor, Tensor]:
-        for kind in ("real", "fake"):
-            features = dim_zero_cat(getattr(self, f"{kind}_features"))
-            index = dim_zero_cat(getattr(self, f"{kind}_index"))
-            order = index.argsort()
-            setattr(self, f"{kind}_features", [features[order]])
-            setattr(self, f"{kind}_index", [index[order]])
-        return super().compute()
-
-    def reset(self) -> None:
-        if self.reset_real_features:
-            super().reset()
-            return
-        index = self._defaults.pop("real_index")  # kept, as the parent keeps ``real_features``
-        super().reset()
-        self._defaults["real_index"] = index
 
 
 class SampleQuality(pl.Callback):
@@ -196,7 +138,7 @@ class SampleQuality(pl.Callback):
         if stage not in ("fit", "validate"):  # test / predict never call the validation hooks
             return
         datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "reference_draw"):
+        if datamodule is None:  # a lit_score datamodule declares reference_draw, is_image, default_feature_extractor
             raise ValueError("SampleQuality needs a lit_score datamodule (trainer.fit(model, datamodule=...)) for the"
                              " reference data")
         allowed, other = (IMAGE_METRICS, DISTANCE_METRICS) if datamodule.is_image else (DISTANCE_METRICS, IMAGE_METRICS)

@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 
 from lit_score.atomic import write_json
-from lit_score.callbacks.resume import last_checkpoint_path
+from lit_score.callbacks.stopping import last_checkpoint_path
 from lit_score.checks import check_number
 
 

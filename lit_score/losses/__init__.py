@@ -1,15 +1,18 @@
 """Per-sample training objectives (B,); the modules reduce and log."""
 
 from lit_score.losses.base import DiffusionLoss
+from lit_score.losses.consistency import ConsistencyDistillation
 from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.losses.denoising import DenoisingLoss
 from lit_score.losses.flow import FlowMatchingLoss, ot_permutation
 from lit_score.losses.hybrid import HybridLoss
 from lit_score.losses.recovery import RecoveryLikelihood
 from lit_score.losses.score_matching import ExactScoreMatching, SlicedScoreMatching
+from lit_score.losses.teacher import Teacher
 from lit_score.losses.vdm import VDMLoss
 
 __all__ = [
+    "ConsistencyDistillation",
     "ContrastiveDivergence",
     "DenoisingLoss",
     "DiffusionLoss",
@@ -18,6 +21,7 @@ __all__ = [
     "HybridLoss",
     "RecoveryLikelihood",
     "SlicedScoreMatching",
+    "Teacher",
     "VDMLoss",
     "ot_permutation",
 ]

@@ -16,6 +16,10 @@ class DiffusionLoss:
     ``trains_variance`` / ``trains_schedule``: the objective trains a learned reverse variance (``HybridLoss``) or a
     learned noise schedule (``VDMLoss``); a model with either is refused with any other loss, which would leave the
     variance untrained (yet used by the samplers) or move the schedule by a gradient that is not the VLB's.
+    ``requires_two_time``: the objective trains a flow map (``flow_map(x, t, s)``: a two-time network, which the family
+    wraps in a ``FlowMapScore``); the family refuses a one-time network with it.
+    ``fit_started`` / ``before_step``: hooks the family calls at the start of fit and before each training batch (a
+    distillation's target network is made and follows the weights there).
     ``state_dict`` / ``load_state_dict``: what the objective carries between steps (empty unless it samples t by its
     own loss history), written into and restored from the family's checkpoints.
     """
@@ -23,11 +27,20 @@ class DiffusionLoss:
     requires_energy: bool = False
     trains_variance: bool = False
     trains_schedule: bool = False
+    requires_two_time: bool = False
     #: a ``LossAwareSteps`` where the objective draws its steps by its own loss history, else None
     steps = None
 
     def __call__(self, score_model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
+
+    def fit_started(self, score_model, step: int) -> None:
+        """Called by the family at the start of fit (``step``: the trainer's global step, > 0 on resume); an objective
+        that builds its own state from the model (a distillation's target network) does it here."""
+
+    def before_step(self, score_model, step: int) -> None:
+        """Called by the family before each training batch with the global step (the optimizer steps taken): an
+        objective that follows the weights (a target network's EMA) updates here."""
 
     def state_dict(self) -> dict:
         """State the objective carries across steps (a loss-aware step history), saved in the module's checkpoint."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -102,6 +102,45 @@ def ais_base(base: str, shape: tuple[int, ...], base_std: float, bounds: tuple[f
     return x, base_energy
 
 
+class _Chains(NamedTuple):
+    """The chains x with their target energy E(x), base energy U₀(x) and the gradients of both."""
+
+    x: Tensor
+    energy: Tensor
+    grad: Tensor
+    base: Tensor
+    base_grad: Tensor
+
+
+def _anneal_level(target, base_energy, chains: _Chains, beta: float, step: float, steps_per_level: int,
+                  bounds: tuple[float, float] | None, adapt: bool, accepted: Tensor,
+                  generator: torch.Generator | None) -> tuple[_Chains, float, Tensor]:
+    """One rung β of the ladder: ``steps_per_level`` MALA steps leaving f_k = exp(−β E − (1 − β) U₀) invariant, the
+    step adapted toward an acceptance of 0.574 after each when ``adapt``; returns the chains, the step and
+    ``accepted`` plus this rung's acceptances."""
+    proposed: dict[str, Tensor] = {}
+
+    def level(y: Tensor) -> tuple[Tensor, Tensor]:
+        e, g = target(y)
+        b, gb = base_energy(y)
+        proposed.update(e=e, g=g, b=b, gb=gb)  # kept, so an accepted move needs no second evaluation
+        return beta * e + (1 - beta) * b, -(beta * g + (1 - beta) * gb)
+
+    x, energy, grad, u0, grad0 = chains
+    mixed_energy = beta * energy + (1 - beta) * u0
+    mixed_score = -(beta * grad + (1 - beta) * grad0)
+    for _ in range(steps_per_level):
+        x, mixed_energy, mixed_score, accept, alpha = mala_step(level, x, mixed_energy, mixed_score, step, 1.0,
+                                                                bounds, generator)
+        wide = accept.reshape(-1, *([1] * (x.ndim - 1)))
+        energy, u0 = torch.where(accept, proposed["e"], energy), torch.where(accept, proposed["b"], u0)
+        grad, grad0 = torch.where(wide, proposed["g"], grad), torch.where(wide, proposed["gb"], grad0)
+        accepted = accepted + alpha.mean()
+        if adapt:  # the step is a host float: one sync per level, only when adapting
+            step = step * math.exp(0.1 * (float(alpha.mean()) - 0.574))
+    return _Chains(x, energy, grad, u0, grad0), step, accepted
+
+
 def ais_log_partition(
     energy_fn,
     shape: tuple[int, ...],
@@ -134,33 +173,13 @@ def ais_log_partition(
         energy, grad = energy_gradient(lambda z, _t: energy_fn(z), y)
         return energy.detach(), grad
 
-    energy, grad = target(x)
-    u0, grad0 = base_energy(x)
+    chains = _Chains(x, *target(x), *base_energy(x))
     log_w = torch.zeros(num_chains, dtype=torch.float64, device=x.device)
     step, accepted = float(step_size), torch.zeros((), device=x.device)
     for k in range(1, num_levels + 1):
-        beta, previous = betas[k], betas[k - 1]
-        log_w = log_w + (beta - previous) * (u0 - energy).double()
-
-        proposed: dict[str, Tensor] = {}
-
-        def level(y: Tensor, beta=beta, proposed=proposed) -> tuple[Tensor, Tensor]:
-            e, g = target(y)
-            b, gb = base_energy(y)
-            proposed.update(e=e, g=g, b=b, gb=gb)  # kept, so an accepted move needs no second evaluation
-            return beta * e + (1 - beta) * b, -(beta * g + (1 - beta) * gb)
-
-        mixed_energy = beta * energy + (1 - beta) * u0
-        mixed_score = -(beta * grad + (1 - beta) * grad0)
-        for _ in range(steps_per_level):
-            x, mixed_energy, mixed_score, accept, alpha = mala_step(level, x, mixed_energy, mixed_score, step, 1.0,
-                                                                    bounds, generator)
-            wide = accept.reshape(-1, *([1] * (x.ndim - 1)))
-            energy, u0 = torch.where(accept, proposed["e"], energy), torch.where(accept, proposed["b"], u0)
-            grad, grad0 = torch.where(wide, proposed["g"], grad), torch.where(wide, proposed["gb"], grad0)
-            accepted = accepted + alpha.mean()
-            if adapt:  # the step is a host float: one sync per level, only when adapting
-                step = step * math.exp(0.1 * (float(alpha.mean()) - 0.574))
+        log_w = log_w + (betas[k] - betas[k - 1]) * (chains.base - chains.energy).double()
+        chains, step, accepted = _anneal_level(target, base_energy, chains, betas[k], step, steps_per_level, bounds,
+                                               adapt, accepted, generator)
     settings = {"num_chains": num_chains, "num_levels": num_levels, "steps_per_level": steps_per_level,
                 "base": base, "base_std": base_std if base == "gaussian" else None,
                 "bounds": list(bounds) if bounds is not None else None, "schedule": schedule, "kernel": "MALA",

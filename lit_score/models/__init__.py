@@ -7,6 +7,7 @@ from lit_score.models.diffusion import DiffusionModule
 from lit_score.models.ebm import EBM, EBMDivergedError
 from lit_score.models.flow_matching import FlowMatching
 from lit_score.models.ncsn import NCSN, max_pairwise_distance
+from lit_score.models.rollback import DivergenceRollback
 from lit_score.models.score_sde import ScoreSDE
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "EBM",
     "NCSN",
     "DiffusionModule",
+    "DivergenceRollback",
     "EBMDivergedError",
     "FlowMatching",
     "GenerativeModule",

@@ -1,4 +1,7 @@
-"""GenerativeModule: what every family shares — optimisation, the sample shape, sampling, input checks."""
+"""GenerativeModule: what every family shares — optimisation, the sample shape, sampling, input checks.
+
+Class conditioning and guidance (:mod:`lit_score.models.conditioning`) and the likelihood interface
+(:mod:`lit_score.models.likelihood`) are its two parts of their own."""
 
 from __future__ import annotations
 
@@ -13,11 +16,10 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.generation import draw_seed_batch
-from lit_score.metrics.estimators import LikelihoodEstimator
-from lit_score.metrics.likelihood import LikelihoodEstimate
+from lit_score.models.conditioning import Conditioning
+from lit_score.models.likelihood import Likelihood
 from lit_score.processes import NoiseProcess
 from lit_score.samplers import Sampler
-from lit_score.utils import full_precision
 
 _PLAIN = (type(None), bool, int, float, str)
 
@@ -36,7 +38,7 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN or infinite."""
 
 
-class GenerativeModule(pl.LightningModule):
+class GenerativeModule(Conditioning, Likelihood, pl.LightningModule):
     """Base LightningModule of all families; a subclass sets ``self.score_model`` (its ScoreFn: a NetworkScore
     or an EnergyScore) and ``self.sampler`` (``default_sampler(process)`` when none is given).
 
@@ -75,6 +77,7 @@ class GenerativeModule(pl.LightningModule):
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.last_nfe = 0
         self._condition: dict | None = None  # what set_condition chose (None: nothing yet)
+        self._sample_start: str | None = None  # what set_sample_start chose (None: the first of sample_starts)
         self.skip_nonfinite_steps = False  # set by NonFiniteGuard: a non-finite step is then skipped, not fatal
 
     # --- family hooks ----------------------------------------------------------------------------
@@ -113,7 +116,7 @@ class GenerativeModule(pl.LightningModule):
     @property
     def sample_start(self) -> str:
         """Where :meth:`initial_state` starts chains now (set by :meth:`set_sample_start`)."""
-        return getattr(self, "_sample_start", None) or self.sample_starts[0]
+        return self._sample_start or self.sample_starts[0]
 
     def sample_start_problem(self, start: str) -> str | None:
         """Why chains cannot start from ``start`` now (None: they can)."""
@@ -156,85 +159,6 @@ class GenerativeModule(pl.LightningModule):
             return f"it needs the energy E(x) for its accept/reject test and {type(self).__name__} has only a score"
         return None
 
-    # --- class conditioning and guidance ------------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        """K of a class-conditional model (its network declares ``num_classes``), 0 for an unconditional one."""
-        return 0
-
-    @property
-    def condition(self) -> dict:
-        """What :meth:`set_condition` chose: ``class_label`` (None: every class in turn; −1: the null label),
-        ``guidance_scale`` w, ``classifier_scale`` w_c (and whether a classifier is set) — for protocols."""
-        chosen = self._condition or {"class_label": None, "guidance_scale": 0.0,
-                                                         "classifier_scale": 0.0}
-        return {**chosen, "classifier": self.classifier is not None}
-
-    @property
-    def classifier(self):
-        """The noise-conditional classifier of classifier guidance (kept out of the module tree and checkpoints)."""
-        return self.__dict__.get("_guidance_classifier")
-
-    def set_condition(
-        self,
-        class_label: int | None = None,
-        guidance_scale: float = 0.0,
-        classifier=None,
-        classifier_scale: float = 0.0,
-    ) -> None:
-        """Choose the labels and guidance of later sampling (``sample``/``evaluate --class_label --guidance_scale``).
-
-        Args:
-            class_label: one class for every sample; None: sample i has class i mod K (every class equally, rows of
-                a grid); −1: the null label (the unconditional model a classifier-free-guided network also is).
-            guidance_scale: classifier-free guidance w (a class-conditional network trained with label dropout).
-            classifier: a noise-conditional classifier (``log_prob(x, t, y)``), for classifier guidance.
-            classifier_scale: its scale w_c.
-        """
-        check_number("guidance_scale", guidance_scale)
-        check_number("classifier_scale", classifier_scale)
-        conditional = self.num_classes > 0
-        classes = self.num_classes or int(getattr(classifier, "num_classes", 0) or 0)
-        if class_label is not None and not -1 <= class_label < max(classes, 0):
-            if not classes:
-                raise ValueError(f"{type(self).__name__} is unconditional: --class_label needs a class-conditional"
-                                 " model (network num_classes > 0) or a classifier to guide it")
-            raise ValueError(f"class_label must lie in 0 … {classes - 1} (or −1 for none), got {class_label}")
-        if guidance_scale and not conditional:
-            raise ValueError(f"classifier-free guidance needs a class-conditional network; {type(self).__name__}'s"
-                             " is unconditional (use a classifier and --classifier_scale instead)")
-        if classifier_scale and classifier is None:
-            raise ValueError("classifier_scale needs a classifier: pass --classifier_ckpt")
-        theirs = int(getattr(classifier, "num_classes", 0) or 0) if classifier is not None else 0
-        if conditional and classifier is not None and theirs != self.num_classes:
-            raise ValueError(f"the classifier has {theirs} classes and the model {self.num_classes}: use a classifier"
-                             " of the model's classes")
-        if class_label == -1 and (guidance_scale or classifier_scale):
-            raise ValueError("guidance towards the null label is the unconditional model: drop the guidance scale")
-        self.__dict__["_guidance_classifier"] = classifier
-        self._condition = {"class_label": class_label, "guidance_scale": float(guidance_scale),
-                           "classifier_scale": float(classifier_scale)}
-
-    def condition_labels(self, index: Tensor) -> Tensor | None:
-        """The class labels of samples with seed indices ``index`` (N,) under :meth:`set_condition` (None for an
-        unconditional model without a classifier): every sample's label depends on its seed index only."""
-        classes = self.num_classes or int(getattr(self.classifier, "num_classes", 0) or 0)
-        if not classes:
-            return None
-        label = self.condition["class_label"]
-        index = index.to(self.device).long()
-        return index % classes if label is None else torch.full_like(index, int(label))
-
-    def conditioned_score(self, labels: Tensor | None):
-        """The score function that sampling with ``labels`` (B,) uses: the model's own without labels, else its score
-        model's conditional (and guided, per :meth:`set_condition`) view, which refuses labels for an unconditional
-        network."""
-        if labels is None:
-            return self.score_model
-        condition = self.condition
-        return self.score_model.with_condition(labels, condition["guidance_scale"], self.classifier,
-                                               condition["classifier_scale"])
-
     def sample(
         self,
         n: int,
@@ -271,79 +195,7 @@ class GenerativeModule(pl.LightningModule):
         datamodules' ``predict_dataloader``), drawn with the model's sampler and that batch's generator."""
         return draw_seed_batch(self, batch, self.sampler)
 
-    # --- likelihood --------------------------------------------------------------------------------
-    def likelihood_methods(self, dequantize: str = "none") -> tuple[LikelihoodEstimator, ...]:
-        """The likelihood estimators this model offers (the first is the default) for data that is continuous
-        (``dequantize="none"``) or 8-bit (``"uniform8bit"``), as objects (:mod:`lit_score.metrics.estimators`); none
-        unless a family declares some."""
-        return ()
-
-    def likelihood_estimators(self, dequantize: str = "none") -> tuple[str, ...]:
-        """The names of :meth:`likelihood_methods` (what ``--likelihood_estimator`` takes)."""
-        return tuple(method.name for method in self.likelihood_methods(dequantize))
-
-    def likelihood_normalizes_once(self, estimator: str) -> bool:
-        """Whether the estimator named estimates one normalising constant for the whole set (an EBM's log Z by
-        quadrature or AIS) rather than a bound per sample: callers then score the held-out set in one call, so
-        every sample shares one log Ẑ."""
-        methods = self.likelihood_methods("none") + self.likelihood_methods("uniform8bit")
-        return any(method.name == estimator and method.normalizes_once for method in methods)
-
-    def likelihood(
-        self,
-        x: Tensor,
-        estimator: str | None = None,
-        *,
-        dequantize: str = "none",
-        generator: torch.Generator | None = None,
-        **options,
-    ) -> LikelihoodEstimate:
-        """Per-sample NLL of data ``x`` by one of :meth:`likelihood_estimators`, in eval mode, in one JSON shape."""
-        available = self.likelihood_estimators(dequantize)
-        estimator = estimator or (available[0] if available else None)
-        if estimator is None or estimator not in available:
-            offered = ", ".join(available) or "none"
-            raise ValueError(f"{type(self).__name__} offers no likelihood estimator {estimator!r} for this data"
-                             f" (dequantize={dequantize}); it offers: {offered}")
-        was_training = self.training
-        self.eval()
-        try:
-            with full_precision():  # an ODE solve / bound summed over steps: never in bf16, even in a bf16-mixed run
-                return self.estimate_likelihood(estimator, x.to(self.device), dequantize, generator, options)
-        finally:
-            self.train(was_training)
-
-    def estimate_likelihood(self, estimator: str, x: Tensor, dequantize: str, generator, options: dict):
-        """The declared estimator named ``estimator`` applied to ``x`` (no eval-mode or precision handling: that is
-        :meth:`likelihood`'s)."""
-        method = next((m for m in self.likelihood_methods(dequantize) if m.name == estimator), None)
-        if method is None:
-            raise ValueError(f"{type(self).__name__} offers no likelihood estimator {estimator!r} for this data")
-        return method(x, dequantize, generator, options)
-
     # --- training plumbing -----------------------------------------------------------------------
-    def data_labels(self, batch: Tensor | tuple | list | dict) -> Tensor | None:
-        """The class labels of a batch (x, y) of a data module built with ``labels: true``; None for plain batches.
-        A class-conditional model refuses unlabelled data, and labels beyond its classes, in one line."""
-        y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
-        if self.num_classes and y is None:
-            raise ValueError(f"{type(self).__name__} is class-conditional ({self.num_classes} classes) but the data"
-                             " has no labels: set data.init_args.labels true")
-        return y if self.num_classes else None
-
-    def check_data_classes(self) -> None:
-        """At ``setup``, on every rank alike (no per-batch host sync, no rank deciding alone): a class-conditional
-        model needs labelled data of at most its number of classes."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if not self.num_classes or datamodule is None or not hasattr(datamodule, "num_classes"):
-            return
-        if not datamodule.labels:
-            raise ValueError(f"{type(self).__name__} is class-conditional ({self.num_classes} classes) but the data"
-                             " has no labels: set data.init_args.labels true")
-        if datamodule.num_classes > self.num_classes:
-            raise ValueError(f"the data has {datamodule.num_classes} classes but the network has num_classes"
-                             f" {self.num_classes}: set it to at least {datamodule.num_classes}")
-
     def data_batch(self, batch: Tensor | tuple | list | dict) -> Tensor:
         """The data tensor of a batch, checked against ``sample_shape``."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

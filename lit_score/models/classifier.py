@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from lit_score.checks import check_number
 from lit_score.models.base import GenerativeModule
 from lit_score.processes import NoiseProcess
+from lit_score.scores.declarations import declared_outputs
 from lit_score.utils import randn_like
 
 
@@ -62,7 +63,7 @@ class NoiseConditionalClassifier(GenerativeModule):
     ) -> None:
         super().__init__(None, optimizer, lr_scheduler, warmup_steps, sample_shape)
         check_number("num_classes", num_classes, ge=2, integer=True, allow_none=True)
-        declared = getattr(network, "out_dim", None)
+        declared = declared_outputs(network)
         if num_classes is None and declared is None:
             raise ValueError(f"{type(network).__name__} declares no out_dim: set model.init_args.num_classes")
         if num_classes is not None and declared is not None and declared != num_classes:
@@ -116,9 +117,11 @@ class NoiseConditionalClassifier(GenerativeModule):
             return (f"the classifier was trained on t in [{mine.t_min:g}, {mine.t_max:g}] ({type(mine).__name__}) and"
                     f" the model's process spans [{process.t_min:g}, {process.t_max:g}] ({type(process).__name__})")
         t = torch.linspace(mine.t_min, mine.t_max, num_points, device=mine.device)
-        for name in ("alpha", "sigma", "c_noise"):
-            a, b = getattr(mine, name)(t), getattr(process, name)(t.to(process.device)).to(t.device)
-            if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
+        theirs = t.to(process.device)
+        pairs = {"alpha": (mine.alpha(t), process.alpha(theirs)), "sigma": (mine.sigma(t), process.sigma(theirs)),
+                 "c_noise": (mine.c_noise(t), process.c_noise(theirs))}
+        for name, (a, b) in pairs.items():
+            if not torch.allclose(a, b.to(t.device), rtol=1e-5, atol=1e-6):
                 return (f"the classifier's {type(mine).__name__} and the model's {type(process).__name__} differ in"
                         f" {name}(t): train the classifier on the model's process")
         return None

@@ -16,7 +16,7 @@ from lit_score.metrics.estimators import LikelihoodEstimator, ProbabilityFlow
 from lit_score.models.base import GenerativeModule
 from lit_score.processes import NoiseProcess
 from lit_score.samplers import Sampler
-from lit_score.scores import NetworkScore, Target
+from lit_score.scores import FlowMapScore, NetworkScore, Target
 
 _LOSS_KEY = "lit_score_loss"
 
@@ -65,7 +65,10 @@ class DiffusionModule(GenerativeModule):
         target = target or self.default_target
         if scale_by_sigma is None:
             scale_by_sigma = self.default_scale_by_sigma and target == "score"
-        self.score_model = NetworkScore(network, process, target, scale_by_sigma, sigma_data, learned_variance)
+        two_time = bool(getattr(network, "two_time", False))  # declared by the network, as num_classes is
+        score_type = FlowMapScore if two_time else NetworkScore  # a two-time network gives the flow map X_{t→s}
+        self.score_model = score_type(network, process, target=target, scale_by_sigma=scale_by_sigma,
+                                      sigma_data=sigma_data, learned_variance=learned_variance)
         self.sampler = sampler if sampler is not None else self.default_sampler(process)
         self.loss = loss if loss is not None else self.default_loss()
         if self.score_model.learned_variance and not self.loss.trains_variance:
@@ -77,6 +80,9 @@ class DiffusionModule(GenerativeModule):
         if self.loss.requires_energy and not self.score_model.has_energy:
             raise ValueError(f"{type(self.loss).__name__} trains an energy E(x, t): use a NoiseConditionalEnergy"
                              f" network with target score or eps (got {type(network).__name__}, target {target!r})")
+        if self.loss.requires_two_time and not two_time:
+            raise ValueError(f"{type(self.loss).__name__} trains a flow map: build the network with two_time true (got"
+                             f" a one-time {type(network).__name__})")
         if label_dropout and not self.num_classes:
             raise ValueError("label_dropout trains a class-conditional network: set the network's num_classes (and"
                              " data.init_args.labels true), or drop label_dropout")
@@ -105,7 +111,7 @@ class DiffusionModule(GenerativeModule):
     @property
     def num_classes(self) -> int:
         """The network's ``num_classes`` (0: unconditional)."""
-        return int(getattr(self.network, "num_classes", 0) or 0)
+        return self.score_model.num_classes
 
     def training_labels(self, batch, generator: torch.Generator | None = None) -> Tensor | None:
         """The batch's labels, ``label_dropout`` of them replaced by the null label (−1); None if unconditional."""
@@ -131,6 +137,12 @@ class DiffusionModule(GenerativeModule):
         self.check_data_classes()
         channels = 2 if self.score_model.learned_variance else 1
         self.check_network(self.network, torch.zeros(2, device=self.device), channels_factor=channels)
+
+    def on_fit_start(self) -> None:
+        self.loss.fit_started(self.score_model, self.trainer.global_step)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self.loss.before_step(self.score_model, self.trainer.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The objective's own state (a loss-aware step history; equal on every rank) under ``lit_score_loss``."""

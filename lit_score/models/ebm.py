@@ -1,27 +1,25 @@
 """Energy-based model trained by contrastive divergence with short-run Langevin from a replay buffer.
 
-Du & Mordatch 2019 (IGEBM) and Nijkamp et al. 2019 (short-run MCMC): fakes x⁻ come from ``num_steps`` of
-Langevin on −∇E started, per sample, from the replay buffer (probability ``reuse_prob``) or from uniform
-noise over the data range, and are written back into the buffer. The buffer is model state: every DDP rank
-keeps its own shard, all shards are saved in the checkpoint (keyed by rank) and each rank takes its own
-back on resume. A watchdog rolls the model and optimizer back to the last good in-memory (CPU) copy
-when the loss turns non-finite or |E| exceeds ``max_energy``.
+Du & Mordatch 2019 (IGEBM) and Nijkamp et al. 2019 (short-run MCMC). The model is E(x) and its sampling; its parts:
+
+=====================================  ===========================================================================
+:mod:`lit_score.models.chains`         the negative phase: chain starts (replay buffer / noise / data), the
+                                       per-rank chain generator, chain diagnostics, the buffer's checkpoint entry
+:mod:`lit_score.models.replay`         the replay buffer and its label-matched slots
+:mod:`lit_score.models.rollback`       the divergence rollback, a callback the model hands to every trainer
+:mod:`lit_score.metrics.estimators`    its likelihood estimators (quadrature, AIS), as objects
+=====================================  ===========================================================================
 
 **Class-conditional EBMs** (an energy network with ``num_classes`` K > 0, data with ``labels: true``; IGEBM's
 conditional model): the loss is CD on E(x, y), real pairs (x⁺, y) against fakes x⁻ ~ p_θ(x | y) with the *same*
-labels, so the negative phase follows the data's label distribution exactly. Each replay-buffer slot stores the label
-its chain samples beside its state (``replay_labels``, checkpointed and DDP-sharded with the states); a training
-step draws, for every label of the batch, a distinct slot holding that label (a slot keeps its label, so a persistent
-chain always continues under its own class), and a label the buffer holds too few of starts fresh chains in other
-slots, which take the label. Fresh buffers draw their labels uniformly over the K classes (the null label at
-probability ``label_dropout``). ``label_dropout`` replaces a batch label by the null label ∅ (real and fake alike),
-so the same network also learns the unconditional E(x, ∅) (classifier-free guidance, :mod:`lit_score.scores.energy`).
+labels, so the negative phase follows the data's label distribution exactly. ``label_dropout`` replaces a batch label
+by the null label ∅ (real and fake alike), so the same network also learns the unconditional E(x, ∅) (classifier-free
+guidance, :mod:`lit_score.scores.energy`).
 """
 
 from __future__ import annotations
 
 import collections
-import copy
 import functools
 import math
 from contextlib import contextmanager
@@ -29,38 +27,24 @@ from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_score.checks import check_number, check_probability, check_range
 from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.metrics.estimators import EnergyAIS, EnergyQuadrature, LikelihoodEstimator
-from lit_score.models.base import GenerativeModule, NonFiniteLossError
+from lit_score.models.base import GenerativeModule
+from lit_score.models.chains import NegativeChains
 from lit_score.models.replay import ReplayBuffer
+from lit_score.models.rollback import DivergenceRollback, EBMDivergedError
 from lit_score.samplers import Langevin, Sampler
 from lit_score.scores import EnergyScore
 from lit_score.scores.energy import ComposedEnergy
 from lit_score.utils import rand, randn_like
 
-_BUFFER_KEY = "ebm_replay_buffer"
+__all__ = ["EBM", "EBMDivergedError"]
 
 
-class EBMDivergedError(NonFiniteLossError):
-    """Raised when EBM training keeps diverging after ``max_rollbacks`` rollbacks."""
-
-
-def _cpu_copy(state):
-    """A detached CPU deep copy of a (nested) state dict."""
-    if torch.is_tensor(state):
-        return state.detach().to("cpu", copy=True)
-    if isinstance(state, dict):
-        return {k: _cpu_copy(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_cpu_copy(v) for v in state)
-    return copy.deepcopy(state)
-
-
-class EBM(GenerativeModule):
+class EBM(NegativeChains, GenerativeModule):
     """Energy-based model p(x) ∝ exp(−E(x)) (Du & Mordatch 2019), sampled by (short-run) Langevin on −∇E.
 
     Args:
@@ -110,9 +94,7 @@ class EBM(GenerativeModule):
         check_probability("reuse_prob", reuse_prob)
         check_number("label_dropout", label_dropout, ge=0.0, le=1.0)
         check_number("buffer_size", buffer_size, ge=1, integer=True)
-        check_number("snapshot_every", snapshot_every, ge=1, integer=True)
-        check_number("max_rollbacks", max_rollbacks, ge=0, integer=True)
-        check_number("max_energy", max_energy, gt=0.0)
+        self.rollback = DivergenceRollback(max_energy, snapshot_every, max_rollbacks)  # its checks raise here
         check_range("data_range", data_range)
         if chain_init not in ("buffer", "noise", "data"):
             raise ValueError(f"unknown chain_init {chain_init!r}: use buffer, noise or data")
@@ -128,12 +110,9 @@ class EBM(GenerativeModule):
         self.loss = loss if loss is not None else ContrastiveDivergence()
         if optimizer is None:
             self.optimizer_fn = functools.partial(torch.optim.Adam, lr=1e-4, betas=(0.0, 0.999))
-        self.buffer_size, self.reuse_prob, self.max_energy = buffer_size, reuse_prob, max_energy
-        self.snapshot_every, self.max_rollbacks = snapshot_every, max_rollbacks
+        self.buffer_size, self.reuse_prob = buffer_size, reuse_prob
         self.buffer: ReplayBuffer | None = None  # this rank's persistent chains (chain_init buffer, once fitting)
-        self.rollbacks, self._snapshot, self._generator = 0, None, None
-        self._skip_step = False  # set by a rollback: the step's optimizer update is dropped
-        self._snapshot_restored = False
+        self._generator: torch.Generator | None = None  # the chains' random stream (per rank, set in on_fit_start)
         self._pending_generator_state: Tensor | None = None  # a resumed chain generator, set in on_fit_start
         self._chain_grad_norm: Tensor | None = None
         self._energy_diffs: collections.deque[Tensor] = collections.deque(maxlen=100)
@@ -150,16 +129,6 @@ class EBM(GenerativeModule):
     def num_classes(self) -> int:
         """The energy network's ``num_classes`` (0: unconditional)."""
         return self.score_model.num_classes
-
-    @property
-    def replay_buffer(self) -> Tensor | None:
-        """This rank's stored chain states (buffer_size, *sample_shape), or None without a buffer."""
-        return None if self.buffer is None else self.buffer.states
-
-    @property
-    def replay_labels(self) -> Tensor | None:
-        """The labels its chains sample (buffer_size,), a conditional model's only."""
-        return None if self.buffer is None else self.buffer.labels
 
     def energy(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """E(x), shape (B,); with class ``labels`` (B,) the conditional E(x, y) (−1: the null label). Float32 even
@@ -214,14 +183,6 @@ class EBM(GenerativeModule):
                              " sample from noise instead")
         return self.buffer.any_states(n, generator, self.device)
 
-    def buffer_start(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Distinct replay-buffer states whose chains sample the requested ``labels`` (n,) (−1: null-label chains);
-        refused in one line when the buffer holds too few chains of a label."""
-        if self.buffer is None:
-            raise ValueError("this EBM holds no labelled replay buffer (trained with chain_init noise or data, or not"
-                             " trained): sample from noise instead")
-        return self.buffer.states_of(labels, generator, self.device)
-
     @contextmanager
     def frozen(self):
         """Eval mode and no parameter gradients (Langevin needs only ∇ₓE); both restored on exit."""
@@ -258,134 +219,19 @@ class EBM(GenerativeModule):
             return (EnergyQuadrature(self.energy, self.data_range), ais)
         return (ais,)
 
-    # --- replay buffer ----------------------------------------------------------------------------
-    def reset_buffer(self) -> None:
-        """Fill this rank's buffer with fresh uniform noise (and, for a conditional model, fresh labels)."""
-        states = self.uniform_noise(self.buffer_size, self._generator)
-        self.buffer = ReplayBuffer(states, self.fresh_labels(self.buffer_size, self._generator) if self.num_classes
-                                   else None)
-
-    def fresh_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Labels of new buffer chains (n,): uniform over the K classes, the null label at probability
-        ``label_dropout``."""
-        device = generator.device if generator is not None else self.device
-        labels = torch.randint(self.num_classes, (n,), generator=generator, device=device)
-        if self.label_dropout:
-            dropped = rand((n,), generator, device) < self.label_dropout
-            labels = torch.where(dropped, torch.full_like(labels, -1), labels)
-        return labels.to(self.device)
-
-    def training_labels(self, batch) -> Tensor | None:
-        """The batch's labels, ``label_dropout`` of them replaced by the null label (−1); None if unconditional."""
-        y = self.data_labels(batch)
-        if y is None or not self.label_dropout:
-            return y
-        u = rand(y.shape, self._generator, y.device)
-        return torch.where(u < self.label_dropout, torch.full_like(y, -1), y)
-
-    def _rank_generator(self) -> torch.Generator:
-        """A generator seeded from the global RNG and the rank, so DDP shards and chains differ per rank."""
-        seed = int(torch.randint(2**62, (1,)).item()) + 1_000_003 * self.global_rank
-        return torch.Generator(self.device).manual_seed(seed)
-
-    def fake_samples(self, n: int, x_real: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
-        """Run the sampler from the ``chain_init`` starts (buffer / fresh noise / the data batch ``x_real``), write
-        persistent chains back, return the fakes (n, *shape); with class ``labels`` (n,) chain i samples
-        p_θ(x | y_i) and starts from a buffer chain of label y_i (module docstring)."""
-        score_fn = self.score_model if labels is None else self.score_model.with_condition(labels)
-        if self.chain_init != "buffer":
-            if self.chain_init == "data" and x_real is None:
-                raise ValueError("chain_init data starts the chains at the data batch: pass x_real")
-            x = self.uniform_noise(n, self._generator) if self.chain_init == "noise" else x_real[:n].detach()
-            with self.frozen():
-                return self.sampler(score_fn, x, None, generator=self._generator, callback=self._record_chain).detach()
-        noise = functools.partial(self.uniform_noise, generator=self._generator)
-        x, index = self.buffer.starts(n, self.reuse_prob, noise, labels, self._generator, self.device)
-        with self.frozen():
-            x = self.sampler(score_fn, x, None, generator=self._generator, callback=self._record_chain).detach()
-        self.buffer.write(index, x)
-        return x
-
-    def on_fit_start(self) -> None:
-        self._generator = self._rank_generator()
-        pending = self._pending_generator_state
-        if pending is not None:  # resumed: each chain continues its own random stream
-            self._generator.set_state(pending.to(self._generator.get_state().device))
-            self._pending_generator_state = None
-        if self.chain_init != "buffer":
-            self.buffer = None  # short-run and CD chains keep no buffer
-        elif self.buffer is None or tuple(self.buffer.states.shape) != (self.buffer_size, *self.require_shape()):
-            self.reset_buffer()
-        elif self.num_classes and (self.buffer.labels is None or self.buffer.labels.shape != (self.buffer_size,)):
-            self.buffer.labels = self.fresh_labels(self.buffer_size, self._generator)  # states kept, labels drawn
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """All ranks' shards under ``checkpoint['ebm_replay_buffer']['shards']`` (world, size, *shape)."""
-        if self.buffer is None:
-            return
-        world = self.trainer.world_size if self._trainer is not None else 1
-        gather = self.trainer.strategy.all_gather if world > 1 else None
-        generators = self._generator.get_state()[None] if self._generator is not None else None
-        if generators is not None and world > 1:  # every rank's chain generator, so a resume continues each chain
-            generators = self.trainer.strategy.all_gather(generators.to(self.device)).cpu()
-        checkpoint[_BUFFER_KEY] = {**self.buffer.to_checkpoint(gather, self.device), "rollbacks": self.rollbacks,
-                                   "generators": generators}
-        if self._snapshot is not None:  # the rollback target (equal on every rank), so a resumed run rolls back alike
-            step, model_state, optimizer_states = self._snapshot
-            checkpoint[_BUFFER_KEY]["snapshot"] = {"step": step, "model": model_state, "optimizers": optimizer_states}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Each rank takes its own shard; with another world size the pooled shards are dealt out afresh."""
-        state = checkpoint.get(_BUFFER_KEY)
-        if state is None:
-            return
-        shards, self.rollbacks = state["shards"], int(state["rollbacks"])
-        snapshot = state.get("snapshot")
-        if snapshot is not None:
-            self._snapshot = (int(snapshot["step"]), snapshot["model"], list(snapshot["optimizers"]))
-            self._snapshot_restored = True
-        world = self.trainer.world_size if self._trainer is not None else 1
-        generators = state.get("generators")
-        if generators is not None and generators.shape[0] == world:
-            self._pending_generator_state = generators[self.global_rank].clone()
-        elif generators is not None:
-            rank_zero_warn(f"the chain generators were saved by {generators.shape[0]} rank(s), this run has {world}:"
-                           " the chains draw fresh random streams, so the resumed run is not an exact continuation")
-        self.buffer = ReplayBuffer.from_checkpoint(
-            shards, state.get("labels"), self.global_rank, world, self.buffer_size,
-            fresh_states=self.uniform_noise, fresh_labels=self.fresh_labels,
-        )
-
     # --- training ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         self.check_data_classes()
         self.check_network(self.energy_net, None)
 
-    def on_train_start(self) -> None:
-        if not self._snapshot_restored:  # a resumed run keeps the rollback target the interrupted one had
-            self._take_snapshot()
-        self._snapshot_restored = False
+    def configure_callbacks(self) -> list:
+        """The model's own :class:`~lit_score.models.rollback.DivergenceRollback`, added to every trainer."""
+        return [self.rollback]
 
-    def _record_chain(self, info: dict) -> None:
-        """Sampler callback: keep the score norm of the chain's latest step (r_t of Nijkamp et al. 2020)."""
-        if "grad_norm" in info:
-            self._chain_grad_norm = info["grad_norm"]
-
-    def _log_chain_diagnostics(self, e_real: Tensor, e_fake: Tensor) -> None:
-        """The 'anatomy' signals (Nijkamp et al. 2020): r_t, the chain's last-step score norm; d_t = E[E(data)] −
-        E[E(fakes)] (``train/cd_gap``) and its lag-1 autocorrelation over the last 100 steps (a convergent,
-        stable run keeps d_t near 0 with a negative or small autocorrelation; drifting d_t marks an unstable one);
-        and what the sampler measured (an MH kernel's acceptance and adapted step)."""
-        if self._chain_grad_norm is not None:
-            self.log("train/chain_grad_norm", self._chain_grad_norm.float().mean())
-            self._chain_grad_norm = None
-        self._energy_diffs.append((e_real.mean() - e_fake.mean()).double())  # on the device: no host sync
-        if len(self._energy_diffs) >= 10:
-            d = torch.stack(list(self._energy_diffs))
-            d = d - d.mean()
-            self.log("train/energy_diff_autocorr", ((d[1:] * d[:-1]).sum() / (d * d).sum().clamp_min(1e-300)).float())
-        for key, value in self.sampler.measured(scalars=True).items():
-            self.log(f"train/chain_{key}", float(value))
+    @property
+    def rollbacks(self) -> int:
+        """How many times training has rolled back so far."""
+        return self.rollback.rollbacks
 
     def real_samples(self, batch) -> Tensor:
         """The data batch the energy is trained on: with ``data_noise`` σ, x + σ·z (z from the chain generator)."""
@@ -394,37 +240,36 @@ class EBM(GenerativeModule):
             x_real = x_real + self.data_noise * randn_like(x_real, self._generator)
         return x_real
 
-    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch, batch_idx: int) -> Tensor:
         x_real, labels = self.real_samples(batch), self.training_labels(batch)
-        x_fake = self.fake_samples(x_real.shape[0], x_real, labels)
-        e_real, e_fake = self.energy(x_real, labels), self.energy(x_fake, labels)
-        loss = self.loss(e_real, e_fake).mean()
-        if self._diverged(loss, e_real, e_fake):  # decided on all ranks together
-            self._roll_back(loss, e_real, e_fake)
-            # Not ``return None``: Lightning refuses to skip a step under DDP. A zero loss on every parameter keeps the
-            # gradient all-reduce in step on every rank; on_before_optimizer_step then drops the (zero) gradients, so
-            # the restored weights and optimizer state do not move (Adam would step by its restored momentum).
-            self._skip_step = True
-            return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
-        if self.global_step % self.snapshot_every == 0:
-            self._take_snapshot()
-        with torch.no_grad():
-            e_noise = self.energy(self.uniform_noise(x_real.shape[0], self._generator), labels)
-        self.log("train/loss", loss, prog_bar=True)
-        self._log_energies("train", e_real.detach(), e_fake.detach(), e_noise)
-        self._log_chain_diagnostics(e_real.detach(), e_fake.detach())
-        self.log("train/rollbacks", float(self.rollbacks))
+        e_real, e_fake = self.energies(x_real, self.fake_samples(x_real.shape[0], x_real, labels), labels)
+        loss = self.loss(e_real, e_fake).mean()  # CD with its α·(E_real² + E_fake²) regulariser
+        if self.rollback.guard(self, loss, e_real, e_fake):  # diverged (decided on all ranks together): rolled back
+            return self.null_loss()
+        self._log_training(loss, e_real.detach(), e_fake.detach(), labels)
         return loss
 
+    def energies(self, x_real: Tensor, x_fake: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(E(x⁺), E(x⁻)) of the real batch and the fakes, at the training labels."""
+        return self.energy(x_real, labels), self.energy(x_fake, labels)
+
+    def null_loss(self) -> Tensor:
+        """A rolled-back step's loss: zero on every parameter, so the gradient all-reduce stays in step on every DDP
+        rank (Lightning refuses ``None`` there); the rollback then drops these gradients before the optimizer step."""
+        return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+
+    def _log_training(self, loss: Tensor, e_real: Tensor, e_fake: Tensor, labels: Tensor | None) -> None:
+        """The loss, the energies of real data, fakes and uniform noise, the chain diagnostics and the rollbacks."""
+        with torch.no_grad():
+            e_noise = self.energy(self.uniform_noise(e_real.shape[0], self._generator), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self._log_energies("train", e_real, e_fake, e_noise)
+        self._log_chain_diagnostics(e_real, e_fake)
+        self.log("train/rollbacks", float(self.rollbacks))
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self._skip_step:  # a rolled-back step: the optimizer skips parameters without gradients
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    p.grad = None
-            self._skip_step = False
-            return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:
+        if grads:  # none after a rolled-back step (the rollback dropped them)
             self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -439,13 +284,7 @@ class EBM(GenerativeModule):
         x_real, labels = self.data_batch(batch), self.data_labels(batch)
         n = x_real.shape[0]
         generator = torch.Generator(self.device).manual_seed(batch_idx)
-        fake_labels = labels
-        if self.buffer is not None and n <= self.buffer_size:
-            x_fake = self.buffer.states[:n].to(self.device)
-            if labels is not None and self.buffer.labels is not None:
-                fake_labels = self.buffer.labels[:n].to(self.device)
-        else:  # under trainer.validate/test this runs Langevin inside inference_mode (EnergyScore allows it)
-            x_fake = self.sample(n, generator=generator, labels=labels)
+        x_fake, fake_labels = self.evaluation_fakes(n, labels, generator)
         e_real, e_fake = self.energy(x_real, labels), self.energy(x_fake, fake_labels)
         e_noise = self.energy(self.uniform_noise(n, generator), labels)
         self.log(f"{stage}/loss", self.loss(e_real, e_fake).mean(), sync_dist=True)
@@ -458,46 +297,3 @@ class EBM(GenerativeModule):
         log(f"{stage}/energy_fake", e_fake.mean())
         log(f"{stage}/energy_noise", e_noise.mean())
         log(f"{stage}/cd_gap", e_real.mean() - e_fake.mean())
-
-    # --- divergence watchdog ----------------------------------------------------------------------
-    def _diverged(self, loss: Tensor, e_real: Tensor, e_fake: Tensor) -> bool:
-        """Non-finite loss or a mean |E| above ``max_energy`` on any rank (one host sync per step)."""
-        magnitude = torch.maximum(e_real.detach().abs().mean(), e_fake.detach().abs().mean())
-        bad = bool((~torch.isfinite(loss.detach()) | (magnitude > self.max_energy)).item())
-        if self._trainer is not None and self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
-        return bad
-
-    def _take_snapshot(self) -> None:
-        optimizers = self.trainer.optimizers if self._trainer is not None else []
-        self._snapshot = (
-            self.global_step,
-            _cpu_copy(self.state_dict()),
-            [_cpu_copy(o.state_dict()) for o in optimizers],
-        )
-
-    def _roll_back(self, loss: Tensor, e_real: Tensor, e_fake: Tensor) -> None:
-        """Restore the last good model + optimizer state and reseed the buffer; stop after ``max_rollbacks``."""
-        self.rollbacks += 1
-        step, model_state, optimizer_states = self._snapshot
-        what = (
-            f"EBM training diverged at step {self.global_step} (loss {float(loss):.3g}, mean E_real "
-            f"{float(e_real.mean()):.3g}, mean E_fake {float(e_fake.mean()):.3g}, max_energy {self.max_energy:g})"
-        )
-        if self.rollbacks > self.max_rollbacks:
-            raise EBMDivergedError(
-                f"{what} after {self.max_rollbacks} rollbacks: lower the learning rate or the Langevin step size,"
-                " raise the CD regulariser alpha, or use spectral_norm in the energy network"
-            )
-        self.load_state_dict(model_state)
-        for optimizer, state in zip(self.trainer.optimizers, optimizer_states):
-            optimizer.load_state_dict(copy.deepcopy(state))
-        reseeded = ""
-        if self.chain_init == "buffer":
-            self.reset_buffer()
-            reseeded = " and reseeded the replay buffer"
-        rank_zero_warn(
-            f"{what}; rolled back to step {step}{reseeded} "
-            f"(rollback {self.rollbacks}/{self.max_rollbacks})"
-        )
-        self.log("train/rollbacks", float(self.rollbacks))

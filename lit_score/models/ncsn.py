@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -28,15 +27,6 @@ def max_pairwise_distance(x: Tensor, chunk_size: int = 1024) -> float:
         block = flat[start : start + chunk_size]
         best = torch.maximum(best, torch.cdist(block, flat[start:]).max())
     return float(best)
-
-
-def with_sigma_max(process: NoiseProcess, sigma_max: float) -> NoiseProcess:
-    """A new process of the same class and settings, with ``sigma_max`` replaced (the ladder is rebuilt)."""
-    names = [n for n in inspect.signature(type(process).__init__).parameters if n != "self"]
-    if "sigma_max" not in names:
-        raise ValueError(f"{type(process).__name__} has no sigma_max: sigma_max_from_data needs a VE process")
-    kwargs = {n: getattr(process, n) for n in names if hasattr(process, n)}
-    return type(process)(**{**kwargs, "sigma_max": float(sigma_max)}).to(process.device)
 
 
 class NCSN(DiffusionModule):
@@ -101,14 +91,14 @@ class NCSN(DiffusionModule):
 
     def set_sigma_max(self, sigma_max: float) -> None:
         """Swap in a process with σ₁ = ``sigma_max`` (σ_L and the number of levels unchanged)."""
-        self.score_model.process = with_sigma_max(self.process, sigma_max)
+        self.score_model.process = self.process.with_sigma_max(float(sigma_max))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage != "fit" or not self.sigma_max_from_data:
             return
         datamodule = self.trainer.datamodule
-        if not hasattr(datamodule, "reference_samples"):
+        if datamodule is None:  # a lit_score datamodule declares reference_samples
             raise ValueError("sigma_max_from_data needs a lit_score datamodule (with reference_samples) passed to fit")
         data = datamodule.reference_samples(self.sigma_max_samples, torch.Generator().manual_seed(0))
         value = max_pairwise_distance(data.to(self.device, torch.float64))

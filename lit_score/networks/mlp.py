@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.networks.embeddings import LabelEmbedding, label_features, timestep_embedding
+from lit_score.networks.two_time import target_time_embedding, target_time_features
 
 Activation = Literal["silu", "gelu", "relu"]
 
@@ -42,7 +43,7 @@ class ResidualBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """Time-conditioned residual MLP: forward(x (B, D), t (B,), y=None) -> (B, out_dim or D).
+    """Time-conditioned residual MLP: forward(x (B, D), t (B,), y=None, s=None) -> (B, out_dim or D).
 
     Args:
         data_dim: D, the width of the data.
@@ -54,6 +55,8 @@ class MLP(nn.Module):
         out_dim: output width; ``None`` means ``data_dim`` (ε, score or velocity outputs).
         num_classes: K > 0 makes the network class-conditional: a label embedding (with a null row for "no
             label", :class:`~lit_score.networks.embeddings.LabelEmbedding`) is added to the time embedding.
+        two_time: also take a target time s (a flow map's second time), embedded like t through a branch whose last
+            layer starts at zero (:mod:`lit_score.networks.two_time`); ``two_time`` is then True on the network.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class MLP(nn.Module):
         activation: Activation = "silu",
         out_dim: int | None = None,
         num_classes: int = 0,
+        two_time: bool = False,
     ) -> None:
         super().__init__()
         check_number("data_dim", data_dim, ge=1, integer=True)
@@ -87,13 +91,21 @@ class MLP(nn.Module):
         self.inp = nn.Linear(data_dim, hidden)
         self.blocks = nn.ModuleList([ResidualBlock(hidden, activation) for _ in range(depth)])
         self.out = nn.Sequential(nn.LayerNorm(hidden), make_activation(activation), nn.Linear(hidden, self.out_dim))
+        self.two_time = bool(two_time)  # the s-branch is built last: the layers above draw what a one-time MLP draws
+        self.target_time_embed = target_time_embedding(
+            timestep_embedding(embedding, time_embed_dim), time_embed_dim, hidden, make_activation(activation)
+        ) if self.two_time else None
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """x: (B, D), t: (B,) or a scalar, y: class labels (B,) or None -> (B, out_dim)."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, s: Tensor | None = None) -> Tensor:
+        """x: (B, D), t: (B,) or a scalar, y: class labels (B,) or None, s: a two-time network's target time (B,),
+        a scalar or None (s = t) -> (B, out_dim)."""
         temb = self.time_embed(torch.broadcast_to(t, x.shape[:1]))
         label = label_features(self.label_embed, y, x.shape[0], x.device)
         if label is not None:
             temb = temb + label
+        target = target_time_features(self.target_time_embed, s, t, x.shape[0])
+        if target is not None:
+            temb = temb + target
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, temb)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.networks.embeddings import LabelEmbedding, label_features, timestep_embedding
+from lit_score.networks.two_time import target_time_embedding, target_time_features
 
 
 def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
@@ -132,7 +133,8 @@ class UNetTrunk(nn.Module):
 
     ``build_trunk`` validates the shared arguments and sets, in this order (so parameter names and initialisation
     order are those of the U-Net): ``time_embed``, ``label_embed``, ``conv_in``, ``down``, ``mid1``, ``mid_attn``,
-    ``mid2``. ``trunk`` runs them: (the skips of every encoder stage, the middle block's output).
+    ``mid2``. ``trunk`` runs them: (the skips of every encoder stage, the middle block's output). A two-time
+    :class:`UNet` adds its ``target_time_embed`` after everything else (:mod:`lit_score.networks.two_time`).
     """
 
     def build_trunk(
@@ -167,6 +169,7 @@ class UNetTrunk(nn.Module):
         )
         self.num_classes = num_classes
         self.label_embed = LabelEmbedding(num_classes, temb_dim) if num_classes else None
+        self.two_time, self.target_time_embed = False, None  # a two-time UNet builds its s-branch after the decoder
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         # Encoder: every stage yields one skip; record the skip widths for the decoder.
@@ -188,12 +191,18 @@ class UNetTrunk(nn.Module):
         self.mid2 = ResBlock(cur, cur, temb_dim, **kw)
         return skip_chs, level_res
 
-    def trunk(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[list[Tensor], Tensor, Tensor]:
-        """x: (B, C, H, W), t: (B,) or a scalar, y: labels or None -> (skips, middle output, time embedding)."""
+    def trunk(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, s: Tensor | None = None
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """x: (B, C, H, W), t: (B,) or a scalar, y: labels or None, s: a two-time network's target time or None (s = t)
+        -> (skips, middle output, time embedding)."""
         temb = self.time_embed(torch.broadcast_to(t, x.shape[:1]))
         label = label_features(self.label_embed, y, x.shape[0], x.device)
         if label is not None:
             temb = temb + label
+        target = target_time_features(self.target_time_embed, s, t, x.shape[0])
+        if target is not None:
+            temb = temb + target
         skips = [self.conv_in(x)]
         for stage in self.down:
             skips.append(stage(skips[-1], temb))
@@ -201,8 +210,8 @@ class UNetTrunk(nn.Module):
 
 
 class UNet(UNetTrunk):
-    """DDPM++ U-Net: forward(x (B, C, H, W), t (B,), y=None) -> (B, out_channels or C, H, W) (Ho et al. 2020; Song
-    et al. 2021).
+    """DDPM++ U-Net: forward(x (B, C, H, W), t (B,), y=None, s=None) -> (B, out_channels or C, H, W) (Ho et al. 2020;
+    Song et al. 2021).
 
     The defaults are DDPM's CIFAR-10 network (≈35.7M parameters).
 
@@ -223,6 +232,8 @@ class UNet(UNetTrunk):
             ``NoiseConditionalEnergy(head="norm")``: Ẽ = ½‖F‖² with F ≡ 0 is a saddle whose gradient is exactly 0.
         num_classes: K > 0 makes the network class-conditional: a label embedding (with a null row, for
             classifier-free guidance) is added to the time embedding, as guided-diffusion's ``label_emb``.
+        two_time: also take a target time s (a flow map's second time), embedded like t through a branch whose last
+            layer starts at zero (:mod:`lit_score.networks.two_time`); ``two_time`` is then True on the network.
     """
 
     def __init__(
@@ -241,6 +252,7 @@ class UNet(UNetTrunk):
         skip_rescale: bool = True,
         zero_init_output: bool = True,
         num_classes: int = 0,
+        two_time: bool = False,
     ) -> None:
         super().__init__()
         check_number("out_channels", out_channels, ge=1, integer=True, allow_none=True)
@@ -269,10 +281,14 @@ class UNet(UNetTrunk):
         if zero_init_output:  # DDPM zero-initialises the last layer: the output starts at 0
             nn.init.zeros_(self.conv_out.weight)
             nn.init.zeros_(self.conv_out.bias)
+        if two_time:  # built last: the layers above draw what a one-time UNet draws
+            self.two_time = True
+            self.target_time_embed = target_time_embedding(timestep_embedding(embedding, ch), ch, temb_dim, nn.SiLU())
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """x: (B, C, H, W), t: (B,) or a scalar, y: class labels (B,) or None -> (B, out_channels, H, W)."""
-        skips, h, temb = self.trunk(x, t, y)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, s: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W), t: (B,) or a scalar, y: class labels (B,) or None, s: a two-time network's target time
+        (B,), a scalar or None (s = t) -> (B, out_channels, H, W)."""
+        skips, h, temb = self.trunk(x, t, y, s)
         for stages, upsample in zip(self.up, self.upsample):
             for stage in stages:
                 h = stage(torch.cat([h, skips.pop()], dim=1), temb)

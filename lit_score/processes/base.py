@@ -102,6 +102,11 @@ class NoiseProcess(nn.Module, ABC):
         weight = 0.5 if probability_flow else 1.0
         return self.drift(x, t) - append_dims(weight * self.g2(t), x) * score
 
+    def with_sigma_max(self, sigma_max: float) -> NoiseProcess:
+        """A new process of the same class and settings with σ_max replaced (NCSN's σ₁ from the data); only a
+        variance-exploding process has one."""
+        raise ValueError(f"{type(self).__name__} has no sigma_max: sigma_max_from_data needs a VE process")
+
     # --- marginals, prior -------------------------------------------------------------------------
     def perturb(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """Sample of the marginal: x_t = α(t)·x₀ + σ(t)·ε."""

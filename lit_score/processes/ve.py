@@ -52,6 +52,9 @@ class VE(NoiseProcess):
         """log σ(t), as NCSN++ conditions on it."""
         return -self.log_snr(t)
 
+    def with_sigma_max(self, sigma_max: float) -> VE:
+        return VE(self.sigma_min, sigma_max, self.t_min, self.t_max).to(self.device)
+
     def extra_repr(self) -> str:
         return f"sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g}, " + super().extra_repr()
 
@@ -82,6 +85,10 @@ class DiscreteVE(VE):
 
     def discretize(self, t: Tensor) -> Tensor:
         return (t * (self.num_levels - 1)).round().clamp(0, self.num_levels - 1) / (self.num_levels - 1)
+
+    def with_sigma_max(self, sigma_max: float) -> DiscreteVE:
+        """The ladder rebuilt with σ₁ = ``sigma_max`` (σ_L and the number of levels unchanged)."""
+        return DiscreteVE(self.sigma_min, sigma_max, self.num_levels).to(self.device)
 
     def extra_repr(self) -> str:
         return f"num_levels={self.num_levels}, " + super().extra_repr()

@@ -11,6 +11,7 @@ from lit_score.samplers.base import (
 )
 from lit_score.samplers.dpm_solver import DPMSolver
 from lit_score.samplers.edm import EDMHeun
+from lit_score.samplers.flow_map import FlowMapSampler
 from lit_score.samplers.langevin import AnnealedLangevin, Langevin, langevin_step
 from lit_score.samplers.mcmc import HMC, MALA, ULA, AnnealedMCMC, DualAveraging, MCMCSampler, hmc_step, mala_step
 from lit_score.samplers.ode import AdaptiveODE, Euler, Heun, solve_ode, solve_ode_fixed
@@ -29,6 +30,7 @@ __all__ = [
     "DPMSolver",
     "EDMHeun",
     "Euler",
+    "FlowMapSampler",
     "EulerMaruyama",
     "HMC",
     "Heun",

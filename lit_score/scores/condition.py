@@ -28,6 +28,16 @@ def cfg_combine(conditional: Tensor, null: Tensor | None, guidance_scale: float)
     return conditional if null is None else conditional + guidance_scale * (conditional - null)
 
 
+def batch_labels(labels: Tensor, x: Tensor) -> Tensor:
+    """Labels as (B,) for the batch ``x`` (a single label is repeated), checked against its size."""
+    labels = labels.to(x.device)
+    if labels.ndim == 0:
+        labels = labels.expand(x.shape[0])
+    if labels.shape[0] != x.shape[0]:
+        raise ValueError(f"{labels.shape[0]} class labels for a batch of {x.shape[0]}: pass one label per sample")
+    return labels
+
+
 def conditioned_view(score, labels: Tensor | int | None, guidance_scale: float, classifier, classifier_scale: float,
                      *, num_classes: int, network: str, what: str):
     """Check the condition against the model (``num_classes`` of its ``network``, a ``what`` such as "network" or

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
-from lit_score.scores.condition import cfg_combine, conditioned_view
+from lit_score.scores.condition import batch_labels, cfg_combine, conditioned_view
+from lit_score.scores.declarations import declared_classes
 
 
 def energy_gradient(energy_fn, x: Tensor, t: Tensor | None = None, create_graph: bool = False) -> tuple[Tensor, Tensor]:
@@ -42,16 +43,6 @@ def energy_gradient(energy_fn, x: Tensor, t: Tensor | None = None, create_graph:
         energy = energy_fn(x, t)
         (grad,) = torch.autograd.grad(energy.sum(), x, create_graph=create_graph)
     return energy, grad
-
-
-def _batch_labels(labels: Tensor, x: Tensor) -> Tensor:
-    """Labels as (B,) for the batch ``x`` (a single label is repeated), checked against its size."""
-    labels = labels.to(x.device)
-    if labels.ndim == 0:
-        labels = labels.expand(x.shape[0])
-    if labels.shape[0] != x.shape[0]:
-        raise ValueError(f"{labels.shape[0]} class labels for a batch of {x.shape[0]}: pass one label per sample")
-    return labels
 
 
 def _twice(t: Tensor | None) -> Tensor | None:
@@ -81,7 +72,7 @@ class EnergyScore(nn.Module):
     @property
     def num_classes(self) -> int:
         """The energy network's ``num_classes`` (0: unconditional)."""
-        return int(getattr(self.energy_net, "num_classes", 0) or 0)
+        return declared_classes(self.energy_net)
 
     def with_condition(
         self,
@@ -101,7 +92,7 @@ class EnergyScore(nn.Module):
         """E(x), shape (B,); on a view, the conditional and guided Ẽ(x, y) of the module docstring."""
         if self.labels is None:
             return self.energy_net(x, t)
-        labels = _batch_labels(self.labels, x)
+        labels = batch_labels(self.labels, x)
         if not self.num_classes:  # an unconditional energy guided by a classifier only
             energy = self.energy_net(x, t)
         elif self.guidance_scale:

@@ -1,40 +1,11 @@
 r"""The one boundary between a network's raw output and the score (dpm-solver's ``model_wrapper`` habit).
 
-With x_t = α x₀ + σ ε, every parameterisation is a linear map of the pair (x̂₀, ε̂):
-
-| target     | network predicts               | recovered as                                              |
-|------------|--------------------------------|-----------------------------------------------------------|
-| ``eps``    | ε (Ho et al. 2020)             | x̂₀ = (x − σ ε̂)/α                                         |
-| ``x0``     | x₀                             | ε̂ = (x − α x̂₀)/σ                                         |
-| ``v``      | v = α ε − σ x₀ (Salimans & Ho) | x̂₀ = (α x − σ v)/(α² + σ²),  ε̂ = (σ x + α v)/(α² + σ²)   |
-| ``score``  | ∇ log p_t = −ε/σ               | ε̂ = −σ ŝ   (optionally ŝ = out/σ, Song & Ermon 2020)      |
-| ``velocity`` | dx/dt = α' x₀ + σ' ε (flow matching) | solve [[α, σ], [α', σ']] [x̂₀, ε̂] = [x, v]          |
-| ``edm``    | F of D = c_skip x̃ + c_out F(c_in x̃) (Karras et al. 2022) | x̂₀ = D, with σ_data (below)               |
-
-**Preconditioning.** Each row is affine in the network's output F, so each is one row of EDM's Table 1 written in
-the scaled variable x̃ = x/α with noise level σ̃ = σ/α = e^{−λ} (Karras et al. 2022, eq. 4 with s = α):
-
-    x̂₀ = D(x̃; σ̃) = c_skip·x̃ + c_out·F(c_in·x̃; c_noise(t))
-
-| target                    | c_skip                 | c_out                      | c_in                 |
-|---------------------------|------------------------|----------------------------|----------------------|
-| ``eps``                   | 1                      | −σ̃                         | α                    |
-| ``x0``                    | 0                      | 1                          | α                    |
-| ``v``                     | α²/(α² + σ²)           | −σ/(α² + σ²)               | α                    |
-| ``score`` (F = σ·s if scaled, else s) | 1          | σ̃ (scaled) / σ̃·σ           | α                    |
-| ``velocity``              | α σ'/(α σ' − σ α')     | −σ/(α σ' − σ α')           | α                    |
-| ``edm``                   | σ_d²/(σ̃² + σ_d²)       | σ̃ σ_d/√(σ̃² + σ_d²)         | 1/√(σ̃² + σ_d²)       |
-
-On VP (α² + σ² = 1, so α = 1/√(1 + σ̃²)) ``eps`` is the table's "VP" column, on VE (α = 1) the scaled ``score``
-is its "VE" column; ``edm`` is its "EDM" column on every process (in x̃ and σ̃, as :class:`~lit_score.samplers.EDMHeun`
-integrates). The noise conditioning c_noise(t) is always the process's (¼ ln σ for :class:`~lit_score.processes.EDM`
-and (M − 1)t for DDPM's chain, as the table; NCSN++-style VE conditions on ln σ where the table has ln ½σ).
-Since x̂₀ − x₀ = c_out·(F − F*) and ε̂ − ε = −(α/σ)(x̂₀ − x₀), an error on F is an ε error scaled by
-(c_out/σ̃)²: :meth:`NetworkScore.eps_error_scale` gives that factor for the raw output, which is how a loss
-weighting stated on ε-MSE (:mod:`lit_score.losses.weighting`) applies to any target.
+The parameterisations (targets), their EDM preconditioning and the training target of each are in
+:mod:`lit_score.scores.parameterisation` (:class:`~lit_score.scores.parameterisation.Parameterisation`, a base of
+:class:`NetworkScore`).
 
 **Learned variance** (Nichol & Dhariwal 2021, "learned_range"): with ``learned_variance`` the network returns twice
-the data's channels (dim 1); the first half is the parameterisation above, the second v ∈ [−1, 1] per element gives
+the data's channels (dim 1); the first half is the parameterisation, the second v ∈ [−1, 1] per element gives
 the interpolation fraction f = (v + 1)/2 of a reverse step t → s's variance between its two bounds,
 log Σ = f·log σ²_{t|s} + (1 − f)·log β̃ (:func:`~lit_score.samplers.ancestral.learned_range_variance`), on whatever
 grid the sampler uses (iDDPM's respacing recomputes both bounds for the subsequence; so do the samplers here).
@@ -61,28 +32,28 @@ per evaluation, in one batch).
 from __future__ import annotations
 
 import copy
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess
-from lit_score.scores.condition import cfg_combine, conditioned_view
+from lit_score.scores.condition import batch_labels, cfg_combine, conditioned_view
+from lit_score.scores.declarations import declared_classes, declares_energy
 from lit_score.scores.energy import energy_gradient
+from lit_score.scores.parameterisation import TARGETS, Parameterisation, Target
 from lit_score.utils import append_dims
 
-Target = Literal["eps", "x0", "v", "score", "velocity", "edm"]
-TARGETS = ("eps", "x0", "v", "score", "velocity", "edm")
+__all__ = ["TARGETS", "NetworkScore", "Target"]
 
 
-class NetworkScore(nn.Module):
+class NetworkScore(Parameterisation, nn.Module):
     """Turns ``network(x, c_noise(t))`` into score(x, t), denoise(x, t) (x̂₀), eps(x, t) and velocity(x, t).
 
     Args:
         network: ``network(x, c_noise)`` with output shaped like x.
         process: the noise process.
-        target: the parameterisation (table above).
+        target: the parameterisation (:mod:`lit_score.scores.parameterisation`).
         scale_by_sigma: with target ``score``, the output divided by σ(t) (Song & Ermon 2020).
         sigma_data: σ_d of target ``edm``: the data's standard deviation (EDM's 0.5 for images in [−1, 1]).
         learned_variance: the network also outputs the variance interpolation v (2× the channels; module docstring).
@@ -128,8 +99,13 @@ class NetworkScore(nn.Module):
         with classifier-free guidance scale ``guidance_scale`` and/or classifier guidance by ``classifier`` (an
         object with ``log_prob(x, t, y) -> (B,)``) at ``classifier_scale`` (module docstring)."""
         return conditioned_view(self, labels, guidance_scale, classifier, classifier_scale,
-                                num_classes=int(getattr(self.network, "num_classes", 0) or 0),
+                                num_classes=self.num_classes,
                                 network=type(self.network).__name__, what="network")
+
+    @property
+    def num_classes(self) -> int:
+        """K of a class-conditional network (its declared ``num_classes``), 0 for an unconditional one."""
+        return declared_classes(self.network)
 
     @property
     def guided(self) -> bool:
@@ -138,17 +114,12 @@ class NetworkScore(nn.Module):
 
     def batch_labels(self, x: Tensor) -> Tensor:
         """The view's labels as (B,) for the batch ``x`` (a single label is repeated), checked against its size."""
-        labels = self.labels.to(x.device)
-        if labels.ndim == 0:
-            labels = labels.expand(x.shape[0])
-        if labels.shape[0] != x.shape[0]:
-            raise ValueError(f"{labels.shape[0]} class labels for a batch of {x.shape[0]}: pass one label per sample")
-        return labels
+        return batch_labels(self.labels, x)
 
     def _labels_for(self, x: Tensor) -> Tensor | None:
         """The labels the network takes (None on an unconditional view, and when only a classifier is guided by
         them: an unconditional network then gets none)."""
-        if self.labels is None or not getattr(self.network, "num_classes", 0):
+        if self.labels is None or not self.num_classes:
             return None
         return self.batch_labels(x)
 
@@ -168,17 +139,21 @@ class NetworkScore(nn.Module):
         out, out_null = self._network(x_in, c_noise)
         return cfg_combine(out, out_null, self.guidance_scale)
 
-    def _network(self, x_in: Tensor, c_noise: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _network(self, x_in: Tensor, c_noise: Tensor, c_noise_s: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(F_y, F_∅ or None): the raw network output with the view's labels, and with the null label when
-        classifier-free guidance is on (both from one batched call)."""
+        classifier-free guidance is on (both from one batched call); ``c_noise_s``: a two-time network's target-time
+        conditioning (:class:`~lit_score.scores.flow_map.FlowMapScore`), None for one time."""
+        target = {} if c_noise_s is None else {"s": c_noise_s}
         labels = self._labels_for(x_in)
         if labels is None:
-            return self.network(x_in, c_noise), None
+            return self.network(x_in, c_noise, **target), None
         if not self.guidance_scale:
-            return self.network(x_in, c_noise, labels), None
+            return self.network(x_in, c_noise, labels, **target), None
         c_noise = torch.broadcast_to(c_noise, x_in.shape[:1])
+        if c_noise_s is not None:
+            target = {"s": torch.broadcast_to(c_noise_s, x_in.shape[:1]).repeat(2)}
         out = self.network(torch.cat([x_in, x_in]), torch.cat([c_noise, c_noise]),
-                           torch.cat([labels, torch.full_like(labels, -1)]))
+                           torch.cat([labels, torch.full_like(labels, -1)]), **target)
         return out.chunk(2, dim=0)
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
@@ -186,14 +161,15 @@ class NetworkScore(nn.Module):
         with a learned variance, its first half)."""
         return self.raw_and_variance(x, t)[0]
 
-    def raw_and_variance(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+    def raw_and_variance(self, x: Tensor, t: Tensor, s: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(raw output, variance fraction f = (v + 1)/2 shaped like x, or None without a learned variance) from one
-        network evaluation."""
+        network evaluation (a two-time network's at target time ``s``; None: one time)."""
         x_in = x
         if self.target == "edm":
             alpha, sigma = self._coefs(x, t)
             x_in = x / (alpha * (sigma**2 / alpha**2 + self.sigma_data**2).sqrt())
-        out, out_null = self._network(x_in, self.process.c_noise(t))
+        c_noise_s = None if s is None else self.process.c_noise(s)
+        out, out_null = self._network(x_in, self.process.c_noise(t), c_noise_s)
         frac = None
         if self.learned_variance:
             if out.shape[1] != 2 * x.shape[1]:
@@ -216,39 +192,6 @@ class NetworkScore(nn.Module):
         x0, eps = self.predict(x, t, out)
         return x0, eps, frac
 
-    def preconditioning(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(c_skip, c_out, c_in) of this target at t, each (B,), in x̃ = x/α and σ̃ = σ/α (the module's table), with
-        c_out relative to the network's output F (before a ``scale_by_sigma`` division)."""
-        alpha, sigma = self.process.alpha(t), self.process.sigma(t)
-        sigma_t, one = sigma / alpha, torch.ones_like(t)
-        if self.target == "edm":
-            norm = (sigma_t**2 + self.sigma_data**2).sqrt()
-            return self.sigma_data**2 / norm**2, sigma_t * self.sigma_data / norm, 1 / norm
-        if self.target == "eps":
-            return one, -sigma_t, alpha
-        if self.target == "x0":
-            return torch.zeros_like(t), one, alpha
-        if self.target == "v":
-            norm = alpha**2 + sigma**2
-            return alpha**2 / norm, -sigma / norm, alpha
-        if self.target == "score":
-            return one, sigma_t if self.scale_by_sigma else sigma_t * sigma, alpha
-        alpha_dot, sigma_dot = self.process.alpha_dot(t), self.process.sigma_dot(t)
-        det = alpha * sigma_dot - sigma * alpha_dot
-        return alpha * sigma_dot / det, -sigma / det, alpha
-
-    def eps_error_scale(self, t: Tensor) -> Tensor:
-        """r(t), (B,), with ‖raw − training_target‖² = r·‖ε̂ − ε‖²: (c_out/σ̃)² for the raw output (the one place a
-        weighting on ε-MSE is turned into one on this target's regression)."""
-        c_out = self.preconditioning(t)[1]
-        if self.scale_by_sigma:
-            c_out = c_out * self.process.sigma(t)  # raw = F/σ: its c_out is σ times F's
-        sigma_t = self.process.sigma(t) / self.process.alpha(t)
-        return (sigma_t / c_out) ** 2
-
-    def _coefs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        return append_dims(self.process.alpha(t), x), append_dims(self.process.sigma(t), x)
-
     def predict(self, x: Tensor, t: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(x̂₀, ε̂) from one network evaluation (or from a given raw output ``out``), classifier-guided on a view
         with a classifier: ε̃ = ε̂ − σ·w_c·∇ₓ log p_φ(y | x_t, t)."""
@@ -265,42 +208,6 @@ class NetworkScore(nn.Module):
 
         labels = self.batch_labels(x)
         return -energy_gradient(lambda z, s: -self.classifier.log_prob(z, s, labels), x, t)[1]
-
-    def _predict(self, x: Tensor, t: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
-        alpha, sigma = self._coefs(x, t)
-        if self.target == "eps":
-            return (x - sigma * out) / alpha, out
-        if self.target == "x0":
-            return out, (x - alpha * out) / sigma
-        if self.target == "v":
-            norm = alpha**2 + sigma**2
-            return (alpha * x - sigma * out) / norm, (sigma * x + alpha * out) / norm
-        if self.target == "score":
-            eps = -sigma * out
-            return (x - sigma * eps) / alpha, eps
-        if self.target == "edm":
-            c_skip, c_out, _ = (append_dims(c, x) for c in self.preconditioning(t))
-            x0 = c_skip * x / alpha + c_out * out
-            return x0, (x - alpha * x0) / sigma
-        alpha_dot, sigma_dot = append_dims(self.process.alpha_dot(t), x), append_dims(self.process.sigma_dot(t), x)
-        det = alpha * sigma_dot - sigma * alpha_dot
-        return (sigma_dot * x - sigma * out) / det, (alpha * out - alpha_dot * x) / det
-
-    def training_target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """What the raw output should equal for x_t = α x₀ + σ ε (before any 1/σ output scaling)."""
-        alpha, sigma = self._coefs(x0, t)
-        if self.target == "eps":
-            return noise
-        if self.target == "x0":
-            return x0
-        if self.target == "v":
-            return alpha * noise - sigma * x0
-        if self.target == "score":
-            return -noise / sigma
-        if self.target == "edm":  # F* = (x₀ − c_skip·x̃)/c_out with x̃ = x₀ + σ̃ ε
-            c_skip, c_out, _ = (append_dims(c, x0) for c in self.preconditioning(t))
-            return ((1 - c_skip) * x0 - c_skip * (sigma / alpha) * noise) / c_out
-        return append_dims(self.process.alpha_dot(t), x0) * x0 + append_dims(self.process.sigma_dot(t), x0) * noise
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
         """∇ₓ log p_t(x) = −ε̂/σ."""
@@ -328,7 +235,7 @@ class NetworkScore(nn.Module):
     def has_energy(self) -> bool:
         """Whether E(x, t) is available: the network declares an energy Ẽ whose −∇ₓẼ it returns, and the target is
         one of those for which that output is a gradient field of the score (``score``, ``eps``)."""
-        return bool(getattr(self.network, "has_energy", False)) and self.target in ("score", "eps")
+        return declares_energy(self.network) and self.target in ("score", "eps")
 
     def energy(self, x: Tensor, t: Tensor) -> Tensor:
         """E(x, t) with −∇ₓE = score(x, t), from the network's Ẽ (raw output −∇ₓẼ): ``score`` → Ẽ, ``score`` with

@@ -1,0 +1,233 @@
+r"""Consistency distillation (Song, Dhariwal, Chen & Sutskever 2023, "Consistency Models", Algorithm 2) on a two-time
+model (DESIGN.md §3d).
+
+The consistency function is the student's flow map to the data end, f_θ(x, t) = X_{t→t_min}(x)
+(:meth:`~lit_score.scores.FlowMapScore.flow_map`), so the boundary condition f_θ(x, t_min) = x holds by construction.
+
+| symbol | meaning |
+|---|---|
+| t_0 = t_max > … > t_{N−1} = t_min | the process's Karras grid ``process.time_grid(N − 1, "karras", ρ)``: σ̃ = σ/α |
+| | ρ-spaced (Karras et al. 2022, eq. 5; on the EDM process exactly consistency models' grid; fewer points where a |
+| | discrete process merges steps). Consistency models index it the other way up: their t_{n+1}, t_n are our t_n, |
+| | t_{n+1} |
+| n ~ U{0, …, N − 2} | the interval drawn per sample |
+| x_{t_n} = α x₀ + σ ε | a draw of the process's marginal at the noisier end |
+| x̂_{t_{n+1}} = Φ(x_{t_n}, t_n, t_{n+1}) | the teacher's one ODE step (:class:`~lit_score.losses.teacher.Teacher`) |
+| θ⁻ | the target network: θ⁻ ← μ·θ⁻ + (1 − μ)·θ after every optimizer step (μ = 0: θ itself, gradient stopped) |
+| ℓ = λ·d(f_θ(x_{t_n}, t_n), f_{θ⁻}(x̂_{t_{n+1}}, t_{n+1})) | the loss, λ = 1 (consistency models' "uniform") |
+
+Distances d(a, b) per sample:
+
+- ``l2``: the mean over the sample's d coordinates of (a − b)² (consistency models' ``mean_flat`` of the squared
+  error: the paper's ‖a − b‖² divided by d);
+- ``pseudo_huber``: √(‖a − b‖² + c²) − c with the Euclidean norm of the *whole sample* and c = 0.00054·√d (improved
+  consistency training, Song & Dhariwal 2023, Sec. 3.3). Per element (√((a_i − b_i)² + c²) − c summed over i) it would
+  be another loss: robust per coordinate instead of per sample.
+- LPIPS, the paper's best distance on images, needs downloaded VGG weights and is not offered.
+
+Defaults are consistency models' CIFAR-10 CD settings: N = 18, μ = 0.95, Heun, ρ = 7 (their LPIPS replaced by l2).
+
+**Where θ⁻ lives.** A frozen deep copy of the student's score model, held by this loss, created at the start of
+fit (after the student may have been started from the teacher's weights: ``init_from_teacher``) and saved as the
+loss's state (``state_dict``: its weights and the optimizer step it has followed) in the family's checkpoint, so a
+resumed run continues the same θ⁻ bit for bit. The update happens at the start of the next training batch
+(:meth:`before_step`, called by the family with the trainer's global step), not at the end of the last one: a
+checkpoint written at the end of step k then holds θ_k with θ⁻ one update behind, and the resumed run makes that
+update first, exactly as the uninterrupted one does; with gradient accumulation it happens once per optimizer step.
+
+**Dropout.** θ⁻ is evaluated in eval mode (no dropout); consistency models' code runs the target with the student's
+dropout mask (the same RNG state). For a network with dropout (a UNet's ``dropout``) the two differ; the toy MLPs have
+none. With μ = 0 the target is the student's own forward pass (its mode, fresh dropout noise).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lit_score.checks import check_number
+from lit_score.losses.base import DiffusionLoss
+from lit_score.losses.teacher import Teacher, freeze
+from lit_score.networks.two_time import load_one_time_weights
+from lit_score.processes import NoiseProcess
+from lit_score.utils import batch_mean, batch_sum, rand, randn_like
+
+Distance = Literal["l2", "pseudo_huber"]
+
+
+def pseudo_huber_constant(dim: int) -> float:
+    """c = 0.00054·√d, improved consistency training's constant for d data dimensions."""
+    return 0.00054 * math.sqrt(dim)
+
+
+def consistency_distance(a: Tensor, b: Tensor, distance: Distance, c: float | None = None) -> Tensor:
+    """d(a, b) per sample (B,) (module docstring); ``c`` for ``pseudo_huber`` (default 0.00054·√d)."""
+    if distance == "l2":
+        return batch_mean((a - b) ** 2)
+    c = pseudo_huber_constant(a[0].numel()) if c is None else c
+    return (batch_sum((a - b) ** 2) + c**2).sqrt() - c
+
+
+def interval_times(process: NoiseProcess, num_scales: int, rho: float, batch: int, generator, like: Tensor):
+    """(t_n, t_{n+1}) (B,) each: n ~ U{0, …, K − 1} over the K intervals of the process's Karras grid of
+    ``num_scales`` points, in ``like``'s dtype and device."""
+    grid = process.time_grid(num_scales - 1, "karras", rho=rho, device=like.device).to(like.dtype)
+    intervals = len(grid) - 1
+    n = (rand((batch,), generator, device=like.device) * intervals).long().clamp_max(intervals - 1)
+    return grid[n], grid[n + 1]
+
+
+class ConsistencyDistillation(DiffusionLoss):
+    """Consistency distillation of a two-time student from a teacher (module docstring): a per-sample loss (B,).
+
+    Args:
+        teacher: the :class:`~lit_score.losses.teacher.Teacher` (in YAML a
+            :class:`lit_score.distillation.CheckpointTeacher`); it must share the student's process.
+        num_scales: N, the points of the Karras grid (consistency models: 18 on CIFAR-10, 40 on ImageNet 64).
+        ema_rate: μ of the target network θ⁻ (0: θ itself, gradient stopped; consistency models' CD: 0.95).
+        distance: ``l2`` or ``pseudo_huber`` (per sample).
+        huber_c: c of ``pseudo_huber`` (default 0.00054·√d).
+        rho: ρ of the Karras grid.
+        init_from_teacher: at the start of a fresh fit, load the teacher network's weights into the two-time student
+            (:func:`~lit_score.networks.load_one_time_weights`: the same architecture with ``two_time`` true);
+            refused in one line where they do not fit.
+    """
+
+    #: the capability it asks of the score model: ``flow_map(x, t, s)`` (a FlowMapScore: a two-time network)
+    requires_two_time: bool = True
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        num_scales: int = 18,
+        ema_rate: float = 0.95,
+        distance: Distance = "l2",
+        huber_c: float | None = None,
+        rho: float = 7.0,
+        init_from_teacher: bool = True,
+    ) -> None:
+        check_number("num_scales", num_scales, ge=2, integer=True)
+        check_number("ema_rate", ema_rate, ge=0.0, lt=1.0)
+        check_number("huber_c", huber_c, gt=0.0, allow_none=True)
+        check_number("rho", rho, gt=0.0)
+        if distance not in ("l2", "pseudo_huber"):
+            raise ValueError(f"unknown distance {distance!r}: use l2 or pseudo_huber (LPIPS needs downloaded weights)")
+        self.teacher, self.num_scales, self.ema_rate = teacher, int(num_scales), float(ema_rate)
+        self.distance, self.huber_c, self.rho = distance, huber_c, float(rho)
+        self.init_from_teacher = bool(init_from_teacher)
+        self.target = None  # θ⁻: a frozen copy of the student's score model (ema_rate > 0), made by ``target_for``
+        self.target_step = 0  # the optimizer step θ⁻ has followed
+        self._pending: dict | None = None  # a checkpoint's θ⁻ until the student's score model is at hand
+        self._process_checked = False
+
+    # --- the loss ---------------------------------------------------------------------------------------------------
+    def __call__(self, score_model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        process = score_model.process
+        self.check_process(process)
+        t, s = interval_times(process, self.num_scales, self.rho, x0.shape[0], generator, x0)
+        x_t = process.perturb(x0, t, randn_like(x0, generator))
+        labels = score_model.labels
+        x_s = self.teacher.step(x_t, t, s, labels)
+        t_min = torch.full_like(t, process.t_min)
+        with torch.no_grad():
+            target = self.target_model(score_model).flow_map(x_s, s, t_min)
+        return consistency_distance(score_model.flow_map(x_t, t, t_min), target, self.distance, self.huber_c)
+
+    def target_model(self, score_model):
+        """f_{θ⁻}'s model: the student itself when μ = 0 (the caller stops the gradient), else θ⁻ conditioned on the
+        student view's labels."""
+        if self.ema_rate == 0:
+            return score_model
+        return self.target_for(score_model).with_condition(score_model.labels)
+
+    def check_process(self, process: NoiseProcess) -> None:
+        """Refuse, once and in one line, a teacher whose process differs from the student's (the times of the step
+        would not mean the same noise level)."""
+        if self._process_checked:
+            return
+        teacher_process = self.teacher.model(process.device)[1]
+        grid = process.time_grid(self.num_scales - 1, "karras", rho=self.rho)
+        ours = torch.stack([process.alpha(grid), process.sigma(grid)])
+        theirs = torch.stack([teacher_process.alpha(grid), teacher_process.sigma(grid)]).to(ours)
+        if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7):
+            raise ValueError(f"the teacher's process ({teacher_process!r}) is not the student's ({process!r}): build"
+                             " the student with the teacher's process")
+        self._process_checked = True
+
+    # --- the target network θ⁻ -------------------------------------------------------------------------------------
+    def target_for(self, score_model):
+        """θ⁻ (a frozen copy of ``score_model``), made at the first call from the student's current weights, or from
+        a checkpoint's θ⁻ when one was loaded."""
+        if self.target is None:
+            self.target = freeze(copy.deepcopy(score_model))
+            for parameter in self.target.parameters():
+                parameter.grad = None
+            if self._pending is not None:
+                self.target.load_state_dict(self._pending["target"])
+                self.target_step, self._pending = int(self._pending["target_step"]), None
+        return self.target
+
+    def fit_started(self, score_model, step: int) -> None:
+        """At the start of fit: on a fresh run (step 0) start the student from the teacher's weights
+        (``init_from_teacher``), then make θ⁻ (a copy of the student, or the checkpoint's)."""
+        if step == 0 and self._pending is None and self.init_from_teacher:
+            load_one_time_weights(score_model.network, self.teacher.one_time_weights())
+            self.target = None  # θ⁻ starts from the initialised student
+        if self.ema_rate > 0:
+            fresh = self.target is None and self._pending is None
+            self.target_for(score_model)
+            if fresh:
+                self.target_step = step
+
+    @torch.no_grad()
+    def before_step(self, score_model, step: int) -> None:
+        """θ⁻ ← μ·θ⁻ + (1 − μ)·θ once per optimizer step taken since the last update (module docstring)."""
+        if self.ema_rate == 0:
+            return
+        target = self.target_for(score_model)
+        if step <= self.target_step:
+            return
+        ema_update(target, score_model, self.ema_rate)
+        self.target_step = step
+
+    # --- checkpoint state ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """θ⁻'s weights and the step it follows (empty when μ = 0: there is no θ⁻)."""
+        if self.ema_rate == 0:
+            return {}
+        if self.target is None:
+            return dict(self._pending) if self._pending is not None else {}
+        return {"target": self.target.state_dict(), "target_step": self.target_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.ema_rate == 0 or not state:
+            if state:
+                warnings.warn("the checkpoint's target network is not used with ema_rate 0", stacklevel=2)
+            return
+        self._pending = {"target": state["target"], "target_step": int(state["target_step"])}
+        if self.target is not None:  # already made: load now
+            self.target.load_state_dict(self._pending["target"])
+            self.target_step, self._pending = self._pending["target_step"], None
+
+    def __repr__(self) -> str:
+        huber = f", huber_c={self.huber_c:g}" if self.huber_c is not None else ""
+        return (f"ConsistencyDistillation(teacher={self.teacher!r}, num_scales={self.num_scales},"
+                f" ema_rate={self.ema_rate:g}, distance={self.distance!r}{huber})")
+
+
+@torch.no_grad()
+def ema_update(target: torch.nn.Module, source: torch.nn.Module, rate: float) -> None:
+    """θ⁻ ← μ·θ⁻ + (1 − μ)·θ over the parameters of two modules of one architecture; buffers are copied."""
+    targets, sources = list(target.parameters()), list(source.parameters())
+    torch._foreach_lerp_(targets, sources, 1.0 - rate)
+    for mine, theirs in zip(target.buffers(), source.buffers(), strict=True):
+        mine.copy_(theirs)
+
+
+__all__ = ["ConsistencyDistillation", "Distance", "consistency_distance", "ema_update", "interval_times",
+           "pseudo_huber_constant"]
