@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from lit_score.evaluation.cli import checkpoint_datamodule, load_for_evaluation
+from lit_score.loading.checkpoint import checkpoint_datamodule, load_for_evaluation
 from lit_score.metrics.fidelity import resolve_feature_extractor, to_uint8
 from lit_score.metrics.image_quality import extract_features
 from lit_score.metrics.realism import realism

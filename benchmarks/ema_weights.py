@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from lit_score.cli import load_model
-from lit_score.evaluation.cli import checkpoint_datamodule
+from lit_score.loading.checkpoint import checkpoint_datamodule
 from lit_score.samplers import DDIM
 from lit_score.samplers.base import predict_x0_eps
 

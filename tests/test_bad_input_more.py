@@ -21,10 +21,10 @@ import torch
 import yaml
 from test_bad_input import ROOT, SAVE_LAST, SHORT, TOY  # the same short toy runs as the first table
 
-from lit_score.cli import _encode_parser, _sample_parser, main
-from lit_score.evaluation.cli import evaluate_parser
-from lit_score.evaluation.compare import compare_parser
-from lit_score.sweeps.local import sweep_parser
+from lit_score.cli import encode_parser, main, sample_parser
+from lit_score.cli.compare import compare_parser
+from lit_score.cli.evaluate import evaluate_parser
+from lit_score.cli.sweep import sweep_parser
 from lit_score.validation import (
     COMPARE_RULES,
     ENCODE_RULES,
@@ -193,7 +193,7 @@ def test_a_plain_npy_of_samples_is_evaluated(world, capsys):
 
 
 # --- every option of every command has a rule -------------------------------------------------------------------
-COMMANDS = {"sample": (_sample_parser, SAMPLE_RULES), "encode": (_encode_parser, ENCODE_RULES),
+COMMANDS = {"sample": (sample_parser, SAMPLE_RULES), "encode": (encode_parser, ENCODE_RULES),
             "evaluate": (evaluate_parser, EVALUATE_RULES), "compare": (compare_parser, COMPARE_RULES),
             "sweep": (sweep_parser, SWEEP_RULES)}
 

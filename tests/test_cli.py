@@ -51,7 +51,8 @@ def test_every_family_config_parses(config, capsys):
 def test_compare_configs_parse_and_every_run_config_exists(config):
     import yaml
 
-    from lit_score.evaluation.compare import Compare, compare_parser
+    from lit_score.cli.compare import compare_parser
+    from lit_score.evaluation.compare import Compare
 
     text = config.read_text()
     # an overlay is stacked on the config its header names (it may restate the runs, as objectives_digits_long does)

@@ -376,7 +376,7 @@ def test_bits_per_dim_alone_generates_nothing_and_is_the_models_likelihood_of_th
     assert "no samples generated" in capsys.readouterr().out
     # the number is the model's PF-ODE NLL of the first 20 test points, with the evaluation's generator (seed 0)
     from lit_score.cli import load_model
-    from lit_score.evaluation.cli import checkpoint_datamodule
+    from lit_score.loading.checkpoint import checkpoint_datamodule
 
     model, data = load_model(ckpt, map_location="cpu"), checkpoint_datamodule(ckpt)
     data._ensure_setup()

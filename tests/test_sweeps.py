@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_score.cli import main
-from lit_score.sweeps.local import LocalSweep, launch_in_process, resolve, sweep_main
+from lit_score.cli import launch_in_process, main, sweep_main
+from lit_score.sweeps.config import resolve
+from lit_score.sweeps.local import LocalSweep
 from lit_score.sweeps.spec import agent_argv, agent_macros, agent_values, fit_args, load_sweep, sweeps_package
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,8 @@
-"""``lit-score compare``: train (or take) several models, evaluate each on one protocol and a sampler × NFE grid, and
-write a report. Orchestration only: training is ``lit-score fit``, numbers are :func:`~lit_score.evaluation.evaluate`,
-rendering is :mod:`lit_score.evaluation.report`; a new family or sampler appears here with no change to this file.
+"""What ``lit-score compare`` does (:class:`Compare`): train (or take) several models, evaluate each on one protocol
+and a sampler × NFE grid, and write a report. Orchestration only: training is :func:`lit_score.training.fit` (the
+command passes its own, which reports a run's failure as ``lit-score fit`` would), numbers are
+:func:`~lit_score.evaluation.evaluate`, rendering is :mod:`lit_score.evaluation.report`; a new family or sampler appears
+here with no change to this file. The command line is :mod:`lit_score.cli.compare`.
 
     lit-score compare --config configs/compare/toy.yaml          # train every family on moons, same seed and budget
     lit-score compare --ckpts a.ckpt b.ckpt --output runs/cmp    # or compare existing checkpoints
@@ -29,22 +31,29 @@ import shutil
 import time
 import traceback
 from argparse import ArgumentError
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
 from lit_score.atomic import torch_save, write_json
 from lit_score.evaluation.evaluate import (
     EvaluationError,
+    EvaluationResult,
     content_key,
+    default_metrics,
     describe_sampler,
     evaluate,
-    parse_list,
 )
+from lit_score.evaluation.report import write_report
+from lit_score.loading.checkpoint import checkpoint_datamodule, checkpoint_summary, load_for_evaluation
+from lit_score.metrics.fidelity import resolve_feature_extractor
 from lit_score.samplers import Sampler
+from lit_score.training import fit
+from lit_score.validation import EVALUATE_RULES, InvalidInput, check_options
 
 #: part of every evaluation's cache key: bumped when the evaluation protocol changes, so a resumed compare never mixes
 #: numbers of two protocols (2: issue 23's digits-v2 default, floors at the models' n, standard errors, realism)
@@ -77,9 +86,9 @@ class Compare:
     """The state of one compare: where it writes, what it trains and evaluates, and what is already done."""
 
     def __init__(self, output: Path, runs: list[dict], samplers: list[dict], evaluation: dict, shared: dict,
-                 accelerator: str = "auto", progress: bool = True) -> None:
+                 accelerator: str = "auto", progress: bool = True, fit: Callable[[list[str]], None] = fit) -> None:
         self.output, self.runs, self.samplers = output, runs, samplers
-        self.evaluation, self.shared, self.progress = dict(evaluation), dict(shared), progress
+        self.evaluation, self.shared, self.progress, self.fit = dict(evaluation), dict(shared), progress, fit
         self.device = torch.device("cuda" if accelerator in ("auto", "gpu") and torch.cuda.is_available() else "cpu")
         accepted = set(inspect.signature(evaluate).parameters) - {"model", "datamodule", "samples", "sampler",
                                                                   "checkpoint", "progress", "trainer_kwargs",
@@ -88,8 +97,6 @@ class Compare:
         if unknown:
             raise EvaluationError(f"unknown evaluation keys {sorted(unknown)}: use {', '.join(sorted(accepted))}")
         if self.evaluation.get("feature_extractor"):  # a missing weights file stops us before any training
-            from lit_score.metrics.fidelity import resolve_feature_extractor
-
             resolve_feature_extractor(self.evaluation["feature_extractor"],
                                       self.evaluation.get("feature_extractor_weights_path"))
         self.check_plan()
@@ -106,8 +113,6 @@ class Compare:
     def check_plan(self) -> None:
         """Every sampler of the grid is built and every evaluation number checked before the first run trains (a
         0-step sampler must not fail after minutes of training, leaving partial evaluations)."""
-        from lit_score.validation import EVALUATE_RULES, InvalidInput, check_options
-
         given = dict(self.evaluation)
         rules = {k: r for k, r in EVALUATE_RULES.items() if k in given and r.kind in ("count", "number", "ints")}
         try:
@@ -145,12 +150,9 @@ class Compare:
             shutil.rmtree(run_dir)
         logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
                   "init_args": {"save_dir": str(self.output / "runs"), "name": run["name"], "version": key}}
-        argv = ["fit", "--config", str(run["config"]), *cli_overrides(overrides),
-                "--trainer.logger", json.dumps(logger)]
-        from lit_score.cli import main  # the CLI imports the models: import it when training, not at import time
-
+        argv = ["--config", str(run["config"]), *cli_overrides(overrides), "--trainer.logger", json.dumps(logger)]
         start = time.perf_counter()
-        main(argv)
+        self.fit(argv)
         seconds = time.perf_counter() - start
         ckpt = run_dir / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
@@ -183,8 +185,6 @@ class Compare:
     def evaluate_run(self, trained: dict, label: str, entry: dict | None, steps: int | None) -> dict[str, Any]:
         """One evaluation (cached by its key); failures are recorded, not raised, so one bad pairing cannot sink
         the whole report."""
-        from lit_score.evaluation.cli import checkpoint_datamodule, checkpoint_summary, load_for_evaluation
-
         spec = None if entry is None else entry.get("sampler")
         sampler = None if spec is None else build_sampler(spec, steps, entry.get("steps_key", "num_steps"))
         start = None if entry is None else entry.get("start")
@@ -198,51 +198,48 @@ class Compare:
         row: dict[str, Any] = {"run": trained["name"], "sampler_label": label, "num_steps": steps,
                                "train_seconds": trained.get("train_seconds")}
         try:
-            model, weights = load_for_evaluation(trained["ckpt"], settings.pop("weights", "auto"), self.device)
-            data = checkpoint_datamodule(trained["ckpt"])
-            row["family"] = type(model).__name__
-            problem = None if sampler is None else model.sampler_problem(sampler)
-            problem = None if problem is None else f"{type(sampler).__name__}: {problem}"
-            if problem is None and start:
-                problem = model.sample_start_problem(start)
-            if problem is not None:
-                row.update({"status": "skipped", "error": problem})
-                write_json(path, row)
-                return row
-            if start:
-                model.set_sample_start(start)
-            if entry is not None:  # bits/dim does not depend on the sampler: measured with the default one only
-                metrics = settings.get("metrics")
-                settings["metrics"] = [m for m in metrics if m != "bpd"] if metrics else None
-                settings["skip_inapplicable"] = True
-                if settings["metrics"] is None:
-                    from lit_score.evaluation.evaluate import default_metrics
-
-                    settings["metrics"] = [m for m in default_metrics(model, data) if m != "bpd"]
-            else:
-                settings.setdefault("skip_inapplicable", True)
-            result = evaluate(model, data, sampler=sampler, checkpoint=checkpoint_summary(trained["ckpt"], weights),
-                              progress=False, trainer_kwargs={"accelerator": "gpu" if self.device.type == "cuda"
-                                                              else "cpu", "enable_progress_bar": False}, **settings)
-            row.update({"status": "ok", "metrics": result.metrics, "protocol": result.protocol,
-                        "parameters": result.protocol["parameters"], "nfe": result.protocol["nfe"],
-                        "sample_seconds_per_sample": result.protocol["wall_time"]["generation_s"]
-                        / (result.protocol["num_samples"] * len(result.protocol["seeds"]))
-                        if result.protocol["num_samples"] else None,
-                        "data_is_image": data.is_image})
-            if entry is None and result.samples:  # the report's sample figure shows each run's own sampler
-                shown = result.samples[0][: (64 if data.is_image else 2000)]
-                reference = None if data.is_image else data.reference_draw(len(shown), torch.Generator().manual_seed(0))
-                flagged = torch.zeros(len(shown), dtype=torch.bool)  # k-NN realism's off-manifold samples
-                flagged[[i for i in result.per_seed[0].get("realism_flagged_index", []) if i < len(shown)]] = True
-                torch_save({"samples": shown, "reference": reference, "data_range": data.data_range,
-                            "flagged": flagged}, path.with_suffix(".pt"))
-                row["figure_samples"] = str(path.with_suffix(".pt"))
+            self.measure(row, trained, entry, sampler, start, settings, path)
         except (EvaluationError, ValueError, FileNotFoundError) as err:  # a pairing that cannot run
             row.update({"status": "failed", "error": f"{type(err).__name__}: {str(err).splitlines()[0]}",
                         "traceback": traceback.format_exc(limit=3)})
         write_json(path, row)
         return row
+
+    def measure(self, row: dict[str, Any], trained: dict, entry: dict | None, sampler: Sampler | None,
+                start: str | None, settings: dict[str, Any], path: Path) -> None:
+        """Evaluate one pairing into ``row`` ("skipped" with the reason when the model cannot take the sampler or
+        the start), keeping the figure samples of a run's own sampler beside the row's JSON at ``path``."""
+        model, weights = load_for_evaluation(trained["ckpt"], settings.pop("weights", "auto"), self.device)
+        data = checkpoint_datamodule(trained["ckpt"])
+        row["family"] = type(model).__name__
+        problem = None if sampler is None else model.sampler_problem(sampler)
+        problem = None if problem is None else f"{type(sampler).__name__}: {problem}"
+        if problem is None and start:
+            problem = model.sample_start_problem(start)
+        if problem is not None:
+            row.update({"status": "skipped", "error": problem})
+            return
+        if start:
+            model.set_sample_start(start)
+        if entry is not None:  # bits/dim does not depend on the sampler: measured with the default one only
+            metrics = settings.get("metrics")
+            settings["metrics"] = [m for m in metrics if m != "bpd"] if metrics else None
+            settings["skip_inapplicable"] = True
+            if settings["metrics"] is None:
+                settings["metrics"] = [m for m in default_metrics(model, data) if m != "bpd"]
+        else:
+            settings.setdefault("skip_inapplicable", True)
+        result = evaluate(model, data, sampler=sampler, checkpoint=checkpoint_summary(trained["ckpt"], weights),
+                          progress=False, trainer_kwargs={"accelerator": "gpu" if self.device.type == "cuda"
+                                                          else "cpu", "enable_progress_bar": False}, **settings)
+        row.update({"status": "ok", "metrics": result.metrics, "protocol": result.protocol,
+                    "parameters": result.protocol["parameters"], "nfe": result.protocol["nfe"],
+                    "sample_seconds_per_sample": result.protocol["wall_time"]["generation_s"]
+                    / (result.protocol["num_samples"] * len(result.protocol["seeds"]))
+                    if result.protocol["num_samples"] else None,
+                    "data_is_image": data.is_image})
+        if entry is None and result.samples:  # the report's sample figure shows each run's own sampler
+            row["figure_samples"] = str(save_figure_samples(result, data, path.with_suffix(".pt")))
 
     @staticmethod
     def data_floor(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -263,8 +260,6 @@ class Compare:
         return None
 
     def run(self) -> dict[str, Path]:
-        from lit_score.evaluation.report import write_report
-
         grid = self.sampler_grid()
         tasks = len(self.runs) * (1 + len(grid))
         bar = tqdm(total=tasks, desc="compare", disable=not self.progress, dynamic_ncols=True)
@@ -282,52 +277,12 @@ class Compare:
         return write_report(self.output, trained, rows + ([floor] if floor else []), self.evaluation)
 
 
-def compare_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="lit-score compare", exit_on_error=False,
-                            description="Train and/or evaluate several models on one protocol and write a report.")
-    parser.add_argument("--config", action=ActionConfigFile, help="a compare config (configs/compare/*.yaml)")
-    parser.add_argument("--output", type=str | None, default=None, help="report folder (default runs/compare/<name>)")
-    parser.add_argument("--runs", type=list[dict] | None, default=None,
-                        help="[{name, config, overrides}] to train, or [{name, ckpt}] to take")
-    parser.add_argument("--ckpts", type=str, nargs="+", default=None, help="existing checkpoints to compare")
-    parser.add_argument("--shared", type=dict | None, default=None, help="CLI keys stacked over every run's config")
-    parser.add_argument("--samplers", type=list[dict] | None, default=None,
-                        help="[{sampler: {class_path, init_args}, num_steps: [..], label, steps_key}]")
-    parser.add_argument("--evaluation", type=dict | None, default=None, help="keyword arguments of evaluate()")
-    parser.add_argument("--logger", type=dict | None, default=None,
-                        help="a WandbLogger {class_path, init_args}: the table and figures are logged to it")
-    parser.add_argument("--accelerator", type=str, default="auto", help="auto, cpu or gpu")
-    parser.add_argument("--progress", type=bool, default=True, help="progress bar")
-    return parser
-
-
-def compare_main(argv: list[str]) -> dict[str, Path]:
-    """``lit-score compare``."""
-    parser = compare_parser()
-    cfg = parser.parse_args(argv)
-    from lit_score.validation import COMPARE_RULES, check_options, resolve_device
-
-    check_options(cfg, COMPARE_RULES)  # before any run trains
-    resolve_device(cfg.accelerator)  # gpu on a machine without one: refused, not silently the CPU
-    runs = list(cfg.runs or [])
-    from lit_score.cli import checkpoint_class_path
-
-    ckpts = parse_list(cfg.ckpts[0]) if cfg.ckpts and len(cfg.ckpts) == 1 else (cfg.ckpts or [])
-    for i, ckpt in enumerate(ckpts):
-        runs.append({"name": f"{checkpoint_class_path(ckpt).rpartition('.')[2].lower()}-{i}", "ckpt": str(ckpt)})
-    if not runs:
-        raise EvaluationError("nothing to compare: give runs in a --config or --ckpts")
-    output = Path(cfg.output) if cfg.output else Path("runs/compare") / (
-        Path(str(cfg.config[0])).stem if cfg.get("config") else "ckpts")
-    from lit_score.validation import check_output_folder
-
-    check_output_folder(output)  # the report's folder: refused now, not after training
-    evaluation = {"num_samples": 2000, "seeds": [0], **(cfg.evaluation or {})}
-    paths = Compare(output, runs, list(cfg.samplers or []), evaluation, dict(cfg.shared or {}),
-                    cfg.accelerator, cfg.progress).run()
-    if cfg.logger:
-        from lit_score.evaluation.report import log_report
-
-        log_report(cfg.logger, output)
-    print(f"wrote {paths['md']} and {paths['html']}")
-    return paths
+def save_figure_samples(result: EvaluationResult, data, path: Path) -> Path:
+    """The samples the report's figure shows of a run (its first seed set, with the data beside toy samples and
+    k-NN realism's off-manifold samples flagged)."""
+    shown = result.samples[0][: (64 if data.is_image else 2000)]
+    reference = None if data.is_image else data.reference_draw(len(shown), torch.Generator().manual_seed(0))
+    flagged = torch.zeros(len(shown), dtype=torch.bool)  # k-NN realism's off-manifold samples
+    flagged[[i for i in result.per_seed[0].get("realism_flagged_index", []) if i < len(shown)]] = True
+    return torch_save({"samples": shown, "reference": reference, "data_range": data.data_range, "flagged": flagged},
+                      path)

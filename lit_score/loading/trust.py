@@ -1,4 +1,4 @@
-"""Loading checkpoints without running what they name: one loader for every command.
+"""Loading checkpoints without running what they name: the allow-list and reader every command uses.
 
 A checkpoint is data. Lightning rebuilds a model from the ``class_path`` / ``init_args`` trees in its hyper-parameters,
 and jsonargparse imports and *calls* whatever those trees name (an optimizer argument typed ``OptimizerCallable``
