@@ -4,11 +4,17 @@ The names users write in YAML and Python live in the subpackages, imported on fi
 
     lit_score.processes   VP, DiscreteVP, SubVP, VE, DiscreteVE, EDM, Interpolant, LearnedVP
     lit_score.models      EBM, NCSN, DDPM, ScoreSDE, FlowMatching, NoiseConditionalClassifier
-    lit_score.samplers    Ancestral, DDIM, EulerMaruyama, PredictorCorrector, Heun, DPMSolver, EDMHeun, Langevin, …
+    lit_score.samplers    Ancestral, DDIM, EulerMaruyama, PredictorCorrector, Heun, DPMSolver, EDMHeun, Langevin,
+                          FlowMapSampler (two-time models), …
+    lit_score.scores      NetworkScore, FlowMapScore (the flow map X_{t→s} of a two-time network), EnergyScore, …
+    lit_score.losses      DenoisingLoss, HybridLoss, VDMLoss, ConsistencyDistillation, …
+    lit_score.distillation  CheckpointTeacher (a frozen teacher from any lit-score checkpoint)
     lit_score.data        Toy2D, GaussianMixture, Digits, ImageData
     lit_score.metrics     log_likelihood, the torch-fidelity adapter, toy distances
     lit_score.callbacks   EMA, SampleQuality, …
-    lit_score.loading     load_module, read_checkpoint (checkpoints are data: nothing they name is called unchecked)
+    lit_score.loading     load_module, load_model, read_checkpoint (checkpoints are data: nothing they name is called
+                          unchecked)
+    lit_score.training    LitScoreCLI (the LightningCLI application), fit(argv)
 
 ``python -m lit_score`` is the ``lit-score`` command.
 """
@@ -24,7 +30,7 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 SUBPACKAGES = ("processes", "scores", "networks", "losses", "samplers", "metrics", "control", "models", "data",
-               "callbacks", "evaluation", "sweeps", "loading", "generation")
+               "callbacks", "evaluation", "sweeps", "loading", "generation", "distillation", "training", "validation", "cli")
 __all__ = ["__version__", *SUBPACKAGES]
 
 

@@ -15,12 +15,13 @@ probability ``label_dropout``).
 
 :class:`NegativeChains` is the part of :class:`~lit_score.models.EBM` that does this; it uses the EBM's
 ``chain_init``, ``sampler``, ``score_model``, ``buffer_size``, ``reuse_prob``, ``label_dropout``, ``rollback``,
-``uniform_noise`` and ``frozen``.
+and provides ``uniform_noise`` (chain starts) and ``frozen`` (the energy's weights held while chains run).
 """
 
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -53,6 +54,25 @@ class NegativeChains:
             raise ValueError("this EBM holds no labelled replay buffer (trained with chain_init noise or data, or not"
                              " trained): sample from noise instead")
         return self.buffer.states_of(labels, generator, self.device)
+
+    def uniform_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws uniform over ``data_range`` (n, *sample_shape)."""
+        lo, hi = self.data_range
+        return lo + (hi - lo) * rand((n, *self.require_shape()), generator, self.device)
+
+    @contextmanager
+    def frozen(self):
+        """Eval mode and no parameter gradients (Langevin needs only ∇ₓE); both restored on exit."""
+        was_training, flags = self.training, [p.requires_grad for p in self.parameters()]
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(self.parameters(), flags):
+                p.requires_grad_(flag)
+            self.train(was_training)
 
     def reset_buffer(self) -> None:
         """Fill this rank's buffer with fresh uniform noise (and, for a conditional model, fresh labels)."""

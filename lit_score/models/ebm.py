@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import functools
 import math
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -39,7 +38,7 @@ from lit_score.models.rollback import DivergenceRollback, EBMDivergedError
 from lit_score.samplers import Draw, Langevin, Sampler
 from lit_score.scores import EnergyScore
 from lit_score.scores.energy import ComposedEnergy
-from lit_score.utils import rand, randn_like
+from lit_score.utils import randn_like
 
 __all__ = ["EBM", "EBMDivergedError"]
 
@@ -164,11 +163,6 @@ class EBM(NegativeChains, GenerativeModule):
             return sampler.draw(energy, x, None, generator=generator, progress=progress)
 
     # --- sampling ---------------------------------------------------------------------------------
-    def uniform_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n draws uniform over ``data_range`` (n, *sample_shape)."""
-        lo, hi = self.data_range
-        return lo + (hi - lo) * rand((n, *self.require_shape()), generator, self.device)
-
     #: fresh chains from uniform noise (the default), or chains continued from the replay buffer a checkpoint holds
     sample_starts = ("noise", "buffer")
 
@@ -188,19 +182,6 @@ class EBM(NegativeChains, GenerativeModule):
                              " sample from noise instead")
         return self.buffer.any_states(n, generator, self.device)
 
-    @contextmanager
-    def frozen(self):
-        """Eval mode and no parameter gradients (Langevin needs only ∇ₓE); both restored on exit."""
-        was_training, flags = self.training, [p.requires_grad for p in self.parameters()]
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for p, flag in zip(self.parameters(), flags):
-                p.requires_grad_(flag)
-            self.train(was_training)
 
     def draw(self, n, sampler=None, generator=None, progress=False, x=None, labels=None, edit=None) -> Draw:
         """:meth:`GenerativeModule.draw`, frozen. With ``set_sample_start("buffer")``, class ``labels`` (n,) and a
