@@ -30,7 +30,8 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 SUBPACKAGES = ("processes", "scores", "networks", "losses", "samplers", "metrics", "control", "models", "data",
-               "callbacks", "evaluation", "sweeps", "loading", "generation", "distillation", "training", "validation", "cli")
+               "callbacks", "evaluation", "sweeps", "loading", "generation", "distillation", "training", "validation",
+               "cli")
 __all__ = ["__version__", *SUBPACKAGES]
 
 
