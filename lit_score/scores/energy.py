@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from lit_score.checks import check_number
 from lit_score.scores.condition import batch_labels, cfg_combine, conditioned_view
 from lit_score.scores.declarations import declared_classes
+from lit_score.scores.function import ScoreFunction
 
 
 def energy_gradient(energy_fn, x: Tensor, t: Tensor | None = None, create_graph: bool = False) -> tuple[Tensor, Tensor]:
@@ -50,7 +51,7 @@ def _twice(t: Tensor | None) -> Tensor | None:
     return t if t is None or t.ndim == 0 else torch.cat([t, t])
 
 
-class EnergyScore(nn.Module):
+class EnergyScore(nn.Module, ScoreFunction):
     """Score of p ∝ exp(−E): s(x) = −∇ₓE(x). ``create_graph`` only when a loss backpropagates through s.
 
     A view made by :meth:`with_condition` also holds ``labels``, ``guidance_scale`` and a ``classifier``.
@@ -64,6 +65,8 @@ class EnergyScore(nn.Module):
     classifier = None
     classifier_scale: float = 0.0
     has_energy = True
+    #: an energy of the data, not of a noise process
+    process = None
 
     def __init__(self, energy_net: nn.Module, create_graph: bool = False) -> None:
         super().__init__()
@@ -136,7 +139,7 @@ def as_energy(source):
     return energy
 
 
-class ComposedEnergy:
+class ComposedEnergy(ScoreFunction):
     r"""E(x, t) = Σᵢ wᵢ·Eᵢ(x, t[, yᵢ]): a weighted sum of energies (product of experts; Du, Li & Mordatch 2020).
 
     p(x) ∝ ∏ᵢ pᵢ(x)^{wᵢ}: positive weights are a conjunction (every expert must agree), a negative weight a negation.
@@ -152,6 +155,8 @@ class ComposedEnergy:
     """
 
     has_energy = True
+    #: t is passed to every term; the composition itself is of no one noise process
+    process = None
 
     def __init__(self, terms: Sequence[tuple], create_graph: bool = False) -> None:
         if not terms:
