@@ -156,6 +156,10 @@ class Sampler(ABC):
     steps_on_grid: bool = False
     #: the clamp [−c, c] of the final x̂₀ (DDPM's ``clip_denoised``; set by the samplers that take one)
     clip_denoised: float | None = None
+    #: network-evaluating steps of a run and whether the last is the final Tweedie step (set by ``__init__``; a
+    #: sampler that counts steps otherwise, per level or per chain, keeps its own settings beside these)
+    num_steps: int | None = None
+    denoise: bool = False
 
     def __init__(self, num_steps: int = 100, spacing: Spacing | None = None, denoise: bool = True) -> None:
         check_number("num_steps", num_steps, ge=1, integer=True)
