@@ -2,7 +2,8 @@
 
 A network is any ``nn.Module`` taking ``(x, t[, y])``. lit-score's own networks declare ``num_classes`` (K > 0: it
 takes class labels y, −1 being the null label), ``has_energy`` (it returns −∇ₓẼ of an energy Ẽ it can also give),
-``two_time`` (it also takes a target time s: a flow map's network) and, for a classifier, ``out_dim``. A module that declares none of them (a user's network, a test's oracle) is
+``two_time`` (it also takes a target time s: a flow map's network), ``zero_init_output`` (its output layer starts at
+zero) and, for a classifier, ``out_dim`` (and, for a guiding classifier, the ``process`` it is noise-conditional on). A module that declares none of them (a user's network, a test's oracle) is
 unconditional and has no energy. The score models (:class:`~lit_score.scores.NetworkScore`,
 :class:`~lit_score.scores.EnergyScore`) and the classifier turn these into their own declared ``num_classes`` /
 ``has_energy``; nothing else reads a network's attributes.
@@ -26,6 +27,16 @@ def declared_outputs(network: nn.Module) -> int | None:
 def declares_two_time(network: nn.Module) -> bool:
     """Whether the network declares ``two_time`` (it takes a target time s as well as t)."""
     return bool(getattr(network, "two_time", False))
+
+
+def declares_zero_init_output(network: nn.Module) -> bool:
+    """Whether the network declares ``zero_init_output`` (its output layer starts at zero)."""
+    return bool(getattr(network, "zero_init_output", False))
+
+
+def declared_process(part) -> object | None:
+    """The noise process a part declares (a noise-conditional classifier's ``process``), None where it declares none."""
+    return getattr(part, "process", None)
 
 
 def declares_energy(network: nn.Module) -> bool:

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.scores.condition import batch_labels, cfg_combine, conditioned_view
-from lit_score.scores.declarations import declared_classes
-from lit_score.scores.function import ScoreFunction
+from lit_score.scores.declarations import declared_classes, declared_process
+from lit_score.scores.function import ScoreFunction, as_score_function
 
 
 def energy_gradient(energy_fn, x: Tensor, t: Tensor | None = None, create_graph: bool = False) -> tuple[Tensor, Tensor]:
@@ -111,7 +111,7 @@ class EnergyScore(nn.Module, ScoreFunction):
     def _classifier_time(self, t: Tensor | None) -> Tensor | float | None:
         """The time the classifier is asked at: the energy's t; for an EBM (t = None) a noise-conditional classifier's
         t_min (its cleanest level; one with a ``process``), else None."""
-        process = getattr(self.classifier, "process", None)
+        process = declared_process(self.classifier)
         return process.t_min if t is None and process is not None else t
 
     def energy_and_score(self, x: Tensor, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -131,9 +131,9 @@ def as_energy(source):
     """The energy object of ``source``: a model with an energy (its ``score_model``: an EBM, or a diffusion model
     with a NoiseConditionalEnergy network), or anything with ``energy(x, t)`` (an EnergyScore, a NetworkScore with
     ``has_energy``, a ComposedEnergy); refused in one line otherwise."""
-    inner = getattr(source, "score_model", None)
-    energy = inner if inner is not None else source
-    if not callable(getattr(energy, "energy", None)) or not getattr(energy, "has_energy", True):
+    declared = as_score_function(source)
+    energy = as_score_function(declared.score_model) if declared.score_model is not None else declared
+    if not energy.has_energy:
         raise ValueError(f"{type(source).__name__} has no energy E(x) to compose: use an EBM, an EnergyScore, or a"
                          " diffusion model with a NoiseConditionalEnergy network")
     return energy
@@ -169,9 +169,9 @@ class ComposedEnergy(ScoreFunction):
             check_number("weight", weight)
             energy = as_energy(source)
             if label is not None:
-                if not callable(getattr(energy, "with_condition", None)):
+                if energy.with_condition is None:
                     raise ValueError(f"a label needs a conditional energy; {type(energy).__name__} takes none")
-                energy = energy.with_condition(torch.as_tensor(label))
+                energy = as_score_function(energy.with_condition(torch.as_tensor(label)))
             self.energies.append(energy)
             self.weights.append(float(weight))
         self.create_graph = create_graph
@@ -205,7 +205,7 @@ class ComposedEnergy(ScoreFunction):
 
     def __repr__(self) -> str:
         def name(energy) -> str:
-            labels = getattr(energy, "labels", None)
+            labels = energy.labels
             return type(energy).__name__ + ("" if labels is None else f"[y={labels.tolist()}]")
 
         parts = ", ".join(f"{w:g}·{name(e)}" for e, w in zip(self.energies, self.weights))

@@ -17,6 +17,11 @@ its conditioned / guided views, :class:`~lit_score.scores.FlowMapScore`, :class:
 | ``process`` | — | the noise process the score is of (None: none, e.g. an EBM); set by every score function |
 | ``score`` | the call | the score s(x, t) (an energy's keeps its graph with ``create_graph``) |
 | ``repeated(n)`` | itself | the score function for its batch repeated n times (a conditioned view repeats its labels) |
+| ``labels`` | None | the class labels a conditioned view passes to its network |
+| ``with_condition`` | None | ``(labels, …) -> view`` conditioned on class labels (None: unconditional only) |
+| ``score_model`` | None | what a model (an EBM, a diffusion model) holds: the score function it stands for |
+
+A bare callable that offers ``energy(x, t)`` and declares no ``has_energy`` has an energy.
 
 :func:`as_score_function` is the boundary: it returns a :class:`ScoreFunction` unchanged and wraps anything else (a
 user's lambda, a data distribution's exact ``score``, a test's oracle) in a :class:`UserScore`, which reads the
@@ -35,11 +40,15 @@ from torch import Tensor
 OPTIONAL = {
     "learned_variance": False,
     "two_time": False,
-    "has_energy": False,
+    "has_energy": None,  # undeclared: True when it offers ``energy``
     "predict": None,
     "velocity": None,
     "energy_and_score": None,
     "process": None,
+    "labels": None,
+    "with_condition": None,
+    "score_model": None,
+    "energy": None,
     "score": None,
     "repeated": None,
 }
@@ -56,6 +65,9 @@ class ScoreFunction:
     predict: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
     velocity: Callable[[Tensor, Tensor], Tensor] | None = None
     energy_and_score: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]] | None = None
+    labels: Tensor | None = None
+    with_condition: Callable[..., ScoreFunction] | None = None
+    score_model: ScoreFunction | None = None
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
         """s(x, t): the call itself unless a subclass says otherwise."""
@@ -75,9 +87,11 @@ class UserScore(ScoreFunction):
     def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         self.fn = fn
         offered = {name: getattr(fn, name, default) for name, default in OPTIONAL.items()}
-        score, repeated = offered.pop("score"), offered.pop("repeated")
+        score, repeated, energy = offered.pop("score"), offered.pop("repeated"), offered.pop("energy")
+        declared_energy = offered.pop("has_energy")
         for name, value in offered.items():
             setattr(self, name, value)
+        self.has_energy = callable(energy) and bool(True if declared_energy is None else declared_energy)
         self.score = score if score is not None else fn
         if repeated is not None:
             self.repeated = lambda times: as_score_function(repeated(times))
