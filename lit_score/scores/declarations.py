@@ -3,10 +3,11 @@
 A network is any ``nn.Module`` taking ``(x, t[, y])``. lit-score's own networks declare ``num_classes`` (K > 0: it
 takes class labels y, −1 being the null label), ``has_energy`` (it returns −∇ₓẼ of an energy Ẽ it can also give),
 ``two_time`` (it also takes a target time s: a flow map's network), ``zero_init_output`` (its output layer starts at
-zero) and, for a classifier, ``out_dim`` (and, for a guiding classifier, the ``process`` it is noise-conditional on). A module that declares none of them (a user's network, a test's oracle) is
-unconditional and has no energy. The score models (:class:`~lit_score.scores.NetworkScore`,
-:class:`~lit_score.scores.EnergyScore`) and the classifier turn these into their own declared ``num_classes`` /
-``has_energy``; nothing else reads a network's attributes.
+zero) and, for a classifier, ``out_dim`` (a guiding classifier also the ``process`` it is noise-conditional on).
+A module that declares none of them (a user's network, a test's oracle) is unconditional and has no energy. The
+score models (:class:`~lit_score.scores.NetworkScore`, :class:`~lit_score.scores.EnergyScore`), the energy network
+and the classifier turn these into their own declared ``num_classes`` / ``has_energy`` / ``two_time``; nothing else
+reads a network's (or a guiding classifier's) optional attributes.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ its conditioned / guided views, :class:`~lit_score.scores.FlowMapScore`, :class:
 
 | declared | default | meaning |
 |---|---|---|
-| ``learned_variance`` | False | ``predict_with_variance(x, t) -> (x̂₀, ε̂, v)`` gives the reverse variance's interpolation v |
+| ``learned_variance`` | False | ``predict_with_variance(x, t) -> (x̂₀, ε̂, v)`` gives the reverse variance's mix v |
 | ``two_time`` | False | a flow map: ``denoise(x, t, s)`` and ``flow_map(x, t, s)`` jump from t to s |
 | ``has_energy`` | False | ``energy(x, t) -> (B,)`` gives the energy E with s = −∇ₓE |
 | ``predict`` | None | ``(x, t) -> (x̂₀, ε̂)`` from one evaluation (None: samplers use Tweedie from the score) |

@@ -38,7 +38,8 @@ def check_sampler_steps(model, sampler) -> None:
     them and the run take fewer than recorded (DDIM with 100000 steps on a 50-step DDPM runs 50).
 
     Reads what they declare: the model's ``process`` (None for an EBM), the process's ``num_timesteps`` (None for a
-    continuous one), the sampler's ``steps_on_grid``, ``num_steps`` and ``denoise`` (:class:`~lit_score.samplers.Sampler`).
+    continuous one), the sampler's ``steps_on_grid``, ``num_steps`` and ``denoise``
+    (:class:`~lit_score.samplers.Sampler`).
     """
     if not sampler.steps_on_grid or model.process is None or model.process.num_timesteps is None:
         return  # Langevin-type samplers count steps per level or per chain, not grid intervals
