@@ -99,10 +99,10 @@ class SampleGrid(ValidationSampling):
     @rank_zero_only
     def _write(self, trainer: pl.Trainer, pl_module, drawn: Draw, name: str) -> None:
         x = drawn.samples
-        datamodule = trainer.datamodule
-        data_range = getattr(datamodule, "data_range", (-1.0, 1.0))
+        datamodule = trainer.datamodule  # a GenerativeDataModule, or None when fit was given bare loaders
+        data_range = datamodule.data_range if datamodule is not None else (-1.0, 1.0)
         reference = None
-        if x.ndim == 2 and hasattr(datamodule, "reference_samples"):
+        if x.ndim == 2 and datamodule is not None:
             reference = datamodule.reference_samples(x.shape[0], torch.Generator().manual_seed(self.seed))
         stem = self.dirpath / name
         title = f"{type(pl_module).__name__} epoch {trainer.current_epoch}, NFE {drawn.nfe}"

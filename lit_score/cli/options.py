@@ -53,7 +53,7 @@ def apply_condition(model: GenerativeModule, cfg, device: torch.device) -> None:
     classifier = None
     if cfg.classifier_ckpt:
         classifier = load_model(cfg.classifier_ckpt, map_location=device)
-        if not callable(getattr(classifier, "log_prob", None)):  # a capability models/ does not declare yet
+        if not classifier.guides:
             raise InvalidInput(f"{cfg.classifier_ckpt} holds a {type(classifier).__name__}, not a noise-conditional"
                                " classifier: train one with lit-score fit --config configs/classifier/digits.yaml")
         classifier.eval()
@@ -67,7 +67,5 @@ def apply_condition(model: GenerativeModule, cfg, device: torch.device) -> None:
 
 
 def data_range(model: GenerativeModule) -> tuple[float, float]:
-    """The data range the model's samples live in: images in [−1, 1], an EBM's own range, unbounded otherwise."""
-    if hasattr(model, "data_range"):  # a capability models/ does not declare yet
-        return tuple(model.data_range)
-    return (-1.0, 1.0)
+    """The data range the model's samples live in (its declared ``data_range``: an EBM's own, [−1, 1] otherwise)."""
+    return tuple(model.data_range)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.data.base import GenerativeDataModule, TensorData
+from lit_score.scores.function import ScoreFunction
 from lit_score.utils import append_dims
 
 
@@ -132,7 +133,7 @@ class GaussianMixtureDistribution:
         return torch.log(w) + log_component, diff, var
 
 
-class NoisedMixture:
+class NoisedMixture(ScoreFunction):
     """The noised marginals p_t of a Gaussian mixture under a process; a ScoreFn via ``score_fn(x, t)``."""
 
     def __init__(self, distribution: GaussianMixtureDistribution, process: Marginals) -> None:

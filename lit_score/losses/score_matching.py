@@ -28,6 +28,7 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.losses.base import DiffusionLoss
+from lit_score.scores.function import as_score_function
 from lit_score.utils import batch_sum, randn_like
 
 
@@ -36,7 +37,7 @@ def _inputs(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(x, t, λ) at which the score is matched: x₀ (or x_t with ``perturb``) at the fixed time, or x_t at times drawn
     from the process with λ = σ(t)² (``anneal``); x requires grad, λ is None without ``anneal``."""
-    process = getattr(score_model, "process", None)
+    process = as_score_function(score_model).process
     if (perturb or anneal) and process is None:
         raise ValueError("perturb / anneal need a score model with a noise process")
     if anneal:
@@ -55,14 +56,13 @@ def _check_anneal(t: float | None, perturb: bool, anneal: bool) -> None:
 
 
 def _score(score_model, x: Tensor, t: Tensor) -> Tensor:
-    return getattr(score_model, "score", score_model)(x, t)
+    return as_score_function(score_model).score(x, t)
 
 
 def _repeated(score_model, times: int):
     """The score model for its batch repeated ``times`` times (a conditioned NetworkScore view repeats its labels;
     plain score functions carry none)."""
-    repeated = getattr(score_model, "repeated", None)
-    return repeated(times) if repeated is not None else score_model
+    return as_score_function(score_model).repeated(times)
 
 
 class ExactScoreMatching(DiffusionLoss):

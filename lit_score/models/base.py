@@ -55,6 +55,11 @@ class GenerativeModule(Conditioning, Likelihood, pl.LightningModule):
     """
 
     resume_mutable: tuple[str, ...] = ("sampler",)
+    #: (lo, hi) the samples live in: an EBM's own ``data_range`` argument, [−1, 1] (images) for every other family
+    data_range: tuple[float, float] = (-1.0, 1.0)
+    #: whether it guides another model's sampling by ``log_prob(x, t, y)`` = log p_φ(y | x_t, t) (a noise-conditional
+    #: classifier: ``classifier_scale`` of :meth:`set_condition`)
+    guides: bool = False
 
     def __init__(
         self,

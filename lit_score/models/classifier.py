@@ -51,6 +51,9 @@ class NoiseConditionalClassifier(GenerativeModule):
     nearly clean data).
     """
 
+    #: its ``log_prob(x, t, y)`` guides another model's sampling (``--classifier_ckpt``)
+    guides = True
+
     def __init__(
         self,
         network: nn.Module,

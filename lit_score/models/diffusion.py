@@ -17,6 +17,7 @@ from lit_score.models.base import GenerativeModule
 from lit_score.processes import NoiseProcess
 from lit_score.samplers import Sampler
 from lit_score.scores import FlowMapScore, NetworkScore, Target
+from lit_score.scores.declarations import declares_two_time
 
 _LOSS_KEY = "lit_score_loss"
 
@@ -65,7 +66,7 @@ class DiffusionModule(GenerativeModule):
         target = target or self.default_target
         if scale_by_sigma is None:
             scale_by_sigma = self.default_scale_by_sigma and target == "score"
-        two_time = bool(getattr(network, "two_time", False))  # declared by the network, as num_classes is
+        two_time = declares_two_time(network)  # declared by the network, as num_classes is
         score_type = FlowMapScore if two_time else NetworkScore  # a two-time network gives the flow map X_{t→s}
         self.score_model = score_type(network, process, target=target, scale_by_sigma=scale_by_sigma,
                                       sigma_data=sigma_data, learned_variance=learned_variance)

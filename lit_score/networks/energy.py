@@ -27,6 +27,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from lit_score.checks import check_number
 from lit_score.networks.embeddings import LabelEmbedding, label_features
+from lit_score.scores.declarations import declared_classes, declares_zero_init_output
 from lit_score.scores.energy import energy_gradient
 
 
@@ -151,7 +152,7 @@ class NoiseConditionalEnergy(nn.Module):
         super().__init__()
         if head not in ("norm", "sum"):
             raise ValueError(f"unknown energy head {head!r}: use norm or sum")
-        if head == "norm" and getattr(backbone, "zero_init_output", False):  # a declared option of the backbone
+        if head == "norm" and declares_zero_init_output(backbone):
             raise ValueError(f"head='norm' on a {type(backbone).__name__} whose output starts at zero never trains"
                              " (E = 1/2 |F|^2 has zero gradient at F = 0): build it with zero_init_output false")
         self.backbone, self.head = backbone, head
@@ -159,7 +160,7 @@ class NoiseConditionalEnergy(nn.Module):
     @property
     def num_classes(self) -> int:
         """The backbone's number of classes (0: unconditional); labels y pass through to ``backbone(x, c, y)``."""
-        return int(getattr(self.backbone, "num_classes", 0))
+        return declared_classes(self.backbone)
 
     def energy(self, x: Tensor, c: Tensor, y: Tensor | None = None) -> Tensor:
         """Ẽ(x, c) (or Ẽ(x, c, y) with class labels), shape (B,)."""

@@ -36,6 +36,8 @@ class NoiseProcess(nn.Module, ABC):
     default_spacing: Spacing = "uniform"
     #: N of a discrete grid t = n/N the model is trained on (DDPM's chain), None for a continuous process
     num_timesteps: int | None = None
+    #: L of a discrete ladder of noise levels σ₁ > … > σ_L (NCSN's DiscreteVE), None for a continuous process
+    num_levels: int | None = None
     #: the schedule has parameters trained with the model (VDM's LearnedVP: ``shape(t)``, ``gamma_from_shape``)
     learnable_schedule: bool = False
 

@@ -28,6 +28,7 @@ from lit_score.samplers.base import (
     predict_x0_eps,
 )
 from lit_score.samplers.stepping import sample_on_grid
+from lit_score.scores.function import as_score_function
 from lit_score.utils import append_dims, randn_like
 
 
@@ -84,7 +85,7 @@ class Ancestral(Sampler):
 
     def update(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One step t → s: (x_s, posterior mean μ̃, x̂₀)."""
-        learned = bool(getattr(score_fn, "learned_variance", False))
+        learned = as_score_function(score_fn).learned_variance
         variance = self.variance or ("learned" if learned else "beta_tilde")
         if variance == "learned" and not learned:
             raise ValueError("Ancestral(variance='learned') needs a model with a learned variance: use beta_tilde or"

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
+from lit_score.scores.function import ScoreFunction, as_score_function
 from lit_score.utils import append_dims
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -52,26 +53,42 @@ class Draw(NamedTuple):
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-class CountingScore:
-    """Wraps a score function and counts its evaluations (a Python int: no device synchronisation)."""
+class CountingScore(ScoreFunction):
+    """Wraps a score function and counts its evaluations (a Python int: no device synchronisation).
+
+    It declares what the wrapped function declares (read once through
+    :func:`~lit_score.scores.function.as_score_function`); ``predict``, ``velocity``, ``energy_and_score`` and the
+    passed-through ``denoise``, ``eps``, ``energy`` and ``predict_with_variance`` count as evaluations."""
 
     def __init__(self, score_fn: ScoreFn) -> None:
         self.score_fn, self.calls = score_fn, 0
+        declared = as_score_function(score_fn)
+        self.learned_variance, self.two_time = declared.learned_variance, declared.two_time
+        self.has_energy, self.process = declared.has_energy, declared.process
+        self.predict, self.velocity = self._counted(declared.predict), self._counted(declared.velocity)
+        self.energy_and_score = self._counted(declared.energy_and_score)
+        self.score, self.repeated = declared.score, declared.repeated
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
         return self.score_fn(x, t)
 
-    def __getattr__(self, name: str):
-        attr = getattr(self.score_fn, name)
-        if name not in ("predict", "velocity", "denoise", "eps", "energy", "energy_and_score", "predict_with_variance"):
-            return attr
+    def _counted(self, evaluate: Callable | None) -> Callable | None:
+        """``evaluate`` counting one evaluation per call (None stays None: not offered)."""
+        if evaluate is None:
+            return None
 
         def counted(*args, **kwargs):
             self.calls += 1
-            return attr(*args, **kwargs)
+            return evaluate(*args, **kwargs)
 
         return counted
+
+    def __getattr__(self, name: str):
+        if name == "score_fn":
+            raise AttributeError(name)
+        attr = getattr(self.score_fn, name)
+        return self._counted(attr) if name in ("denoise", "eps", "energy", "predict_with_variance") else attr
 
 
 def full_like_t(x: Tensor, t: Tensor | float) -> Tensor:
@@ -83,7 +100,7 @@ def full_like_t(x: Tensor, t: Tensor | float) -> Tensor:
 
 def predict_x0_eps(score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """(x̂₀, ε̂) at (x, t): from ``score_fn.predict`` when offered, else Tweedie from the score."""
-    predict = getattr(score_fn, "predict", None)
+    predict = as_score_function(score_fn).predict
     if predict is not None:
         return predict(x, t)
     alpha, sigma = append_dims(process.alpha(t), x), append_dims(process.sigma(t), x)
@@ -93,7 +110,7 @@ def predict_x0_eps(score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tenso
 
 def probability_flow_velocity(score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor) -> Tensor:
     """dx/dt of the probability-flow ODE: ``score_fn.velocity`` when offered, else f·x − ½g²·s."""
-    velocity = getattr(score_fn, "velocity", None)
+    velocity = as_score_function(score_fn).velocity
     if velocity is not None:
         return velocity(x, t)
     return process.reverse_drift(x, t, score_fn(x, t), probability_flow=True)
@@ -139,6 +156,10 @@ class Sampler(ABC):
     steps_on_grid: bool = False
     #: the clamp [−c, c] of the final x̂₀ (DDPM's ``clip_denoised``; set by the samplers that take one)
     clip_denoised: float | None = None
+    #: network-evaluating steps of a run and whether the last is the final Tweedie step (set by ``__init__``; a
+    #: sampler that counts steps otherwise, per level or per chain, keeps its own settings beside these)
+    num_steps: int | None = None
+    denoise: bool = False
 
     def __init__(self, num_steps: int = 100, spacing: Spacing | None = None, denoise: bool = True) -> None:
         check_number("num_steps", num_steps, ge=1, integer=True)

@@ -33,6 +33,7 @@ from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn
 from lit_score.samplers.stepping import sample_on_grid
 from lit_score.scores.flow_map import flow_map_jump
+from lit_score.scores.function import as_score_function
 from lit_score.utils import append_dims, randn_like
 
 
@@ -59,7 +60,7 @@ def renoise(process: NoiseProcess, x: Tensor, s_jump: Tensor, s: Tensor, generat
 
 def require_two_time(score_fn: ScoreFn, sampler: object) -> None:
     """Refuse, in one line, a model that does not declare ``two_time`` (a one-time score model or a plain score)."""
-    if not getattr(score_fn, "two_time", False):
+    if not as_score_function(score_fn).two_time:
         raise ValueError(f"{type(sampler).__name__} needs a two-time model (a FlowMapScore: denoise(x, t, s) and"
                          " flow_map(x, t, s)); this model takes one time: sample it with an ODE or SDE sampler, or"
                          " distil a two-time student from it")

@@ -142,7 +142,7 @@ class AnnealedLangevin(Sampler):
 
     def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
         """The L levels t₁ … t_L (σ decreasing): the process's own ladder, else ``num_levels`` grid points."""
-        levels = getattr(process, "num_levels", None) or self.num_levels
+        levels = process.num_levels or self.num_levels
         if levels is None:
             raise ValueError(
                 f"{type(process).__name__} has no num_levels: give AnnealedLangevin(num_levels=...) for a"

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from lit_score.samplers.base import ScoreFn
+from lit_score.scores.function import as_score_function
 from lit_score.utils import append_dims, batch_sum, rand, randn_like
 
 EnergyAndScore = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -18,7 +19,7 @@ EnergyAndScore = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 def energy_and_score(score_fn: ScoreFn, x: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
     """(E(x, t), s(x, t)): from ``score_fn.energy_and_score`` when offered (one backward pass), else two calls."""
-    both = getattr(score_fn, "energy_and_score", None)
+    both = as_score_function(score_fn).energy_and_score
     if both is not None:
         return both(x, t)
     return score_fn.energy(x, t), score_fn(x, t)

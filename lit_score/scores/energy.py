@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from lit_score.checks import check_number
 from lit_score.scores.condition import batch_labels, cfg_combine, conditioned_view
-from lit_score.scores.declarations import declared_classes
+from lit_score.scores.declarations import declared_classes, declared_process
+from lit_score.scores.function import ScoreFunction, as_score_function
 
 
 def energy_gradient(energy_fn, x: Tensor, t: Tensor | None = None, create_graph: bool = False) -> tuple[Tensor, Tensor]:
@@ -50,7 +51,7 @@ def _twice(t: Tensor | None) -> Tensor | None:
     return t if t is None or t.ndim == 0 else torch.cat([t, t])
 
 
-class EnergyScore(nn.Module):
+class EnergyScore(nn.Module, ScoreFunction):
     """Score of p ∝ exp(−E): s(x) = −∇ₓE(x). ``create_graph`` only when a loss backpropagates through s.
 
     A view made by :meth:`with_condition` also holds ``labels``, ``guidance_scale`` and a ``classifier``.
@@ -64,6 +65,8 @@ class EnergyScore(nn.Module):
     classifier = None
     classifier_scale: float = 0.0
     has_energy = True
+    #: an energy of the data, not of a noise process
+    process = None
 
     def __init__(self, energy_net: nn.Module, create_graph: bool = False) -> None:
         super().__init__()
@@ -108,7 +111,7 @@ class EnergyScore(nn.Module):
     def _classifier_time(self, t: Tensor | None) -> Tensor | float | None:
         """The time the classifier is asked at: the energy's t; for an EBM (t = None) a noise-conditional classifier's
         t_min (its cleanest level; one with a ``process``), else None."""
-        process = getattr(self.classifier, "process", None)
+        process = declared_process(self.classifier)
         return process.t_min if t is None and process is not None else t
 
     def energy_and_score(self, x: Tensor, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -128,15 +131,15 @@ def as_energy(source):
     """The energy object of ``source``: a model with an energy (its ``score_model``: an EBM, or a diffusion model
     with a NoiseConditionalEnergy network), or anything with ``energy(x, t)`` (an EnergyScore, a NetworkScore with
     ``has_energy``, a ComposedEnergy); refused in one line otherwise."""
-    inner = getattr(source, "score_model", None)
-    energy = inner if inner is not None else source
-    if not callable(getattr(energy, "energy", None)) or not getattr(energy, "has_energy", True):
+    declared = as_score_function(source)
+    energy = as_score_function(declared.score_model) if declared.score_model is not None else declared
+    if not energy.has_energy:
         raise ValueError(f"{type(source).__name__} has no energy E(x) to compose: use an EBM, an EnergyScore, or a"
                          " diffusion model with a NoiseConditionalEnergy network")
     return energy
 
 
-class ComposedEnergy:
+class ComposedEnergy(ScoreFunction):
     r"""E(x, t) = Σᵢ wᵢ·Eᵢ(x, t[, yᵢ]): a weighted sum of energies (product of experts; Du, Li & Mordatch 2020).
 
     p(x) ∝ ∏ᵢ pᵢ(x)^{wᵢ}: positive weights are a conjunction (every expert must agree), a negative weight a negation.
@@ -152,6 +155,8 @@ class ComposedEnergy:
     """
 
     has_energy = True
+    #: t is passed to every term; the composition itself is of no one noise process
+    process = None
 
     def __init__(self, terms: Sequence[tuple], create_graph: bool = False) -> None:
         if not terms:
@@ -164,9 +169,9 @@ class ComposedEnergy:
             check_number("weight", weight)
             energy = as_energy(source)
             if label is not None:
-                if not callable(getattr(energy, "with_condition", None)):
+                if energy.with_condition is None:
                     raise ValueError(f"a label needs a conditional energy; {type(energy).__name__} takes none")
-                energy = energy.with_condition(torch.as_tensor(label))
+                energy = as_score_function(energy.with_condition(torch.as_tensor(label)))
             self.energies.append(energy)
             self.weights.append(float(weight))
         self.create_graph = create_graph
@@ -200,7 +205,7 @@ class ComposedEnergy:
 
     def __repr__(self) -> str:
         def name(energy) -> str:
-            labels = getattr(energy, "labels", None)
+            labels = energy.labels
             return type(energy).__name__ + ("" if labels is None else f"[y={labels.tolist()}]")
 
         parts = ", ".join(f"{w:g}·{name(e)}" for e, w in zip(self.energies, self.weights))

@@ -42,6 +42,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lit_score.processes import NoiseProcess
+from lit_score.scores.declarations import declares_two_time
 from lit_score.scores.network import NetworkScore
 from lit_score.utils import append_dims
 
@@ -67,7 +68,7 @@ class FlowMapScore(NetworkScore):
     two_time: bool = True
 
     def __init__(self, network: nn.Module, process: NoiseProcess, **kwargs) -> None:
-        if not getattr(network, "two_time", False):
+        if not declares_two_time(network):
             raise ValueError(f"{type(network).__name__} takes one time: a FlowMapScore needs a two-time network"
                              " (build it with two_time=True; load_one_time_weights starts it from a one-time one)")
         super().__init__(network, process, **kwargs)

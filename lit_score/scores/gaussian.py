@@ -33,10 +33,11 @@ import torch
 from torch import Tensor
 
 from lit_score.processes import NoiseProcess
+from lit_score.scores.function import ScoreFunction
 from lit_score.utils import append_dims
 
 
-class GaussianFlowMap:
+class GaussianFlowMap(ScoreFunction):
     """The exact score, denoiser, velocity and flow map of N(μ, diag(s²)) data under ``process`` (module docstring).
 
     Args:

@@ -41,13 +41,14 @@ from lit_score.processes import NoiseProcess
 from lit_score.scores.condition import batch_labels, cfg_combine, conditioned_view
 from lit_score.scores.declarations import declared_classes, declares_energy
 from lit_score.scores.energy import energy_gradient
+from lit_score.scores.function import ScoreFunction
 from lit_score.scores.parameterisation import TARGETS, Parameterisation, Target
 from lit_score.utils import append_dims
 
 __all__ = ["TARGETS", "NetworkScore", "Target"]
 
 
-class NetworkScore(Parameterisation, nn.Module):
+class NetworkScore(Parameterisation, nn.Module, ScoreFunction):
     """Turns ``network(x, c_noise(t))`` into score(x, t), denoise(x, t) (x̂₀), eps(x, t) and velocity(x, t).
 
     Args:

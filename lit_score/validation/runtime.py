@@ -35,15 +35,18 @@ def resolve_device(accelerator: str, option: str = "--accelerator"):
 
 def check_sampler_steps(model, sampler) -> None:
     """A grid sampler (``steps_on_grid``) must not ask for more steps than a discrete model has: the process would merge
-    them and the run take fewer than recorded (DDIM with 100000 steps on a 50-step DDPM runs 50)."""
-    process = getattr(model, "process", None)
-    wanted = getattr(sampler, "num_steps", None)
-    available = getattr(process, "num_timesteps", None)
-    if process is None or available is None or not isinstance(wanted, int) or not sampler.steps_on_grid:
+    them and the run take fewer than recorded (DDIM with 100000 steps on a 50-step DDPM runs 50).
+
+    Reads what they declare: the model's ``process`` (None for an EBM), the process's ``num_timesteps`` (None for a
+    continuous one), the sampler's ``steps_on_grid``, ``num_steps`` and ``denoise``
+    (:class:`~lit_score.samplers.Sampler`).
+    """
+    if not sampler.steps_on_grid or model.process is None or model.process.num_timesteps is None:
         return  # Langevin-type samplers count steps per level or per chain, not grid intervals
-    intervals = wanted - int(bool(getattr(sampler, "denoise", False)))
+    wanted, available, final = sampler.num_steps, model.process.num_timesteps, int(bool(sampler.denoise))
+    intervals = wanted - final
     if intervals > available:
-        most = available + int(bool(getattr(sampler, "denoise", False)))
+        most = available + final
         raise InvalidInput(f"{type(sampler).__name__} asks for num_steps {wanted} but {type(model).__name__} was"
                            f" trained on {available} discrete timesteps, so it would run at most {available}: pass"
                            f" --sampler.init_args.num_steps {most} or fewer")

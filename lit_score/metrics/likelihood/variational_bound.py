@@ -14,6 +14,7 @@ from lit_score.losses.vlb import normal_kl, vlb_step_bpd, wide
 from lit_score.metrics.likelihood.estimate import LikelihoodEstimate
 from lit_score.processes import DiscreteVP
 from lit_score.samplers.base import ScoreFn, predict_x0_eps
+from lit_score.scores.function import as_score_function
 from lit_score.utils import batch_sum, randn_like
 
 
@@ -55,7 +56,7 @@ def ddpm_vlb(
     """
     if variance not in ("beta_tilde", "beta", "learned"):
         raise ValueError(f"unknown variance {variance!r}: use beta_tilde, beta or learned")
-    if variance == "learned" and not getattr(score_model, "learned_variance", False):
+    if variance == "learned" and not as_score_function(score_model).learned_variance:
         raise ValueError("ddpm_vlb(variance='learned') needs a model with a learned variance: use beta_tilde or beta")
     num_steps = process.num_timesteps
     if num_steps is None or num_steps < 2:
