@@ -201,7 +201,32 @@ def test_network_flow_map_sampler_counts_one_evaluation_per_jump():
                                                      callback=steps.append, progress=False)
         assert counted.calls == k == len(steps) and out.shape == x.shape and torch.isfinite(out).all()
     sampler = FlowMapSampler(3, gamma=0.5)
-    assert sampler.with_settings(num_jumps=2).settings() == {"num_jumps": 2, "spacing": None, "gamma": 0.5}
+    assert sampler.with_settings(num_jumps=2).settings() == {"num_jumps": 2, "spacing": None, "gamma": 0.5,
+                                                             "times": None}
+
+
+@pytest.mark.parametrize("name", ["edm", "discrete-vp"])
+def test_jumps_land_on_given_times(name):
+    """``times`` replaces the spacing's grid between t_max and t_min (snapped onto a discrete chain's steps); the exact
+    map's jumps over them still equal one jump, and ill-formed times are refused in one line each."""
+    process = PROCESSES[name]()
+    gauss = GaussianFlowMap(process, MEAN, STD)
+    x = gauss.sample(8, process.t_max, torch.Generator().manual_seed(9))
+    middle = [process.t_min + f * (process.t_max - process.t_min) for f in (0.6, 0.1)]
+    sampler = FlowMapSampler(3, times=middle)
+    grid = sampler.grid(process, x.device)
+    assert grid[0] == process.t_max and grid[-1] == process.t_min and len(grid) == 4
+    assert torch.allclose(grid[1:3], process.discretize(torch.tensor(middle, dtype=torch.float64)))
+    steps = []
+    out = sampler(gauss, x, process, callback=steps.append)
+    assert torch.allclose(out, FlowMapSampler(1)(gauss, x, process), atol=1e-10)
+    assert [float(step["t"][0]) for step in steps] == grid[:-1].tolist()
+    with pytest.raises(ValueError, match="num_jumps 3"):
+        FlowMapSampler(2, times=middle)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        FlowMapSampler(3, times=middle[::-1])
+    with pytest.raises(ValueError, match="strictly between"):
+        FlowMapSampler(2, times=[process.t_max * 2]).grid(process, x.device)
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.5])

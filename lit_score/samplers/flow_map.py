@@ -73,16 +73,38 @@ class FlowMapSampler(Sampler):
         num_jumps: k, the number of jumps (= network evaluations) from t_max to t_min.
         spacing: the grid's time spacing (default: the process's own).
         gamma: γ ∈ [0, 1]: 0 deterministic jumps, 1 consistency models' multistep sampler, between: CTM's γ-sampling.
+        times: the k − 1 times between t_max and t_min where jumps land (decreasing, in the process's time units),
+            instead of the spacing's grid. A model distilled on a discrete grid (consistency distillation's N Karras
+            times) is accurate at those times only, so its multistep sampler should re-noise to grid times, as
+            consistency models' sampler takes its ``ts`` from the training grid.
     """
 
     #: the capability it asks of the model: ``two_time`` (``denoise(x, t, s)``), refused in one line otherwise
     requires_two_time: bool = True
 
-    def __init__(self, num_jumps: int = 1, spacing: Spacing | None = None, gamma: float = 0.0) -> None:
+    def __init__(self, num_jumps: int = 1, spacing: Spacing | None = None, gamma: float = 0.0,
+                 times: list[float] | None = None) -> None:
         check_number("num_jumps", num_jumps, ge=1, integer=True)
         check_number("gamma", gamma, ge=0.0, le=1.0)
+        if times is not None:
+            times = [float(t) for t in times]
+            if len(times) != num_jumps - 1:
+                raise ValueError(f"times gives the {num_jumps - 1} time(s) between t_max and t_min of {num_jumps} jumps;"
+                                 f" got {len(times)}: pass num_jumps {len(times) + 1} or {num_jumps - 1} time(s)")
+            if any(not math.isfinite(t) for t in times) or any(a <= b for a, b in zip(times, times[1:])):
+                raise ValueError(f"times must be finite and strictly decreasing (t_max → t_min), got {times}")
         super().__init__(num_jumps, spacing, denoise=False)
-        self.num_jumps, self.gamma = num_jumps, float(gamma)
+        self.num_jumps, self.gamma, self.times = num_jumps, float(gamma), times
+
+    def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
+        """t_max, the given ``times`` (or the spacing's grid), t_min."""
+        if self.times is None:
+            return super().grid(process, device)
+        if self.times and not process.t_min < min(self.times) <= max(self.times) < process.t_max:
+            raise ValueError(f"times {self.times} must lie strictly between t_min {process.t_min:g} and t_max"
+                             f" {process.t_max:g} of the model's process")
+        times = torch.tensor([process.t_max, *self.times, process.t_min], dtype=torch.float64, device=process.device)
+        return process.discretize(times).to(device)
 
     def advance(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One jump t → s′ and its re-noising to s: (x_s, {``x_mean``: x_s without fresh noise, ``denoised``: D̂})."""
