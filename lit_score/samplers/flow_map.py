@@ -89,8 +89,9 @@ class FlowMapSampler(Sampler):
         if times is not None:
             times = [float(t) for t in times]
             if len(times) != num_jumps - 1:
-                raise ValueError(f"times gives the {num_jumps - 1} time(s) between t_max and t_min of {num_jumps} jumps;"
-                                 f" got {len(times)}: pass num_jumps {len(times) + 1} or {num_jumps - 1} time(s)")
+                raise ValueError(f"times gives the {num_jumps - 1} time(s) between t_max and t_min of {num_jumps}"
+                                 f" jumps; got {len(times)}: pass num_jumps {len(times) + 1} or {num_jumps - 1}"
+                                 " time(s)")
             if any(not math.isfinite(t) for t in times) or any(a <= b for a, b in zip(times, times[1:])):
                 raise ValueError(f"times must be finite and strictly decreasing (t_max → t_min), got {times}")
         super().__init__(num_jumps, spacing, denoise=False)
