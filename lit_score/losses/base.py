@@ -34,9 +34,10 @@ class DiffusionLoss:
     def __call__(self, score_model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
-    def fit_started(self, score_model, step: int) -> None:
-        """Called by the family at the start of fit (``step``: the trainer's global step, > 0 on resume); an objective
-        that builds its own state from the model (a distillation's target network) does it here."""
+    def fit_started(self, score_model, resumed: bool) -> None:
+        """Called by the family at the start of fit, after a resumed run's weights are restored (``resumed``: the fit
+        continues a checkpoint; the trainer's global step is not restored yet at this point, so it cannot tell); an
+        objective that builds its own state from the model (a distillation's target network) does it here."""
 
     def before_step(self, score_model, step: int) -> None:
         """Called by the family before each training batch with the global step (the optimizer steps taken): an

@@ -172,17 +172,18 @@ class ConsistencyDistillation(DiffusionLoss):
                 self.target_step, self._pending = int(self._pending["target_step"]), None
         return self.target
 
-    def fit_started(self, score_model, step: int) -> None:
-        """At the start of fit: on a fresh run (step 0) start the student from the teacher's weights
-        (``init_from_teacher``), then make θ⁻ (a copy of the student, or the checkpoint's)."""
-        if step == 0 and self._pending is None and self.init_from_teacher:
+    def fit_started(self, score_model, resumed: bool) -> None:
+        """At the start of fit: on a fresh run start the student from the teacher's weights (``init_from_teacher``;
+        never on a resumed one, whose restored student it would overwrite — with μ = 0 there is no saved θ⁻ to tell),
+        then make θ⁻ (a copy of the student, or the checkpoint's)."""
+        if not resumed and self._pending is None and self.init_from_teacher:
             load_one_time_weights(score_model.network, self.teacher.one_time_weights())
             self.target = None  # θ⁻ starts from the initialised student
         if self.ema_rate > 0:
             fresh = self.target is None and self._pending is None
             self.target_for(score_model)
-            if fresh:
-                self.target_step = step
+            if fresh:  # a new θ⁻ follows from here: the next optimizer step updates it once
+                self.target_step = 0
 
     @torch.no_grad()
     def before_step(self, score_model, step: int) -> None:

@@ -140,7 +140,7 @@ class DiffusionModule(GenerativeModule):
         self.check_network(self.network, torch.zeros(2, device=self.device), channels_factor=channels)
 
     def on_fit_start(self) -> None:
-        self.loss.fit_started(self.score_model, self.trainer.global_step)
+        self.loss.fit_started(self.score_model, resumed=self.trainer.ckpt_path is not None)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self.loss.before_step(self.score_model, self.trainer.global_step)
