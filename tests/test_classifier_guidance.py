@@ -256,3 +256,18 @@ def test_toy_classifier_fits_loads_and_guides_a_model(tmp_path, capsys):
     error = fails(["fit", "--config", config, *logs(tmp_path / "plain"), "--data.init_args.labels", "false",
                    "--trainer.max_steps", 1], capsys)
     assert "set data.init_args.labels true" in error
+
+
+def test_a_classifier_refuses_to_draw_and_to_take_a_likelihood_callback():
+    """The generation path calls ``draw``: a classifier refuses it in one line, as it refuses ``sample``; the
+    likelihood callback refuses it at setup (it has a process but no likelihood), not at the first validation."""
+    from lit_score.callbacks import LikelihoodCallback
+    from lit_score.generation import seed_batch_draw
+
+    model = NoiseConditionalClassifier(MLP(2, out_dim=3), VP(), num_classes=3, sample_shape=(2,))
+    for call in (lambda: model.draw(4), lambda: seed_batch_draw(model, {"seed": 0, "start": 0,
+                                                                        "index": torch.arange(4)})):
+        with pytest.raises(ValueError, match="draws no samples"):
+            call()
+    with pytest.raises(ValueError, match="needs a model with a noise process and a likelihood"):
+        LikelihoodCallback().setup(None, model, "fit")

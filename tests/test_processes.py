@@ -186,3 +186,18 @@ def test_buffers_move_with_the_module():
     assert {name for name, _ in p.named_buffers()} >= {"betas", "log_alpha_table"}
     p = p.to(torch.float64)
     assert p.prior_sample((3, 2)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("make", [lambda: VE(0.01, 50.0), lambda: DiscreteVE(0.01, 50.0, 10), lambda: EDM(0.002, 80.0)])
+def test_with_sigma_max_keeps_the_class_and_the_other_settings(make):
+    """NCSN's sigma_max_from_data rebuilds the process with σ_max replaced: the same class, σ_min and (EDM) training
+    σ distribution kept; a process without σ_max refuses in one line."""
+    process = make()
+    other = process.with_sigma_max(7.0)
+    assert type(other) is type(process) and other.sigma(torch.tensor([other.t_max])).item() == pytest.approx(7.0)
+    if isinstance(process, EDM):  # t = σ
+        assert other.t_min == process.t_min and (other.p_mean, other.p_std) == (process.p_mean, process.p_std)
+    else:
+        assert other.sigma_min == process.sigma_min and (other.t_min, other.t_max) == (process.t_min, process.t_max)
+    with pytest.raises(ValueError, match="sigma_max_from_data needs a VE"):
+        VP().with_sigma_max(7.0)

@@ -76,8 +76,9 @@ class LikelihoodCallback(pl.Callback):
         self.validation_runs = state_dict.get("validation_runs", 0)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if pl_module.process is None:  # GenerativeModule.process: None for families without one
-            raise ValueError(f"LikelihoodCallback needs a model with a noise process, not {type(pl_module).__name__}")
+        if pl_module.process is None or not pl_module.likelihood_methods():  # a noise process and a PF-ODE to solve
+            raise ValueError(f"LikelihoodCallback needs a model with a noise process and a likelihood, not"
+                             f" {type(pl_module).__name__}")
 
     def _per_rank(self, trainer: pl.Trainer) -> int:
         return math.ceil(self.num_samples / trainer.world_size)

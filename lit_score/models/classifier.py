@@ -215,5 +215,8 @@ class NoiseConditionalClassifier(GenerativeModule):
     def sample(self, n: int, *args, **kwargs) -> Tensor:
         raise ValueError(self._no_samples())
 
+    def draw(self, n: int, *args, **kwargs):
+        raise ValueError(self._no_samples())
+
     def predict_step(self, batch, batch_idx: int) -> Tensor:
         raise ValueError(self._no_samples())

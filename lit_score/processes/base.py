@@ -107,7 +107,7 @@ class NoiseProcess(nn.Module, ABC):
     def with_sigma_max(self, sigma_max: float) -> NoiseProcess:
         """A new process of the same class and settings with σ_max replaced (NCSN's σ₁ from the data); only a
         variance-exploding process has one."""
-        raise ValueError(f"{type(self).__name__} has no sigma_max: sigma_max_from_data needs a VE process")
+        raise ValueError(f"{type(self).__name__} has no sigma_max: sigma_max_from_data needs a VE (or EDM) process")
 
     # --- marginals, prior -------------------------------------------------------------------------
     def perturb(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:

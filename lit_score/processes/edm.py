@@ -22,6 +22,10 @@ class EDM(NoiseProcess):
         super().__init__(sigma_min, sigma_max)
         self.p_mean, self.p_std = p_mean, p_std
 
+    def with_sigma_max(self, sigma_max: float) -> EDM:
+        """This EDM process with σ_max replaced (its σ_min and training σ distribution kept)."""
+        return EDM(self.t_min, sigma_max, self.p_mean, self.p_std).to(self.device)  # t = σ
+
     def alpha(self, t: Tensor) -> Tensor:
         return torch.ones_like(t)
 

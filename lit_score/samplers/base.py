@@ -68,6 +68,8 @@ class CountingScore(ScoreFunction):
         self.predict, self.velocity = self._counted(declared.predict), self._counted(declared.velocity)
         self.energy_and_score = self._counted(declared.energy_and_score)
         self.score, self.repeated = declared.score, declared.repeated
+        self.labels, self.with_condition = declared.labels, declared.with_condition
+        self.score_model = declared.score_model
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
