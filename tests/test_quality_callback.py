@@ -169,3 +169,15 @@ def test_metrics_must_fit_the_data():
     digits = SimpleNamespace(datamodule=Digits(image_size=16))
     with pytest.raises(ValueError, match="'mmd' is not for this data"):
         SampleQuality(metrics=["mmd"]).setup(digits, None, "fit")
+
+
+def test_a_data_module_of_another_library_is_refused_in_one_line_or_treated_as_bare_loaders():
+    """Only a lit-score data module declares reference data, labels and ranges: another library's
+    ``LightningDataModule`` gets the one-line refusal (SampleQuality, NCSN's sigma_max_from_data) or the bare-loader
+    fallback (class checks), never an AttributeError."""
+    from lit_score.data.base import lit_datamodule
+
+    foreign = SimpleNamespace(datamodule=pl.LightningDataModule())
+    assert lit_datamodule(foreign) is None and lit_datamodule(None) is None
+    with pytest.raises(ValueError, match="needs a lit_score datamodule"):
+        SampleQuality(num_samples=10).setup(foreign, None, "fit")

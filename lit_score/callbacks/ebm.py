@@ -12,6 +12,7 @@ from torch import Tensor
 from lit_score.atomic import save_figure
 from lit_score.callbacks.samples import ValidationSampling, generate_across_ranks
 from lit_score.checks import check_number
+from lit_score.data.base import lit_datamodule
 from lit_score.generation import SeedBatches
 from lit_score.metrics.mcmc import effective_sample_size, split_rhat
 from lit_score.visualize import save_samples
@@ -87,7 +88,7 @@ class EnergyHistogram(ValidationSampling):
     @rank_zero_only
     def _write(self, trainer: pl.Trainer, pl_module, fresh: Tensor, batch) -> None:
         n, generator = self.num_samples, torch.Generator(pl_module.device).manual_seed(self.seed)
-        datamodule = trainer.datamodule
+        datamodule = lit_datamodule(trainer)
         if datamodule is not None:  # a lit_score datamodule declares reference_samples
             real = datamodule.reference_samples(n, torch.Generator().manual_seed(self.seed)).to(pl_module.device)
         else:

@@ -26,6 +26,7 @@ from torch.utils.data import Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from lit_score.callbacks.image_metrics import FeatureLayer, OrderedKID
+from lit_score.data.base import lit_datamodule
 from lit_score.generation import SeedBatches, draw_across_ranks, generate_local
 from lit_score.metrics.distances import DISTANCES, distance_floors, distance_report
 from lit_score.metrics.fidelity import FeatureExtractorSpec, dataset_to_uint8, resolve_feature_extractor, to_uint8
@@ -136,7 +137,7 @@ class SampleQuality(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage not in ("fit", "validate"):  # test / predict never call the validation hooks
             return
-        datamodule = trainer.datamodule
+        datamodule = lit_datamodule(trainer)
         if datamodule is None:  # a lit_score datamodule declares reference_draw, is_image, default_feature_extractor
             raise ValueError("SampleQuality needs a lit_score datamodule (trainer.fit(model, datamodule=...)) for the"
                              " reference data")

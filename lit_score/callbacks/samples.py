@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_score.checks import check_number
+from lit_score.data.base import lit_datamodule
 from lit_score.generation import SeedBatches, draw_across_ranks, generate_across_ranks  # noqa: F401 (re-exported)
 from lit_score.samplers import Draw, Sampler
 from lit_score.visualize import save_samples
@@ -99,7 +100,7 @@ class SampleGrid(ValidationSampling):
     @rank_zero_only
     def _write(self, trainer: pl.Trainer, pl_module, drawn: Draw, name: str) -> None:
         x = drawn.samples
-        datamodule = trainer.datamodule  # a GenerativeDataModule, or None when fit was given bare loaders
+        datamodule = lit_datamodule(trainer)  # None when fit was given bare loaders or another kind of data module
         data_range = datamodule.data_range if datamodule is not None else (-1.0, 1.0)
         reference = None
         if x.ndim == 2 and datamodule is not None:

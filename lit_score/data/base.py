@@ -240,3 +240,12 @@ class GenerativeDataModule(pl.LightningDataModule):
         self._ensure_setup()
         index = draw_indices(len(self.reference_dataset), n, generator)
         return torch.stack([self.reference_dataset[i] for i in index.tolist()])
+
+
+def lit_datamodule(trainer) -> GenerativeDataModule | None:
+    """The trainer's data module when it is a lit-score one (it declares ``reference_samples``, ``data_range``,
+    ``labels``, ``is_image``, …); None for bare loaders or another library's ``LightningDataModule``, which declare
+    none of them (callers then fall back or refuse in one line, as without a data module)."""
+    datamodule = trainer.datamodule if trainer is not None else None
+    return datamodule if isinstance(datamodule, GenerativeDataModule) else None
+

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from lit_score.checks import check_number
+from lit_score.data.base import lit_datamodule
 
 
 class Conditioning:
@@ -111,7 +112,7 @@ class Conditioning:
     def check_data_classes(self) -> None:
         """At ``setup``, on every rank alike (no per-batch host sync, no rank deciding alone): a class-conditional
         model needs labelled data of at most its number of classes."""
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        datamodule = lit_datamodule(self._trainer)
         if not self.num_classes or datamodule is None:  # bare loaders: nothing declared to check
             return
         if not datamodule.labels:

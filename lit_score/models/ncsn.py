@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
+from lit_score.data.base import lit_datamodule
 from lit_score.losses import DenoisingLoss, DiffusionLoss
 from lit_score.models.diffusion import DiffusionModule
 from lit_score.processes import DiscreteVE, NoiseProcess
@@ -97,7 +98,7 @@ class NCSN(DiffusionModule):
         super().setup(stage)
         if stage != "fit" or not self.sigma_max_from_data:
             return
-        datamodule = self.trainer.datamodule
+        datamodule = lit_datamodule(self.trainer)
         if datamodule is None:  # a lit_score datamodule declares reference_samples
             raise ValueError("sigma_max_from_data needs a lit_score datamodule (with reference_samples) passed to fit")
         data = datamodule.reference_samples(self.sigma_max_samples, torch.Generator().manual_seed(0))
