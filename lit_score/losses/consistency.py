@@ -25,7 +25,10 @@ Distances d(a, b) per sample:
   be another loss: robust per coordinate instead of per sample.
 - LPIPS, the paper's best distance on images, needs downloaded VGG weights and is not offered.
 
-Defaults are consistency models' CIFAR-10 CD settings: N = 18, μ = 0.95, Heun, ρ = 7 (their LPIPS replaced by l2).
+Defaults: N = 18, Heun, ρ = 7 as consistency models' CIFAR-10 CD, and μ = 0.95, their ImageNet 64 / LSUN CD
+setting. On CIFAR-10 their code trains CD with μ = 0 (stop-gradient θ⁻ = θ: openai/consistency_models_cifar10,
+``jcm/train.py``, where the ``consistency`` loss has no target EMA), RAdam at lr 4e-4, batch 512, 800k steps and
+LPIPS; ``configs/distill/cd_cifar10.yaml`` states those settings with l2 in place of LPIPS.
 
 **Where θ⁻ lives.** A frozen deep copy of the student's score model, held by this loss, created at the start of
 fit (after the student may have been started from the teacher's weights: ``init_from_teacher``) and saved as the
@@ -89,7 +92,7 @@ class ConsistencyDistillation(DiffusionLoss):
         teacher: the :class:`~lit_score.losses.teacher.Teacher` (in YAML a
             :class:`lit_score.distillation.CheckpointTeacher`); it must share the student's process.
         num_scales: N, the points of the Karras grid (consistency models: 18 on CIFAR-10, 40 on ImageNet 64).
-        ema_rate: μ of the target network θ⁻ (0: θ itself, gradient stopped; consistency models' CD: 0.95).
+        ema_rate: μ of the target network θ⁻ (0: θ itself, gradient stopped, consistency models' CIFAR-10 CD; 0.95 their ImageNet 64 CD).
         distance: ``l2`` or ``pseudo_huber`` (per sample).
         huber_c: c of ``pseudo_huber`` (default 0.00054·√d).
         rho: ρ of the Karras grid.
