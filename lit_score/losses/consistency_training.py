@@ -30,8 +30,9 @@ distillation target of an exact-score Euler teacher up to O(Δσ̃²) (Song et a
 loss is not zero and its gradient is O(Δσ̃) (tests/test_consistency_training.py measures it on Gaussian data).
 
 **Dropout.** The target pass runs the student's network in its own mode under ``torch.no_grad`` with the random
-state the student's pass started from (:func:`student_and_target`), so dropout draws the same mask in both passes
-(the consistency-models and ECT reference codes restore the RNG state before the target pass the same way).
+state the student's pass started from (:func:`student_and_target`: the CPU and, on CUDA, the device's generator
+state, restored inside ``torch.random.fork_rng``), so dropout draws the same mask in both passes. Consistency models'
+code restores the CPU state (``th.get_rng_state``) before its target pass, ECT's the CUDA state; here both.
 
 **The curriculum is an object in the checkpoint.** :class:`ICTCurriculum` is a pure function of the step; the loss
 hands it the global step in :meth:`before_step` and saves its settings and the step it last saw; a resume with other
