@@ -25,8 +25,9 @@ index distribution are in σ̃ units on every process (on EDM σ̃ = σ = t, iCT
 the default) or ``l2``.
 
 **The target is unbiased to first order only.** x_{t_n} and x_{t_{n+1}} share x₀ and ε but are not on one ODE path;
-E[x_{t_{n+1}} | x_{t_n}] is the Euler step of the probability-flow ODE (Tweedie), so the target is the consistency
-distillation target of an exact-score Euler teacher up to O(Δσ̃²) (Song et al. 2023, Theorem 2). At the exact map the
+E[x_{t_{n+1}} | x_{t_n}] = α_{n+1}·D + σ_{n+1}·ε̂ (Tweedie) is the DDIM step of the probability-flow ODE (Euler in σ
+on EDM), so the target is the consistency distillation target of an exact-score DDIM teacher up to O(Δσ̃²) (Song et
+al. 2023, Theorem 2). At the exact map the
 loss is not zero and its gradient is O(Δσ̃) (tests/test_consistency_training.py measures it on Gaussian data).
 
 **Dropout.** The target pass runs the student's network in its own mode under ``torch.no_grad`` with the random
