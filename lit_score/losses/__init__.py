@@ -2,6 +2,8 @@
 
 from lit_score.losses.base import DiffusionLoss
 from lit_score.losses.consistency import ConsistencyDistillation
+from lit_score.losses.consistency_training import ConsistencyTraining, ICTCurriculum
+from lit_score.losses.consistency_tuning import ECTSchedule, EasyConsistencyTuning
 from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.losses.denoising import DenoisingLoss
 from lit_score.losses.flow import FlowMatchingLoss, ot_permutation
@@ -13,6 +15,10 @@ from lit_score.losses.vdm import VDMLoss
 
 __all__ = [
     "ConsistencyDistillation",
+    "ConsistencyTraining",
+    "ECTSchedule",
+    "EasyConsistencyTuning",
+    "ICTCurriculum",
     "ContrastiveDivergence",
     "DenoisingLoss",
     "DiffusionLoss",
