@@ -52,7 +52,7 @@ def pairs_of(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return samples, noise
 
 
-# --- the pair stage -----------------------------------------------------------------------------------------------------
+# --- the pair stage ---------------------------------------------------------------------------------------------------
 def test_pairs_are_deterministic_by_seed_whatever_the_ranks_and_restarts(tmp_path):
     model, sampler = tiny_flow(), Euler(num_steps=3, denoise=False)
     whole = draw_pairs(model, sampler, 10, 4, tmp_path / "whole", seed=3, progress=False)
@@ -152,7 +152,7 @@ def test_reflow_pairs_yield_the_stored_couplings(tmp_path):
 
 # --- the coupled loss -----------------------------------------------------------------------------------------------
 class StraightVelocity(nn.Module):
-    """v(x, t) = a·(x − (1 − t)m)/((1 − t)s + t) + b; at a = 1 − s, b = −m the exact straight field (module docstring)."""
+    """v(x, t) = a·(x − (1 − t)m)/((1 − t)s + t) + b; at a = 1 − s, b = −m the exact straight field (module doc)."""
 
     def __init__(self, a: float = 1 - S, b: float = -M) -> None:
         super().__init__()
@@ -208,8 +208,8 @@ def test_the_student_starts_from_the_teachers_weights_on_a_fresh_fit_only():
     teacher, student = tiny_flow(0), tiny_flow(1)
     loss = Reflow(teacher=Teacher(teacher.score_model, network=teacher.network))
     loss.fit_started(student.score_model, resumed=True)
-    differs = [k for k, v in student.network.state_dict().items() if not torch.equal(v, teacher.network.state_dict()[k])]
-    assert differs  # a resumed fit keeps its own weights
+    taught = teacher.network.state_dict()
+    assert [k for k, v in student.network.state_dict().items() if not torch.equal(v, taught[k])]  # kept its own
     loss.fit_started(student.score_model, resumed=False)
     assert all(torch.equal(v, teacher.network.state_dict()[k]) for k, v in student.network.state_dict().items())
     wider = FlowMatching(MLP(2, hidden=32, depth=1, time_embed_dim=8), sample_shape=(2,))

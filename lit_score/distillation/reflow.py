@@ -83,7 +83,7 @@ def ranks(rank: int | None, world_size: int | None) -> tuple[int, int]:
 def teacher_model(model_or_checkpoint: GenerativeModule | str | Path, weights: str,
                   device: torch.device | None) -> tuple[GenerativeModule, dict]:
     """The model that draws the pairs and what the protocol records of where it came from."""
-    if isinstance(model_or_checkpoint, GenerativeModule):  # the caller's own module, or a checkpoint's path
+    if not isinstance(model_or_checkpoint, (str, Path)):  # the caller's own module
         return model_or_checkpoint, {"checkpoint": None, "checkpoint_sha256": None, "weights": "module"}
     path = Path(model_or_checkpoint)
     model, used = load_for_evaluation(path, weights, device or torch.device("cpu"))
@@ -188,7 +188,8 @@ def draw_pairs(
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"{output_dir} is a file: pass a folder for the pairs")
     model, loaded = teacher_model(model_or_checkpoint, weights, device)
-    origin = origin if origin is not None and isinstance(model_or_checkpoint, GenerativeModule) else loaded
+    given_module = not isinstance(model_or_checkpoint, (str, Path))
+    origin = origin if origin is not None and given_module else loaded
     sampler = sampler if sampler is not None else model.sampler
     check_sampler_for_pairs(model, sampler)
     protocol = pairs_protocol(model, sampler, origin, num_pairs, shard_size, seed)

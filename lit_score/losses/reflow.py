@@ -69,7 +69,7 @@ class Reflow(FlowMatchingLoss):
     def __call__(self, score_model: NetworkScore, x0: Tensor, generator: torch.Generator | None = None,
                  noise: Tensor | None = None) -> Tensor:
         if noise is None:
-            raise ValueError("Reflow trains on a coupling: pass the pairs' noise (data module lit_score.data.ReflowPairs)")
+            raise ValueError("Reflow trains on a coupling: pass the pairs' noise (data: lit_score.data.ReflowPairs)")
         if self.num_steps is None:
             return super().__call__(score_model, x0, generator, noise=noise)
         process, k = score_model.process, self.num_steps
@@ -83,7 +83,8 @@ class Reflow(FlowMatchingLoss):
         """On a fresh fit, the student's network takes the teacher's weights (never on a resumed one)."""
         if resumed or self.teacher is None:
             return
-        network, fix = score_model.network, "build the student with the teacher's network arguments, or set teacher null"
+        network = score_model.network
+        fix = "build the student with the teacher's network arguments, or set teacher null"
         try:
             result = network.load_state_dict(self.teacher.one_time_weights(), strict=False)
         except RuntimeError as err:  # torch's error for tensors of other shapes
