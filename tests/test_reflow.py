@@ -28,7 +28,7 @@ from lit_score.data import Coupling, GaussianMixtureDistribution, NoisedMixture,
 from lit_score.data.reflow import load_pairs, shard_name
 from lit_score.distillation import draw_pairs
 from lit_score.generation import seed_batch_draw
-from lit_score.loading.checkpoint import load_model
+from lit_score.loading.checkpoint import checkpoint_datamodule, load_model
 from lit_score.losses import FlowMatchingLoss, Reflow, Teacher
 from lit_score.metrics import straightness
 from lit_score.models import FlowMatching
@@ -143,6 +143,16 @@ def test_reflow_pairs_yield_the_stored_couplings(tmp_path):
     stored = torch.cat([samples, noise], 1)
     assert seen.shape == stored.shape == (10, 4)
     assert torch.equal(seen[seen[:, 2].argsort()], stored[stored[:, 2].argsort()])  # every pair once, intact
+
+    # a fit's checkpoint records the data module as LightningCLI's tree: evaluate rebuilds it, its reference included
+    hparams = {"_class_path": "lit_score.data.ReflowPairs", "root": str(tmp_path / "p"), "batch_size": 3,
+               "reference": {"class_path": "lit_score.data.Toy2D", "init_args": {"name": "moons"}},
+               "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    torch.save({"state_dict": {}, "datamodule_hyper_parameters": hparams}, tmp_path / "run.ckpt")
+    rebuilt = checkpoint_datamodule(tmp_path / "run.ckpt")
+    assert type(rebuilt.reference).__name__ == "Toy2D" and rebuilt.has_exact_sampler
+    assert rebuilt.reference_samples(500, torch.Generator().manual_seed(0)).std(0).min() > 0.4  # moons, not pairs
+
     (tmp_path / "p" / shard_name(2)).unlink()
     with pytest.raises(ValueError, match="lacks 1 of its 3 shards"):
         ReflowPairs(str(tmp_path / "p")).setup("fit")

@@ -129,6 +129,7 @@ class ReflowPairs(GenerativeDataModule):
             raise ValueError(f"the pairs of {root} carry no labels (drawn from an unconditional model): drop labels")
         self.train_pairs: CoupledData | None = None
         self.val_pairs: CoupledData | None = None
+        self.save_hyperparameters()
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
