@@ -160,6 +160,25 @@ def test_reflow_pairs_yield_the_stored_couplings(tmp_path):
         ReflowPairs(str(tmp_path / "none"))
 
 
+def test_a_class_conditional_models_pairs_carry_their_labels(tmp_path):
+    torch.manual_seed(0)
+    model = FlowMatching(MLP(2, hidden=16, depth=1, time_embed_dim=8, num_classes=3), sample_shape=(2,),
+                         sampler=Euler(num_steps=2, denoise=False))
+    result = draw_pairs(model, None, 7, 4, tmp_path / "p", progress=False)
+    assert result.protocol["conditional"] and result.protocol["num_classes"] == 3
+    samples, noise, labels, _ = load_pairs(tmp_path / "p")
+    assert torch.equal(labels, torch.arange(7) % 3)  # the seed index's class, as `lit-score sample` draws them
+    conditional = model.score_model.with_condition(labels)
+    with torch.no_grad():
+        expected = Euler(num_steps=2, denoise=False)(conditional, model.process.prior_std * noise, model.process)
+    assert torch.allclose(expected, samples, atol=1e-6)  # each pair drawn with its own label
+    data = ReflowPairs(str(tmp_path / "p"), batch_size=7, val_size=2, labels=True)
+    data.setup("fit")
+    batches = [next(iter(data.train_dataloader())), next(iter(data.val_dataloader()))]
+    assert sorted(torch.cat([b.labels for b in batches]).tolist()) == sorted(labels.tolist())
+    assert model.data_labels(batches[0]) is batches[0].labels
+
+
 # --- the coupled loss -----------------------------------------------------------------------------------------------
 class StraightVelocity(nn.Module):
     """v(x, t) = a·(x − (1 − t)m)/((1 − t)s + t) + b; at a = 1 − s, b = −m the exact straight field (module doc)."""
