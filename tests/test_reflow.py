@@ -94,6 +94,9 @@ def test_a_folder_of_another_protocol_and_a_stochastic_sampler_are_refused(tmp_p
     with pytest.raises(ValueError, match=r"another protocol \(sampler"):
         draw_pairs(model, Euler(num_steps=5, denoise=False), 6, 4, tmp_path / "p", seed=0, progress=False)
     assert {p.name: p.read_bytes() for p in (tmp_path / "p").iterdir()} == before  # never mixed
+    (tmp_path / "p" / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="holds shards without a manifest.json"):
+        draw_pairs(model, sampler, 6, 4, tmp_path / "p", seed=0, progress=False)
     with pytest.raises(ValueError, match="stochastic"):
         draw_pairs(model, EulerMaruyama(num_steps=3), 6, 4, tmp_path / "sde", progress=False)
     with pytest.raises(ValueError, match="num_pairs >= 1"):

@@ -124,6 +124,9 @@ def start_manifest(output_dir: Path, protocol: dict) -> Path:
             raise ValueError(f"{output_dir} holds reflow pairs of another protocol ({key}: {found.get(key)!r} there,"
                              f" {protocol[key]!r} now): pass another output folder, or delete that one")
         return path
+    if any(output_dir.glob("shard_*.pt")):
+        raise ValueError(f"{output_dir} holds shards without a {MANIFEST}: their protocol is unknown, so they are never"
+                         " continued; pass another output folder, or delete that one")
     return write_json(path, {"format": FORMAT, "protocol": protocol, "complete": False})
 
 
