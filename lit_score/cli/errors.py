@@ -37,6 +37,7 @@ SUBCOMMANDS = {
     "compare": "train and/or evaluate several families on one protocol and write a report",
     "encode": "probability-flow ODE latents of data (and their decoding), with a latent interpolation grid",
     "sweep": "run a W&B sweep file (sweeps/*.yaml) locally, no W&B server: resumable, ranked summary, best config",
+    "pairs": "draw reflow pairs (noise, ODE sample) of a checkpoint into resumable shards, for rectified flow",
 }
 BAD_INPUT = (ValueError, OSError, NonFiniteLossError, NonFiniteStepsError, NonFiniteWeightsError, RanksDisagreeError,
              ArgumentError)

@@ -4,6 +4,7 @@ from lit_score.data.base import GenerativeDataModule
 from lit_score.data.digits import Digits
 from lit_score.data.images import ImageData
 from lit_score.data.mixture import GaussianMixture, GaussianMixtureDistribution, NoisedMixture
+from lit_score.data.reflow import Coupling, ReflowPairs
 from lit_score.data.toy import (
     TOY_DISTRIBUTIONS,
     Toy2D,
@@ -17,12 +18,14 @@ from lit_score.data.toy import (
 
 __all__ = [
     "TOY_DISTRIBUTIONS",
+    "Coupling",
     "Digits",
     "GaussianMixture",
     "GaussianMixtureDistribution",
     "GenerativeDataModule",
     "ImageData",
     "NoisedMixture",
+    "ReflowPairs",
     "Toy2D",
     "checkerboard",
     "eight_gaussians",

@@ -150,12 +150,17 @@ class GenerativeDataModule(pl.LightningDataModule):
             if labels is None:
                 raise RuntimeError(f"{type(self).__name__}.setup set no labels for a split")
             dataset = Labelled(dataset, labels)
+        return self.batches_of(dataset, shuffle)
+
+    def batches_of(self, dataset: Dataset, shuffle: bool, collate_fn=None) -> DataLoader:
+        """The loader of ``dataset`` (items collated by ``collate_fn``, default: torch's), resumable when shuffled."""
         generator = torch.Generator().manual_seed(int(torch.randint(2**62, ()).item())) if shuffle else None
         return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             generator=generator,
+            collate_fn=collate_fn,
             num_workers=self.num_workers,
             worker_init_fn=ignore_stop_signals if self.num_workers > 0 else None,
             persistent_workers=self.num_workers > 0,

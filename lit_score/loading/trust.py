@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from lightning.pytorch.cli import instantiate_module
 
 ALLOWED_ENV = "LIT_SCORE_ALLOWED_PACKAGES"
 TRUSTED_PACKAGES = ("lit_score", "torch")  # where a class path may point (step 3)
@@ -248,4 +249,7 @@ def load_datamodule(path: str | Path, base: type[T], ckpt: dict | None = None) -
     if not hparams:
         raise CheckpointError(f"checkpoint {path} records no data module: pass --data (class_path/init_args)")
     cls = check_hyperparameters(hparams, base, f"checkpoint {path} (its data module)")
+    nested = any(isinstance(v, dict) and "class_path" in v for v in hparams.values())
+    if nested and hparams.get("_instantiator"):  # a LightningCLI record with components (checked above): built as fit
+        return instantiate_module(cls, {k: v for k, v in hparams.items() if k != "_instantiator"})  # built them
     return cls(**{k: v for k, v in hparams.items() if not k.startswith("_")})

@@ -9,6 +9,7 @@ from lit_score.losses.denoising import DenoisingLoss
 from lit_score.losses.flow import FlowMatchingLoss, ot_permutation
 from lit_score.losses.hybrid import HybridLoss
 from lit_score.losses.recovery import RecoveryLikelihood
+from lit_score.losses.reflow import Reflow
 from lit_score.losses.score_matching import ExactScoreMatching, SlicedScoreMatching
 from lit_score.losses.teacher import Teacher
 from lit_score.losses.vdm import VDMLoss
@@ -26,6 +27,7 @@ __all__ = [
     "FlowMatchingLoss",
     "HybridLoss",
     "RecoveryLikelihood",
+    "Reflow",
     "SlicedScoreMatching",
     "Teacher",
     "VDMLoss",

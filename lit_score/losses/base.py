@@ -18,6 +18,9 @@ class DiffusionLoss:
     variance untrained (yet used by the samplers) or move the schedule by a gradient that is not the VLB's.
     ``requires_two_time``: the objective trains a flow map (``flow_map(x, t, s)``: a two-time network, which the family
     wraps in a ``FlowMapScore``); the family refuses a one-time network with it.
+    ``takes_coupling``: the objective accepts a given coupling, ``loss(score_model, x0, generator, noise=ε)`` with ε
+    (B, *shape) the noise paired with each x₀ (a reflow pair, :class:`~lit_score.data.ReflowPairs`) in place of an
+    independent draw; ``requires_coupling``: it is meaningless without one (the family refuses plain batches).
     ``fit_started`` / ``before_step``: hooks the family calls at the start of fit and before each training batch (a
     distillation's target network is made and follows the weights there).
     ``state_dict`` / ``load_state_dict``: what the objective carries between steps (empty unless it samples t by its
@@ -28,6 +31,8 @@ class DiffusionLoss:
     trains_variance: bool = False
     trains_schedule: bool = False
     requires_two_time: bool = False
+    takes_coupling: bool = False
+    requires_coupling: bool = False
     #: a ``LossAwareSteps`` where the objective draws its steps by its own loss history, else None
     steps = None
 

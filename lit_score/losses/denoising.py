@@ -29,6 +29,9 @@ r = :meth:`~lit_score.scores.NetworkScore.eps_error_scale`. EDM's objective (Kar
 ``time_sampling="loss_aware"`` draws the steps of a discrete chain ∝ sqrt(E[ℓ_n²]) from the history of this very loss
 with weight 1/(N·p_n) (improved DDPM's resampler, :mod:`lit_score.losses.time_sampling`): the same objective as
 uniform n, lower variance; training steps only.
+
+A given coupling (``noise``: the ε paired with each x₀, a reflow pair of Liu et al. 2022) replaces the independent ε
+draw (``takes_coupling``); t is drawn as without it.
 """
 
 from __future__ import annotations
@@ -129,6 +132,9 @@ class DenoisingLoss(DiffusionLoss):
         self.gamma, self.sigma_data = float(gamma), sigma_data
         self.steps = LossAwareSteps("DenoisingLoss", history, uniform_prob) if time_sampling == "loss_aware" else None
 
+    #: a given coupling (``noise``) replaces the independent draw of ε
+    takes_coupling: bool = True
+
     def weight(self, score_model: NetworkScore, t: Tensor) -> Tensor:
         """w(t), shape (B,), on the raw-output error (for ``likelihood``: g(t)², which multiplies the score error)."""
         if self.weighting in LOG_SNR_WEIGHTINGS:
@@ -141,7 +147,8 @@ class DenoisingLoss(DiffusionLoss):
             return score_model.process.g2(t)
         return torch.ones_like(t)
 
-    def __call__(self, score_model: NetworkScore, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, score_model: NetworkScore, x0: Tensor, generator: torch.Generator | None = None,
+                 noise: Tensor | None = None) -> Tensor:
         process = score_model.process
         n = step_weight = None
         if self.steps is not None and score_model.training:
@@ -155,7 +162,7 @@ class DenoisingLoss(DiffusionLoss):
             t = lognormal_sigma_time(process, x0.shape[0], self.p_mean, self.p_std, generator, x0.device).to(x0.dtype)
         else:
             t = process.sample_time(x0.shape[0], generator=generator, device=x0.device).to(x0.dtype)
-        noise = self.couple(x0, randn_like(x0, generator))
+        noise = self.couple(x0, randn_like(x0, generator)) if noise is None else noise
         x_t = process.perturb(x0, t, noise)
         out = score_model.raw(x_t, t)
         if self.weighting == "likelihood":

@@ -36,6 +36,11 @@ class FlowMatchingLoss(DenoisingLoss):
         super().__init__(weighting, reduce)
         self.ot_coupling = ot_coupling
 
+    @property
+    def takes_coupling(self) -> bool:
+        """A given coupling is taken unless ``ot_coupling`` would re-pair it."""
+        return not self.ot_coupling
+
     def couple(self, x0: Tensor, noise: Tensor) -> Tensor:
         """Independent pairs, or the exact minibatch OT pairing of data and noise."""
         return noise[ot_permutation(x0, noise)] if self.ot_coupling else noise

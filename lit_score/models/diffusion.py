@@ -124,11 +124,27 @@ class DiffusionModule(GenerativeModule):
 
     def objective(self, batch, generator: torch.Generator | None = None) -> Tensor:
         """The per-sample loss of a batch: the loss on the score model, conditioned on the batch's labels (with
-        label dropout) when the network is class-conditional."""
+        label dropout) when the network is class-conditional; a :class:`~lit_score.data.reflow.Coupling` batch (reflow
+        pairs: a batch (x, y, ε)) hands its noise to a loss that ``takes_coupling``."""
         x0 = self.data_batch(batch)
         labels = self.training_labels(batch, generator)
         score_model = self.score_model if labels is None else self.score_model.with_condition(labels)
-        return self.loss(score_model, x0, generator=generator)
+        noise = self.data_noise(batch)
+        if noise is None:
+            if self.loss.requires_coupling:
+                raise ValueError(f"{type(self.loss).__name__} trains on a coupling: use the data module"
+                                 " lit_score.data.ReflowPairs (pairs drawn by lit-score pairs)")
+            return self.loss(score_model, x0, generator=generator)
+        if not self.loss.takes_coupling:
+            raise ValueError(f"{self.loss!r} draws its own noise and cannot take the reflow pairs' coupling: use"
+                             " lit_score.losses.Reflow (or FlowMatchingLoss without ot_coupling)")
+        return self.loss(score_model, x0, generator=generator, noise=noise)
+
+    @staticmethod
+    def data_noise(batch) -> Tensor | None:
+        """The noise paired with a batch's data: the third item of a batch (x, y, ε) (a
+        :class:`~lit_score.data.reflow.Coupling`; y may be None), None for x and (x, y) batches."""
+        return batch[2] if isinstance(batch, (tuple, list)) and len(batch) > 2 else None
 
     def likelihood_methods(self, dequantize: str = "none") -> tuple[LikelihoodEstimator, ...]:
         """Every diffusion / flow model has the exact probability-flow likelihood."""
