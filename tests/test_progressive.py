@@ -168,6 +168,9 @@ def test_bad_input_is_refused_in_one_line():
     with pytest.raises(ValueError, match="does not nest"):  # a DDPM chain of 8 steps cannot take a teacher of 16
         pd(exact_teacher(DiscreteVP(num_timesteps=8)), num_steps=8)(GaussianFlowMap(DiscreteVP(num_timesteps=8)),
                                                                      torch.randn(4, 2))
+    eps_student = ScoreSDE(MLP(2, hidden=16, depth=1, time_embed_dim=8), EDM(), target="eps").score_model
+    with pytest.warns(UserWarning, match="'eps'-predicting student"):  # allowed (a DDPM teacher's), with the caveat
+        pd(teacher).fit_started(eps_student, resumed=False)
     wide = ScoreSDE(MLP(2, hidden=32, depth=1, time_embed_dim=8), EDM(), target="edm")
     with pytest.raises(ValueError, match="do not fit the student's MLP"):
         ProgressiveDistillation(Teacher(wide.score_model, network=wide.network, sampler=DDIM()),
