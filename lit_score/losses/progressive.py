@@ -40,12 +40,13 @@ run resumed mid-round continues with the same teacher, and one resumed from a ch
 round's last step makes the copy from the restored student exactly as the uninterrupted run does: bit-exact on CPU.
 
 **What the paper's code does between rounds and what this does.** The released code (google-research
-``diffusion_distillation``) starts every round with a fresh Adam state, anneals the learning rate linearly to 0 over
-each round (``learning_rate_anneal_steps = steps_per_iter``), keeps no EMA (``ema_decay = 0``), and copies the raw
-student into the teacher. Here the optimizer and its schedule belong to the trainer: Adam's moments and the learning
-rate carry across a round boundary (the student's weights are continuous across it; only its target changes), and
-the copy is of the raw student. Use no :class:`~lit_score.callbacks.EMA` callback (the paper keeps none; an average
-over rounds would mix students of different step counts).
+``diffusion_distillation``: its notebook's round loop and CIFAR-10 config) starts every round with a fresh Adam
+state, anneals the learning rate linearly over ``steps_per_iter`` steps (``learning_rate_anneal_steps``), keeps no EMA
+(``ema_decay = 0``), and so copies the raw student into the next teacher. Here the optimizer and its schedule belong
+to the trainer: Adam's moments carry across a round boundary (the student's weights are continuous across it; only
+its target changes; a per-round schedule is the trainer's, e.g. a ``CyclicLR`` sawtooth of one cycle a round, as
+``configs/distill/pd_toy.yaml``), and the copy is of the raw student. Use no :class:`~lit_score.callbacks.EMA`
+callback (the paper keeps none; an average over rounds would mix students of different step counts).
 
 **Sampling.** After round k the student is sampled by DDIM(N_k, η = 0, the same spacing, no final denoise):
 :meth:`ProgressiveDistillation.sampler` returns it (``num_steps_at(step)`` the N_k), which is what a config's
