@@ -8,6 +8,7 @@ from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.losses.denoising import DenoisingLoss
 from lit_score.losses.flow import FlowMatchingLoss, ot_permutation
 from lit_score.losses.hybrid import HybridLoss
+from lit_score.losses.progressive import HalvingRounds, ProgressiveDistillation
 from lit_score.losses.recovery import RecoveryLikelihood
 from lit_score.losses.reflow import Reflow
 from lit_score.losses.score_matching import ExactScoreMatching, SlicedScoreMatching
@@ -25,7 +26,9 @@ __all__ = [
     "DiffusionLoss",
     "ExactScoreMatching",
     "FlowMatchingLoss",
+    "HalvingRounds",
     "HybridLoss",
+    "ProgressiveDistillation",
     "RecoveryLikelihood",
     "Reflow",
     "SlicedScoreMatching",

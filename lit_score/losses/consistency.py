@@ -153,13 +153,7 @@ class ConsistencyDistillation(DiffusionLoss):
         would not mean the same noise level)."""
         if self._process_checked:
             return
-        teacher_process = self.teacher.model(process.device)[1]
-        grid = process.time_grid(self.num_scales - 1, "karras", rho=self.rho)
-        ours = torch.stack([process.alpha(grid), process.sigma(grid)])
-        theirs = torch.stack([teacher_process.alpha(grid), teacher_process.sigma(grid)]).to(ours)
-        if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7):
-            raise ValueError(f"the teacher's process ({teacher_process!r}) is not the student's ({process!r}): build"
-                             " the student with the teacher's process")
+        self.teacher.check_process(process, process.time_grid(self.num_scales - 1, "karras", rho=self.rho))
         self._process_checked = True
 
     # --- the target network θ⁻ -------------------------------------------------------------------------------------

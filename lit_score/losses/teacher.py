@@ -78,6 +78,16 @@ class Teacher:
             score_model = score_model.with_condition(labels)
         return self.sampler.step(score_model, process, x, t.to(x.dtype), s.to(x.dtype))[0]
 
+    def check_process(self, process: NoiseProcess, times: Tensor) -> None:
+        """Refuse, in one line, a student ``process`` whose α, σ differ from the teacher's at ``times`` (a student's
+        grid): the times of a teacher step would not mean the same noise level."""
+        teacher_process = self.model(process.device)[1]
+        ours = torch.stack([process.alpha(times), process.sigma(times)])
+        theirs = torch.stack([teacher_process.alpha(times), teacher_process.sigma(times)]).to(ours)
+        if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7):
+            raise ValueError(f"the teacher's process ({teacher_process!r}) is not the student's ({process!r}): build"
+                             " the student with the teacher's process")
+
     def one_time_weights(self) -> Mapping[str, Tensor]:
         """The teacher network's weights (what :func:`~lit_score.networks.load_one_time_weights` starts a two-time
         student from); refused in one line for a teacher without a network."""

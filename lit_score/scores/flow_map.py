@@ -55,6 +55,14 @@ def flow_map_jump(process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, denois
     return append_dims(ratio, x) * x + append_dims(coef_x0, x) * denoised
 
 
+def jump_x0(process: NoiseProcess, x: Tensor, x_s: Tensor, t: Tensor, s: Tensor) -> Tensor:
+    """D̂ = (x_s − (σ_s/σ_t)·x)/(α_s − α_t σ_s/σ_t): the x̂₀ that makes one DDIM step t → s from x land on ``x_s``, the
+    inverse of :func:`flow_map_jump` (module docstring; t, s (B,), s < t: the factor is positive)."""
+    ratio = process.sigma(s) / process.sigma(t)
+    coef_x0 = process.alpha(s) - process.alpha(t) * ratio
+    return (x_s - append_dims(ratio, x) * x) / append_dims(coef_x0, x)
+
+
 class FlowMapScore(NetworkScore):
     """A two-time score model: the flow map X_{t→s}(x) of a two-time network, and at s = t the ordinary score model.
 
@@ -87,4 +95,4 @@ class FlowMapScore(NetworkScore):
         return flow_map_jump(self.process, x, t, s, self.denoise(x, t, s))
 
 
-__all__ = ["FlowMapScore", "flow_map_jump"]
+__all__ = ["FlowMapScore", "flow_map_jump", "jump_x0"]
