@@ -8,9 +8,9 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from test_distillation import FIXTURES, Mixture, trainer  # the EDM toy fixture, the resume test's data and trainer
 from torch import nn
 
-from lit_score.callbacks.resume import ResumeState
 from lit_score.data.mixture import GaussianMixtureDistribution
 from lit_score.distillation import CheckpointTeacher
 from lit_score.loading import CheckpointError, check_hyperparameters
@@ -22,7 +22,6 @@ from lit_score.processes import EDM, VP, Interpolant
 from lit_score.samplers import FlowMapSampler
 from lit_score.scores import FlowMapScore, GaussianFlowMap
 from lit_score.scores.flow_map import flow_map_jump
-from test_distillation import FIXTURES, Mixture, trainer  # the EDM toy fixture, the resume test's data and trainer
 
 MEAN, STD = torch.tensor([1.5, -0.5], dtype=torch.float64), torch.tensor([0.25, 0.75], dtype=torch.float64)
 
@@ -65,9 +64,9 @@ def ect(stage: int, **kw) -> EasyConsistencyTuning:
 # --- the exact map is a fixed point -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("process", [EDM(), VP(), Interpolant()], ids=["edm", "vp", "interpolant"])
 def test_at_the_exact_map_the_gradient_vanishes_with_the_step_and_restores_around_it(process):
-    """The target x_{t_{n+1}} = x₀ + σ̃_{n+1}·ε shares ε with x_{t_n} but is not on its ODE path: E[x_{t_{n+1}} | x_{t_n}]
-    is the exact-score DDIM step, so at the exact map (a = 1) the weighted gradient is O(Δσ̃), not 0 (Song et al.
-    2023, Theorem 2). Measured (40 000 draws): it falls with the grid (l2: from 15 % of the restoring gradient at
+    """The target x_{t_{n+1}} = x₀ + σ̃_{n+1}·ε shares ε with x_{t_n} but is not on its ODE path:
+    E[x_{t_{n+1}} | x_{t_n}] is the exact-score DDIM step, so at the exact map (a = 1) the weighted gradient is
+    O(Δσ̃), not 0 (Song et al. 2023, Theorem 2). Measured (40 000 draws): it falls with the grid (l2: from 15 % of the restoring gradient at
     a = 0.9 with N = 11 to 0.2 % with N = 1281; ECT likewise with the stage), while a = 0.9 / 1.1 get gradients of
     opposite signs that push a back to 1 (the stop-gradient fixed point is stable). A target drawn with fresh noise
     would not vanish."""

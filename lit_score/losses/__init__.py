@@ -3,7 +3,7 @@
 from lit_score.losses.base import DiffusionLoss
 from lit_score.losses.consistency import ConsistencyDistillation
 from lit_score.losses.consistency_training import ConsistencyTraining, ICTCurriculum
-from lit_score.losses.consistency_tuning import ECTSchedule, EasyConsistencyTuning
+from lit_score.losses.consistency_tuning import EasyConsistencyTuning, ECTSchedule
 from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.losses.denoising import DenoisingLoss
 from lit_score.losses.flow import FlowMatchingLoss, ot_permutation

@@ -92,7 +92,8 @@ class ConsistencyDistillation(DiffusionLoss):
         teacher: the :class:`~lit_score.losses.teacher.Teacher` (in YAML a
             :class:`lit_score.distillation.CheckpointTeacher`); it must share the student's process.
         num_scales: N, the points of the Karras grid (consistency models: 18 on CIFAR-10, 40 on ImageNet 64).
-        ema_rate: μ of the target network θ⁻ (0: θ itself, gradient stopped, consistency models' CIFAR-10 CD; 0.95 their ImageNet 64 CD).
+        ema_rate: μ of the target network θ⁻ (0: θ itself, gradient stopped, consistency models' CIFAR-10 CD;
+            0.95 their ImageNet 64 CD).
         distance: ``l2`` or ``pseudo_huber`` (per sample).
         huber_c: c of ``pseudo_huber`` (default 0.00054·√d).
         rho: ρ of the Karras grid.

@@ -10,8 +10,8 @@ holds by construction (iCT's own c_skip / c_out differ and give the same boundar
 | k, K | the optimizer step and the run's total steps (``total_steps``) |
 | N(k) = min(s₀·2^⌊k/K'⌋, s₁) + 1 | points of the grid at step k, K' = ⌊K/(log₂⌊s₁/s₀⌋ + 1)⌋ (iCT Sec. 3.4, eq. 8: the |
 | | exponential curriculum, s₀ = 10, s₁ = 1280: N doubles from 11 to 1281) |
-| t_0 = t_max > … > t_{N−1} = t_min | ``process.time_grid(N − 1, "karras", ρ)``, ρ = 7 (on EDM(0.002, 80) iCT's grid; other |
-| | processes: the process's own grid in σ̃ = σ/α, as :func:`~lit_score.losses.consistency.interval_times`) |
+| t_0 = t_max > … > t_{N−1} = t_min | ``process.time_grid(N − 1, "karras", ρ)``, ρ = 7 (on EDM(0.002, 80) iCT's |
+| | grid; other processes: the process's own grid in σ̃ = σ/α, as :func:`~lit_score.losses.consistency.interval_times`) |
 | σ̃_n = σ(t_n)/α(t_n) = e^{−λ(t_n)} | the noise level of grid point n (σ on EDM / VE, where α = 1) |
 | p(n) ∝ erf((log σ̃_n − P_mean)/(√2 P_std)) − erf((log σ̃_{n+1} − P_mean)/(√2 P_std)) | the interval's probability: |
 | | the log-normal N(P_mean, P_std²) of log σ̃ discretised on the grid (iCT Sec. 3.5, P_mean = −1.1, P_std = 2) |
@@ -71,7 +71,8 @@ class StepCurriculum:
         """Follow the trainer's global step; the first step after a resume must be the saved one or the next."""
         if self._resumed_at is not None and not self._resumed_at <= step <= self._resumed_at + 1:
             raise ValueError(f"{type(self).__name__} was saved at step {self._resumed_at} but training resumes at step"
-                             f" {step}: the loss state is not this checkpoint's; resume from the checkpoint it came with")
+                             f" {step}: the loss state is not this checkpoint's;"
+                             " resume from the checkpoint it came with")
         self._resumed_at = None
         self.step = int(step)
 
