@@ -64,12 +64,12 @@ def ect(stage: int, **kw) -> EasyConsistencyTuning:
 # --- the exact map is a fixed point -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("process", [EDM(), VP(), Interpolant()], ids=["edm", "vp", "interpolant"])
 def test_at_the_exact_map_the_gradient_vanishes_with_the_step_and_restores_around_it(process):
-    """The target x_{t_{n+1}} = x₀ + σ̃_{n+1}·ε shares ε with x_{t_n} but is not on its ODE path:
-    E[x_{t_{n+1}} | x_{t_n}] is the exact-score DDIM step, so at the exact map (a = 1) the weighted gradient is
-    O(Δσ̃), not 0 (Song et al. 2023, Theorem 2). Measured (40 000 draws): it falls with the grid (l2: from 15 % of
-    the restoring gradient at a = 0.9 with N = 11 to 0.2 % with N = 1281; ECT likewise with the stage), while a = 0.9 / 1.1 get gradients of
-    opposite signs that push a back to 1 (the stop-gradient fixed point is stable). A target drawn with fresh noise
-    would not vanish."""
+    """The target x_{t_{n+1}} = x₀ + σ̃_{n+1}·ε shares ε with x_{t_n} but is not on its ODE path: E[x_{t_{n+1}} |
+    x_{t_n}] is the exact-score DDIM step, so at the exact map (a = 1) the weighted gradient is O(Δσ̃), not 0 (Song
+    et al. 2023, Theorem 2). Measured (40 000 draws): it falls with the grid (l2: from 15 % of the restoring
+    gradient at a = 0.9 with N = 11 to 0.2 % with N = 1281; ECT likewise with the stage), while a = 0.9 / 1.1 get
+    gradients of opposite signs that push a back to 1 (the stop-gradient fixed point is stable). A target drawn with
+    fresh noise would not vanish."""
     for loss in (ict(1280, distance="l2"), ict(1280), ect(8, distance="l2"), ect(8)):
         low, exact, high = (gradient_at(loss, process, a) for a in (0.9, 1.0, 1.1))
         assert low < 0 < high, (loss, low, high)
