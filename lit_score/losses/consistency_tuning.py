@@ -86,16 +86,6 @@ class ECTSchedule(StepCurriculum):
         return 1.0 - adjustment / self.q ** self.stage(step)
 
 
-def check_same_process(process: NoiseProcess, other: NoiseProcess, what: str) -> None:
-    """Refuse, in one line, a process whose α, σ differ from ``process``'s on its Karras grid."""
-    grid = process.time_grid(16, "karras")
-    ours = torch.stack([process.alpha(grid), process.sigma(grid)])
-    theirs = torch.stack([other.alpha(grid.to(other.device)), other.sigma(grid.to(other.device))]).to(ours)
-    if not torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7):
-        raise ValueError(f"the {what}'s process ({other!r}) is not the student's ({process!r}): build the student with"
-                         f" the {what}'s process")
-
-
 class EasyConsistencyTuning(DiffusionLoss):
     """Easy consistency tuning of a two-time model (module docstring): a per-sample loss (B,).
 
@@ -155,7 +145,8 @@ class EasyConsistencyTuning(DiffusionLoss):
         would overwrite), after checking it was trained on the student's process."""
         if resumed or self.init_from is None:
             return
-        check_same_process(score_model.process, self.init_from.model(score_model.process.device)[1], "init_from model")
+        process = score_model.process
+        self.init_from.check_process(process, process.time_grid(16, "karras"))
         load_one_time_weights(score_model.network, self.init_from.one_time_weights())
 
     def before_step(self, score_model, step: int) -> None:
@@ -173,4 +164,4 @@ class EasyConsistencyTuning(DiffusionLoss):
                 f" distance={self.distance!r}, huber_c={self.huber_c!r})")
 
 
-__all__ = ["ECTSchedule", "EasyConsistencyTuning", "check_same_process"]
+__all__ = ["ECTSchedule", "EasyConsistencyTuning"]
