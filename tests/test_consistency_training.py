@@ -8,6 +8,7 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from loss_training import train
 from test_distillation import FIXTURES, Mixture, trainer  # the EDM toy fixture, the resume test's data and trainer
 from torch import nn
 
@@ -276,13 +277,6 @@ def test_a_toy_model_learns_the_exact_one_jump_map(method):
     loss = (ConsistencyTraining(ICTCurriculum(10, 80, total_steps=1500)) if method == "ict"
             else EasyConsistencyTuning(schedule=ECTSchedule(double_every=300)))
     untrained = one_jump_error()
-    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    for step in range(1500):
-        loss.before_step(student, step)
-        value = loss(student, data.sample(256, generator), generator).mean()
-        optimizer.zero_grad()
-        value.backward()
-        optimizer.step()
+    train(loss, student, data.sample, 1500)
     trained = one_jump_error()
     assert trained < 0.2 * untrained, (untrained, trained)

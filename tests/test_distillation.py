@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from loss_training import train
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_score.callbacks.resume import ResumeState
@@ -158,14 +159,7 @@ def test_a_toy_student_learns_the_teachers_one_jump_map():
     untrained = one_jump_error()
     loss = ConsistencyDistillation(teacher, num_scales=18, ema_rate=0.9, init_from_teacher=False)
     loss.fit_started(student, resumed=False)
-    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    for step in range(400):
-        loss.before_step(student, step)
-        value = loss(student, mixture.sample(256, generator), generator).mean()
-        optimizer.zero_grad()
-        value.backward()
-        optimizer.step()
+    train(loss, student, mixture.sample, 400)
     trained = one_jump_error()
     ddim = float(((DDIM(num_steps=4, denoise=False)(teacher.score_model, z, process) - reference) ** 2).sum(1).mean())
     assert untrained > 2 and trained < 0.1 * untrained, (untrained, trained)

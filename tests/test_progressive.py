@@ -7,6 +7,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
+from loss_training import training_steps
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_score.callbacks.resume import ResumeState
@@ -255,16 +256,9 @@ def test_a_toy_student_distils_the_exact_mixture_teacher_to_one_and_two_steps():
 
     loss = ProgressiveDistillation(teacher, num_steps=4, rounds=3, steps_per_round=600, init_from_teacher=False)
     loss.fit_started(student, resumed=False)
-    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
     errors = {}
-    for step in range(1800):
-        loss.before_step(student, step)
-        value = loss(student, mixture.sample(256, generator), generator).mean()
-        optimizer.zero_grad()
-        value.backward()
-        optimizer.step()
-        if (step + 1) % 600 == 0:
+    for done in training_steps(loss, student, mixture.sample, 1800):
+        if done % 600 == 0:
             sampler = loss.sampler(loss.round)
             errors[sampler.num_steps] = (error(student, sampler), error(teacher.score_model, sampler))
     for n, (distilled, ddim) in errors.items():
