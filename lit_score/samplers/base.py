@@ -158,6 +158,9 @@ class Sampler(ABC):
     steps_on_grid: bool = False
     #: the clamp [−c, c] of the final x̂₀ (DDPM's ``clip_denoised``; set by the samplers that take one)
     clip_denoised: float | None = None
+    #: x̂₀ thresholding (x̂₀ ↦ x̂₀ inside the data range) applied by :meth:`denoised`, the one place a sampler forms
+    #: x̂₀ for its update; None: x̂₀ as the model gives it (samplers that take a ``thresholding`` option set it)
+    thresholding: Callable[[Tensor], Tensor] | None = None
     #: network-evaluating steps of a run and whether the last is the final Tweedie step (set by ``__init__``; a
     #: sampler that counts steps otherwise, per level or per chain, keeps its own settings beside these)
     num_steps: int | None = None
@@ -232,6 +235,17 @@ class Sampler(ABC):
         reports beside x). A stepper's ``step`` gives (x_s, x_mean); samplers that form more override this."""
         x, x_mean = self.step(score_fn, process, x, t, s, generator)
         return x, {"x_mean": x_mean}
+
+    def denoised(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂₀, ε̂) at (x, t) for an update: x̂₀ thresholded when the sampler has ``thresholding``, and then ε̂
+        re-derived from it, ε̂ = (x − α_t x̂₀)/σ_t, so that the pair stays consistent with x (as diffusers' DPM-Solver
+        does); without thresholding exactly :func:`predict_x0_eps`."""
+        x0, eps = predict_x0_eps(score_fn, process, x, t)
+        if self.thresholding is None:
+            return x0, eps
+        x0 = self.thresholding(x0)
+        alpha, sigma = append_dims(process.alpha(t), x), append_dims(process.sigma(t), x)
+        return x0, (x - alpha * x0) / sigma
 
     def finish(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t_min: Tensor, clip: float | None = None):
         """The optional final noise-free step: x̂₀ at t_min, clamped to ``clip`` (default: ``clip_denoised``)."""
