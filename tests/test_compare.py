@@ -151,3 +151,29 @@ def test_an_ebm_grid_entry_can_start_from_the_buffer_and_is_skipped_where_there_
     assert rows["persistent", "default"]["protocol"]["start"] == "noise"
     assert rows["shortrun", "own-from-buffer"]["status"] == "skipped"
     assert "no replay buffer" in rows["shortrun", "own-from-buffer"]["error"]
+
+
+def test_a_run_can_name_an_earlier_runs_checkpoint_and_a_later_one_is_refused(tmp_path):
+    from lit_score.evaluation.compare import Compare
+    from lit_score.evaluation.evaluate import EvaluationError
+
+    calls = []
+
+    def fake_fit(argv: list[str]) -> None:  # writes the checkpoint where compare's CSVLogger puts it
+        calls.append(argv)
+        logger = json.loads(argv[argv.index("--trainer.logger") + 1])["init_args"]
+        ckpt = Path(logger["save_dir"]) / logger["name"] / logger["version"] / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"")
+
+    reference = {"model.init_args.loss.init_args.teacher.init_args.checkpoint": "${ckpt:teacher}"}
+    runs = [{"name": "teacher", "config": RUNS[0]["config"]},
+            {"name": "student", "config": RUNS[1]["config"], "overrides": reference}]
+    plan = Compare(tmp_path, runs, [], EVALUATION, {}, progress=False, fit=fake_fit)
+    teacher = plan.train(runs[0])
+    student = plan.train(runs[1], {"teacher": teacher})
+    key = "--model.init_args.loss.init_args.teacher.init_args.checkpoint"
+    assert calls[1][calls[1].index(key) + 1] == teacher["ckpt"] and teacher["ckpt"].endswith("last.ckpt")
+    assert student["overrides"][key[2:]] == teacher["ckpt"]
+    with pytest.raises(EvaluationError, match=r"names \$\{ckpt:teacher\}, which is not an earlier run"):
+        Compare(tmp_path, runs[::-1], [], EVALUATION, {}, progress=False, fit=fake_fit)

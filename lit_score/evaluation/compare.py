@@ -18,6 +18,10 @@ A compare config::
       - {sampler: {class_path: lit_score.samplers.DDIM}, num_steps: [10, 50]}
     evaluation: {num_samples: 2000, seeds: [0], metrics: null}   # keyword arguments of evaluate()
 
+A run's override may name an earlier run's checkpoint as ``${ckpt:NAME}`` (a distillation student's teacher trained
+in the same compare: ``{model.init_args.loss.init_args.teacher.init_args.checkpoint: ${ckpt:teacher}}``); the student's
+key then hashes the teacher's checkpoint path, which holds the teacher's own key, so a changed teacher retrains it.
+
 Re-running resumes: a finished run (``runs/<name>/<key>/done.json``) and a finished evaluation
 (``evals/<name>/<label>_<key>.json``) are reused; the keys hash the resolved inputs, so a change retrains or
 re-evaluates only what it touches.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import shutil
 import time
 import traceback
@@ -58,6 +63,8 @@ from lit_score.validation import EVALUATE_RULES, InvalidInput, check_options
 #: part of every evaluation's cache key: bumped when the evaluation protocol changes, so a resumed compare never mixes
 #: numbers of two protocols (2: issue 23's digits-v2 default, floors at the models' n, standard errors, realism)
 EVALUATION_PROTOCOL = 2
+#: an override value naming an earlier run's checkpoint
+CKPT_REFERENCE = re.compile(r"\$\{ckpt:([^}]+)\}")
 
 
 def _key(*parts: Any) -> str:
@@ -109,6 +116,12 @@ class Compare:
             for path in [run.get("config"), run.get("ckpt")]:
                 if path is not None and not Path(path).is_file():
                     raise EvaluationError(f"run {run['name']!r}: {path} does not exist")
+        for i, run in enumerate(runs):
+            for value in (run.get("overrides") or {}).values():
+                for name in CKPT_REFERENCE.findall(value) if isinstance(value, str) else ():
+                    if name not in names[:i]:
+                        raise EvaluationError(f"run {run['name']!r} names ${{ckpt:{name}}}, which is not an earlier"
+                                              f" run (runs before it: {names[:i] or 'none'}): list {name!r} first")
 
     def check_plan(self) -> None:
         """Every sampler of the grid is built and every evaluation number checked before the first run trains (a
@@ -132,15 +145,15 @@ class Compare:
                                       ) from None
 
     # --- training --------------------------------------------------------------------------------------------------
-    def train(self, run: dict) -> dict[str, Any]:
+    def train(self, run: dict, trained: dict[str, dict] | None = None) -> dict[str, Any]:
         """``lit-score fit`` of one run into ``runs/<name>/<key>/`` (CSV logs), or the finished one of an earlier
-        call."""
+        call; ``${ckpt:NAME}`` in its overrides becomes the checkpoint of ``trained[NAME]`` (an earlier run)."""
         if "ckpt" in run:
             ckpt = Path(run["ckpt"])
             return {"name": run["name"], "ckpt": str(ckpt), "run_dir": str(ckpt.parent.parent), "train_seconds": None,
                     "trained_here": False}
         config_text = Path(run["config"]).read_text()
-        overrides = {**self.shared, **(run.get("overrides") or {})}
+        overrides = {**self.shared, **resolve_references(run.get("overrides") or {}, trained or {})}
         key = _key(config_text, overrides)
         run_dir = self.output / "runs" / run["name"] / key
         done = run_dir / "done.json"
@@ -266,7 +279,7 @@ class Compare:
         trained, rows = [], []
         for run in self.runs:
             bar.set_postfix_str(f"fit {run['name']}")
-            trained.append(self.train(run))
+            trained.append(self.train(run, {record["name"]: record for record in trained}))
             bar.update(1)
             for label, entry, steps in grid:
                 bar.set_postfix_str(f"evaluate {run['name']} · {label}")
@@ -275,6 +288,14 @@ class Compare:
         bar.close()
         floor = self.data_floor(rows)
         return write_report(self.output, trained, rows + ([floor] if floor else []), self.evaluation)
+
+
+def resolve_references(overrides: dict[str, Any], trained: dict[str, dict]) -> dict[str, Any]:
+    """``overrides`` with every ``${ckpt:NAME}`` replaced by the checkpoint path of the trained run NAME."""
+    def resolve(value: Any) -> Any:
+        return CKPT_REFERENCE.sub(lambda m: trained[m.group(1)]["ckpt"], value) if isinstance(value, str) else value
+
+    return {key: resolve(value) for key, value in overrides.items()}
 
 
 def save_figure_samples(result: EvaluationResult, data, path: Path) -> Path:
