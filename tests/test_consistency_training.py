@@ -16,7 +16,7 @@ from lit_score.data.mixture import GaussianMixtureDistribution
 from lit_score.distillation import CheckpointTeacher
 from lit_score.loading import CheckpointError, check_hyperparameters
 from lit_score.losses import ConsistencyTraining, EasyConsistencyTuning, ECTSchedule, ICTCurriculum, Teacher
-from lit_score.losses.consistency_training import student_and_target
+from lit_score.losses.consistency import student_and_target
 from lit_score.models import GenerativeModule, ScoreSDE
 from lit_score.networks import MLP
 from lit_score.processes import EDM, VP, Interpolant

@@ -123,6 +123,25 @@ def test_the_target_network_follows_the_student_by_ema_once_per_optimizer_step()
     assert loss.state_dict()["target_step"] == 1
 
 
+@pytest.mark.parametrize("ema_rate", [0.0, 0.9])
+def test_the_target_runs_in_the_students_mode_with_its_dropout_mask(ema_rate):
+    """consistency models' ``consistency_losses``: the target model in train mode, the RNG state of the student's
+    dropout restored before the target's pass. A forward hook drops half of the network's output (copied into θ⁻)."""
+    student = two_time_student().train()
+    masks = []
+
+    def dropout(module, args, output):
+        kept = torch.nn.functional.dropout(torch.ones_like(output), 0.5, training=module.training)
+        masks.append(kept)
+        return output * kept
+
+    student.network.register_forward_hook(dropout)
+    loss = cd(Teacher(GaussianFlowMap(student.process, MEAN, STD)), ema_rate=ema_rate)
+    loss(student, torch.randn(64, 2))
+    assert len(masks) == 2 and (masks[0] == 0).any() and torch.equal(masks[0], masks[1])
+    assert ema_rate == 0 or loss.target is not student
+
+
 def test_one_time_networks_and_foreign_processes_are_refused():
     teacher = Teacher(GaussianFlowMap(EDM(), MEAN, STD))
     with pytest.raises(ValueError, match="two_time true"):

@@ -38,9 +38,9 @@ resumed run continues the same θ⁻ bit for bit. The update happens at the star
 checkpoint written at the end of step k then holds θ_k with θ⁻ one update behind, and the resumed run makes that
 update first, exactly as the uninterrupted one does; with gradient accumulation it happens once per optimizer step.
 
-**Dropout.** θ⁻ is evaluated in eval mode (no dropout); consistency models' code runs the target with the student's
-dropout mask (the same RNG state). For a network with dropout (a UNet's ``dropout``) the two differ; the toy MLPs have
-none. With μ = 0 the target is the student's own forward pass (its mode, fresh dropout noise).
+**Dropout.** As consistency models' code (``consistency_losses`` of openai/consistency_models: the target model in
+train mode, the dropout RNG state saved before the student's pass and restored before the target's), θ⁻ runs in the
+student's mode with the student's dropout mask (:func:`student_and_target`), with μ > 0 and with μ = 0 alike.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -83,6 +84,20 @@ def interval_times(process: NoiseProcess, num_scales: int, rho: float, batch: in
     intervals = len(grid) - 1
     n = (rand((batch,), generator, device=like.device) * intervals).long().clamp_max(intervals - 1)
     return grid[n], grid[n + 1]
+
+
+def student_and_target(student: Callable[[], Tensor], target: Callable[[], Tensor], device: torch.device):
+    """(student(), target()) with target() under ``no_grad`` and the random state student() started from (the same
+    dropout mask: module docstring); the global random state afterwards is the one student() left."""
+    on_cuda = device.type == "cuda"
+    cpu_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state(device) if on_cuda else None
+    out = student()
+    with torch.random.fork_rng(devices=[device] if on_cuda else []), torch.no_grad():
+        torch.set_rng_state(cpu_state)
+        if on_cuda:
+            torch.cuda.set_rng_state(cuda_state, device)
+        return out, target()
 
 
 class ConsistencyDistillation(DiffusionLoss):
@@ -138,16 +153,19 @@ class ConsistencyDistillation(DiffusionLoss):
         labels = score_model.labels
         x_s = self.teacher.step(x_t, t, s, labels)
         t_min = torch.full_like(t, process.t_min)
-        with torch.no_grad():
-            target = self.target_model(score_model).flow_map(x_s, s, t_min)
-        return consistency_distance(score_model.flow_map(x_t, t, t_min), target, self.distance, self.huber_c)
+        target_model = self.target_model(score_model)
+        student, target = student_and_target(lambda: score_model.flow_map(x_t, t, t_min),
+                                             lambda: target_model.flow_map(x_s, s, t_min), x0.device)
+        return consistency_distance(student, target, self.distance, self.huber_c)
 
     def target_model(self, score_model):
         """f_{θ⁻}'s model: the student itself when μ = 0 (the caller stops the gradient), else θ⁻ conditioned on the
         student view's labels."""
         if self.ema_rate == 0:
             return score_model
-        return self.target_for(score_model).with_condition(score_model.labels)
+        target = self.target_for(score_model)
+        target.train(score_model.training)  # the student's mode: its dropout mask (module docstring)
+        return target.with_condition(score_model.labels)
 
     def check_process(self, process: NoiseProcess) -> None:
         """Refuse, once and in one line, a teacher whose process differs from the student's (the times of the step
@@ -229,4 +247,4 @@ def ema_update(target: torch.nn.Module, source: torch.nn.Module, rate: float) ->
 
 
 __all__ = ["ConsistencyDistillation", "Distance", "consistency_distance", "ema_update", "interval_times",
-           "pseudo_huber_constant"]
+           "pseudo_huber_constant", "student_and_target"]

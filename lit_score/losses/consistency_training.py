@@ -43,14 +43,13 @@ settings, or whose step does not continue the saved one, is refused in one line.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.losses.base import DiffusionLoss
-from lit_score.losses.consistency import Distance, consistency_distance
+from lit_score.losses.consistency import Distance, consistency_distance, student_and_target
 from lit_score.processes import NoiseProcess
 from lit_score.utils import randn_like
 
@@ -138,20 +137,6 @@ def lognormal_interval_probabilities(sigmas: Tensor, p_mean: float, p_std: float
     return mass / mass.sum()
 
 
-def student_and_target(student: Callable[[], Tensor], target: Callable[[], Tensor], device: torch.device):
-    """(student(), target()) with target() under ``no_grad`` and the random state student() started from (the same
-    dropout mask: module docstring); the global random state afterwards is the one student() left."""
-    on_cuda = device.type == "cuda"
-    cpu_state = torch.get_rng_state()
-    cuda_state = torch.cuda.get_rng_state(device) if on_cuda else None
-    out = student()
-    with torch.random.fork_rng(devices=[device] if on_cuda else []), torch.no_grad():
-        torch.set_rng_state(cpu_state)
-        if on_cuda:
-            torch.cuda.set_rng_state(cuda_state, device)
-        return out, target()
-
-
 class ConsistencyTraining(DiffusionLoss):
     """Improved consistency training of a two-time model (module docstring): a per-sample loss (B,).
 
@@ -219,4 +204,4 @@ class ConsistencyTraining(DiffusionLoss):
 
 
 __all__ = ["ConsistencyTraining", "ICTCurriculum", "StepCurriculum", "lognormal_interval_probabilities",
-           "noise_levels", "student_and_target"]
+           "noise_levels"]

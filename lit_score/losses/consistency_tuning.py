@@ -18,7 +18,7 @@ The consistency function is the flow map to the data end, f_θ(x, t) = X_{t→t_
 | σ̃_r = σ̃_t·(1 − n(σ̃_t)/q^a), clamped at σ̃(t_min) | the target's noise level: r/t = 1 − n(t)/q^a (q = 2) |
 | x_t = α_t x₀ + σ_t ε, x_r likewise | the marginal at both times with the *same* ε |
 | ℓ = d(f_θ(x_t, t), f_{θ⁻}(x_r, r))/(σ̃_t − σ̃_r) | the loss; θ⁻ = stopgrad(θ), the student's own pass with its |
-| | dropout mask (:func:`~lit_score.losses.consistency_training.student_and_target`) |
+| | dropout mask (:func:`~lit_score.losses.consistency.student_and_target`) |
 
 **Distance.** ECT's code uses √(‖Δ‖² + c²) − c over the whole sample with c = 0 by default (their "adaptive weighting"
 with p = ½: the gradient of ‖Δ‖ is that of ‖Δ‖² weighted by 1/(2‖Δ‖)), i.e. per-sample pseudo-Huber with c = 0; this
@@ -47,8 +47,8 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.losses.base import DiffusionLoss
-from lit_score.losses.consistency import Distance, consistency_distance
-from lit_score.losses.consistency_training import StepCurriculum, noise_levels, student_and_target
+from lit_score.losses.consistency import Distance, consistency_distance, student_and_target
+from lit_score.losses.consistency_training import StepCurriculum, noise_levels
 from lit_score.losses.teacher import Teacher
 from lit_score.networks.two_time import load_one_time_weights
 from lit_score.processes import NoiseProcess
