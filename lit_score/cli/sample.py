@@ -111,7 +111,8 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     apply_condition(model, cfg, device)
     edit = build_edit(model, cfg)
     sampler = resolve_sampler(parser.instantiate_classes(cfg).sampler, given, model)
-    check_sampler(model, sampler, recorded_data(cfg.ckpt_path) if sampler.x0_threshold is not None else None)
+    thresholds = sampler is not None and sampler.x0_threshold is not None  # (a classifier has no sampler)
+    check_sampler(model, sampler, recorded_data(cfg.ckpt_path) if thresholds else None)  # the data range it needs
     stem = output_stem(cfg, model, sampler, edit)
     existing = [p for p in (stem.with_suffix(".png"), stem.with_suffix(".npz")) if p.exists()]
     if existing and not cfg.overwrite:

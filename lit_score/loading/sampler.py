@@ -41,10 +41,11 @@ def resolve_sampler(chosen: Sampler | None, given: Collection[str], model: Gener
     return model.sampler.with_settings(**{k: settings[k] for k in given if k in settings})
 
 
-def data_range_problem(sampler: Sampler, data: GenerativeDataModule | None) -> str | None:
-    """Why ``sampler``'s x̂₀ thresholding cannot serve ``data`` (None: it can, or it thresholds nothing); ``data``
-    None is data of unknown range (a checkpoint whose data module cannot be rebuilt)."""
-    threshold = sampler.x0_threshold
+def data_range_problem(sampler: Sampler | None, data: GenerativeDataModule | None) -> str | None:
+    """Why ``sampler``'s x̂₀ thresholding cannot serve ``data`` (None: it can, it thresholds nothing, or there is no
+    sampler, as a classifier's); ``data`` None is data of unknown range (a checkpoint whose data module cannot be
+    rebuilt)."""
+    threshold = None if sampler is None else sampler.x0_threshold
     problem = None if threshold is None else threshold.range_problem(None if data is None else data.data_range)
     if problem is None:
         return None

@@ -58,7 +58,8 @@ def check_clip(clip_denoised: float | None, thresholding: Thresholding | None) -
     check_number("clip_denoised", clip_denoised, gt=0.0, allow_none=True)
     if clip_denoised is not None and thresholding is not None:
         raise ValueError(f"clip_denoised={clip_denoised:g} is the shorthand of thresholding=StaticThreshold"
-                         f"({clip_denoised:g}): pass clip_denoised or thresholding, not both")
+                         f"({clip_denoised:g}): pass clip_denoised or thresholding, not both (on a command line that"
+                         " adds thresholding to a sampler with a clip: --sampler.init_args.clip_denoised null)")
 
 
 class Ancestral(Sampler):
