@@ -114,7 +114,7 @@ def evaluate_main(argv: list[str]) -> EvaluationResult | None:
     samples, source, seeds = given_samples(cfg, datamodule, seeds)
     if model is not None:
         sampler = resolve_sampler(sampler, given, model)
-        check_sampler(model, sampler)
+        check_sampler(model, sampler, datamodule)
     output = output_folder(cfg, sampler, checkpoint)
     if cfg.guidance_scales is not None and metrics is None:
         # bpd is the null-label model's: the same at every scale, so not re-measured by default

@@ -19,8 +19,10 @@ from tqdm.auto import tqdm
 from lit_score.atomic import outputs
 from lit_score.cli.options import add_condition_arguments, apply_condition, data_range, parse_command
 from lit_score.control.edit import Edit, load_array
+from lit_score.data import GenerativeDataModule
 from lit_score.evaluation.evaluate import EvaluationError
 from lit_score.generation import SeedBatches, seed_batch_draw
+from lit_score.loading import CheckpointError
 from lit_score.loading.checkpoint import checkpoint_datamodule, load_model, used_ema
 from lit_score.loading.sampler import check_sampler, resolve_sampler
 from lit_score.models import GenerativeModule
@@ -109,7 +111,8 @@ def sample_main(argv: list[str]) -> dict[str, Path]:
     apply_condition(model, cfg, device)
     edit = build_edit(model, cfg)
     sampler = resolve_sampler(parser.instantiate_classes(cfg).sampler, given, model)
-    check_sampler(model, sampler)
+    thresholds = sampler is not None and sampler.x0_threshold is not None  # (a classifier has no sampler)
+    check_sampler(model, sampler, recorded_data(cfg.ckpt_path) if thresholds else None)  # the data range it needs
     stem = output_stem(cfg, model, sampler, edit)
     existing = [p for p in (stem.with_suffix(".png"), stem.with_suffix(".npz")) if p.exists()]
     if existing and not cfg.overwrite:
@@ -194,14 +197,19 @@ def write_samples(drawn: Draw, stem: Path, model: GenerativeModule, sampler: Sam
     return paths
 
 
+def recorded_data(ckpt: str | Path) -> GenerativeDataModule | None:
+    """The checkpoint's own data module, None when it records none (or it cannot be rebuilt here)."""
+    try:
+        return checkpoint_datamodule(ckpt)
+    except (EvaluationError, InvalidInput, CheckpointError):
+        return None
+
+
 def reference_beside(ckpt: Path, x: torch.Tensor) -> torch.Tensor | None:
     """Real data to draw beside non-image samples, from the checkpoint's own data module (None for images, or when
     the checkpoint records no data module)."""
-    if x.ndim != 2:
-        return None
-    try:
-        data = checkpoint_datamodule(ckpt)
-    except (EvaluationError, InvalidInput):
+    data = recorded_data(ckpt) if x.ndim == 2 else None
+    if data is None:
         return None
     data.setup("fit")
     return data.reference_samples(min(x.shape[0], 2000), torch.Generator().manual_seed(0))

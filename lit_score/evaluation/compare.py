@@ -55,6 +55,7 @@ from lit_score.evaluation.evaluate import (
 )
 from lit_score.evaluation.report import write_report
 from lit_score.loading.checkpoint import checkpoint_datamodule, checkpoint_summary, load_for_evaluation
+from lit_score.loading.sampler import data_range_problem
 from lit_score.metrics.fidelity import resolve_feature_extractor
 from lit_score.samplers import Sampler
 from lit_score.training import fit
@@ -225,7 +226,7 @@ class Compare:
         model, weights = load_for_evaluation(trained["ckpt"], settings.pop("weights", "auto"), self.device)
         data = checkpoint_datamodule(trained["ckpt"])
         row["family"] = type(model).__name__
-        problem = None if sampler is None else model.sampler_problem(sampler)
+        problem = None if sampler is None else model.sampler_problem(sampler) or data_range_problem(sampler, data)
         problem = None if problem is None else f"{type(sampler).__name__}: {problem}"
         if problem is None and start:
             problem = model.sample_start_problem(start)

@@ -19,6 +19,7 @@ from lit_score.samplers.ode import AdaptiveODE, Euler, Heun, solve_ode, solve_od
 from lit_score.samplers.pc import LangevinCorrector, MALACorrector, PredictorCorrector
 from lit_score.samplers.recovery import RecoverySampler
 from lit_score.samplers.sde import EulerMaruyama, ReverseDiffusion
+from lit_score.samplers.thresholding import DynamicThreshold, StaticThreshold, Thresholding
 
 __all__ = [
     "DDIM",
@@ -28,6 +29,9 @@ __all__ = [
     "AnnealedLangevin",
     "AnnealedMCMC",
     "CountingScore",
+    "DynamicThreshold",
+    "StaticThreshold",
+    "Thresholding",
     "DPMSolver",
     "Draw",
     "EDMHeun",

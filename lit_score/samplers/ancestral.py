@@ -21,13 +21,9 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
-from lit_score.samplers.base import (
-    Sampler,
-    ScoreFn,
-    clip_x0,
-    predict_x0_eps,
-)
+from lit_score.samplers.base import Sampler, ScoreFn
 from lit_score.samplers.stepping import sample_on_grid
+from lit_score.samplers.thresholding import Thresholding
 from lit_score.scores.function import as_score_function
 from lit_score.utils import append_dims, randn_like
 
@@ -57,6 +53,15 @@ def posterior_mean(process: NoiseProcess, x: Tensor, x0: Tensor, t: Tensor, s: T
     return coef_x * x + coef_x0 * x0
 
 
+def check_clip(clip_denoised: float | None, thresholding: Thresholding | None) -> None:
+    """``clip_denoised`` is a number > 0 or None, and not given beside ``thresholding`` (it is its shorthand)."""
+    check_number("clip_denoised", clip_denoised, gt=0.0, allow_none=True)
+    if clip_denoised is not None and thresholding is not None:
+        raise ValueError(f"clip_denoised={clip_denoised:g} is the shorthand of thresholding=StaticThreshold"
+                         f"({clip_denoised:g}): pass clip_denoised or thresholding, not both (on a command line that"
+                         " adds thresholding to a sampler with a clip: --sampler.init_args.clip_denoised null)")
+
+
 class Ancestral(Sampler):
     """Ancestral sampling from the DDPM posterior (Ho et al. 2020, Algorithm 2), on any grid.
 
@@ -64,7 +69,10 @@ class Ancestral(Sampler):
         variance: ``beta_tilde`` (posterior β̃, the DDPM paper's lower bound), ``beta`` (σ²_{t|s}, the upper), or
             ``learned`` (the model's interpolation between them for this step, iDDPM; one network evaluation gives
             the mean and the variance); None: ``learned`` when the model has a learned variance, else ``beta_tilde``.
-        clip_denoised: clamp x̂₀ to [−c, c] before each step (DDPM clips to the image range 1.0).
+        clip_denoised: clamp x̂₀ to [−c, c] before each step (DDPM clips to the image range 1.0): the shorthand of
+            ``thresholding=StaticThreshold(c)``.
+        thresholding: x̂₀ thresholding before each step and at the final denoise (``StaticThreshold``,
+            ``DynamicThreshold``); not with ``clip_denoised``.
     """
 
     steps_on_grid = True
@@ -76,12 +84,13 @@ class Ancestral(Sampler):
         denoise: bool = True,
         variance: Literal["beta_tilde", "beta", "learned"] | None = None,
         clip_denoised: float | None = None,
+        thresholding: Thresholding | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
         if variance not in (None, "beta_tilde", "beta", "learned"):
             raise ValueError(f"unknown variance {variance!r}: use beta_tilde, beta or learned")
-        check_number("clip_denoised", clip_denoised, gt=0.0, allow_none=True)
-        self.variance, self.clip_denoised = variance, clip_denoised
+        check_clip(clip_denoised, thresholding)
+        self.variance, self.clip_denoised, self.thresholding = variance, clip_denoised, thresholding
 
     def update(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One step t → s: (x_s, posterior mean μ̃, x̂₀)."""
@@ -92,9 +101,9 @@ class Ancestral(Sampler):
                              " beta for this one")
         if variance == "learned":
             x0, _, frac = score_fn.predict_with_variance(x, t)
+            x0 = self.thresholded(x0)
         else:
-            x0 = predict_x0_eps(score_fn, process, x, t)[0]
-        x0 = clip_x0(x0, self.clip_denoised)
+            x0 = self.denoised(score_fn, process, x, t)[0]
         _, sigma_ts2, beta_tilde = transition_variances(process, t, s)
         if variance == "learned":
             var = learned_range_variance(frac, sigma_ts2, beta_tilde)
@@ -118,15 +127,19 @@ class Ancestral(Sampler):
 
 
 class DDIM(Sampler):
-    """DDIM (Song, Meng & Ermon 2021, eq. 12) with stochasticity η ∈ [0, 1]; η = 0 is deterministic."""
+    """DDIM (Song, Meng & Ermon 2021, eq. 12) with stochasticity η ∈ [0, 1]; η = 0 is deterministic.
+
+    ``clip_denoised`` (c) is the shorthand of ``thresholding=StaticThreshold(c)``; ``thresholding`` applies to x̂₀ before
+    each step (ε̂ re-derived from it, as diffusers' ``DDIMScheduler`` with ``thresholding``) and at the final denoise.
+    """
 
     steps_on_grid = True
 
     @property
     def reversible(self) -> bool:
-        """η = 0 without clipping: x_s = α_s x̂₀ + σ_s ε̂ holds for s > t too (DDIM inversion; a clamped x̂₀ is not the
-        probability-flow ODE's)."""
-        return self.eta == 0 and self.clip_denoised is None
+        """η = 0 without thresholding: x_s = α_s x̂₀ + σ_s ε̂ holds for s > t too (DDIM inversion; a clamped x̂₀ is not
+        the probability-flow ODE's)."""
+        return self.eta == 0 and self.x0_threshold is None
 
     def __init__(
         self,
@@ -135,18 +148,16 @@ class DDIM(Sampler):
         denoise: bool = True,
         eta: float = 0.0,
         clip_denoised: float | None = None,
+        thresholding: Thresholding | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
         check_number("eta", eta, ge=0.0)
-        check_number("clip_denoised", clip_denoised, gt=0.0, allow_none=True)
-        self.eta, self.clip_denoised = eta, clip_denoised
+        check_clip(clip_denoised, thresholding)
+        self.eta, self.clip_denoised, self.thresholding = eta, clip_denoised, thresholding
 
     def update(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One step t → s: (x_s, x_s without its fresh noise, x̂₀)."""
-        x0, eps = predict_x0_eps(score_fn, process, x, t)
-        if self.clip_denoised is not None:
-            x0 = clip_x0(x0, self.clip_denoised)
-            eps = (x - append_dims(process.alpha(t), x) * x0) / append_dims(process.sigma(t), x)
+        x0, eps = self.denoised(score_fn, process, x, t)
         c2 = self.eta**2 * transition_variances(process, t, s)[2]
         direction = append_dims((process.sigma(s) ** 2 - c2).clamp_min(0).sqrt(), x)
         x_mean = append_dims(process.alpha(s), x) * x0 + direction * eps

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
+from lit_score.samplers.thresholding import StaticThreshold, Thresholding
 from lit_score.scores.function import ScoreFunction, as_score_function
 from lit_score.utils import append_dims
 
@@ -118,11 +119,6 @@ def probability_flow_velocity(score_fn: ScoreFn, process: NoiseProcess, x: Tenso
     return process.reverse_drift(x, t, score_fn(x, t), probability_flow=True)
 
 
-def clip_x0(x0: Tensor, clip: float | None) -> Tensor:
-    """Clamp the x₀ estimate to [−clip, clip] (DDPM's ``clip_denoised``) when ``clip`` is set."""
-    return x0 if clip is None else x0.clamp(-clip, clip)
-
-
 def require_process(process: NoiseProcess | None, sampler: object) -> NoiseProcess:
     """Fail clearly when a sampler that needs a noise process is called without one."""
     if process is None:
@@ -156,11 +152,12 @@ class Sampler(ABC):
     #: whether it walks ``grid(process)`` one interval at a time with x as its whole state, so that ``interval()``
     #: inside ``process.window(t_i, t_{i+1})`` takes the step a full run takes there (step transforms: inpainting)
     steps_on_grid: bool = False
-    #: the clamp [−c, c] of the final x̂₀ (DDPM's ``clip_denoised``; set by the samplers that take one)
+    #: DDPM's clamp [−c, c] of x̂₀, the shorthand of ``thresholding=StaticThreshold(c)`` (Ancestral and DDIM take it)
     clip_denoised: float | None = None
     #: x̂₀ thresholding (x̂₀ ↦ x̂₀ inside the data range) applied by :meth:`denoised`, the one place a sampler forms
-    #: x̂₀ for its update; None: x̂₀ as the model gives it (samplers that take a ``thresholding`` option set it)
-    thresholding: Callable[[Tensor], Tensor] | None = None
+    #: x̂₀ for its update, and by :meth:`finish`; None: x̂₀ as the model gives it (a sampler that takes a
+    #: ``thresholding: Thresholding | None = None`` argument stores it here)
+    thresholding: Thresholding | None = None
     #: network-evaluating steps of a run and whether the last is the final Tweedie step (set by ``__init__``; a
     #: sampler that counts steps otherwise, per level or per chain, keeps its own settings beside these)
     num_steps: int | None = None
@@ -236,23 +233,35 @@ class Sampler(ABC):
         x, x_mean = self.step(score_fn, process, x, t, s, generator)
         return x, {"x_mean": x_mean}
 
+    @property
+    def x0_threshold(self) -> Thresholding | None:
+        """The thresholding :meth:`denoised` applies: ``thresholding``, else ``StaticThreshold(clip_denoised)`` when
+        ``clip_denoised`` is set, else None (what the commands check against the data range)."""
+        if self.thresholding is not None or self.clip_denoised is None:
+            return self.thresholding
+        return StaticThreshold(self.clip_denoised)
+
+    def thresholded(self, x0: Tensor) -> Tensor:
+        """x̂₀ through :attr:`x0_threshold` (unchanged without one); :meth:`denoised` applies it."""
+        threshold = self.x0_threshold
+        return x0 if threshold is None else threshold(x0)
+
     def denoised(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(x̂₀, ε̂) at (x, t) for an update: x̂₀ thresholded when the sampler has ``thresholding``, and then ε̂
+        """(x̂₀, ε̂) at (x, t) for an update: x̂₀ thresholded by :attr:`x0_threshold` when there is one, and then ε̂
         re-derived from it, ε̂ = (x − α_t x̂₀)/σ_t, so that the pair stays consistent with x (as diffusers' DPM-Solver
         does); without thresholding exactly :func:`predict_x0_eps`."""
         x0, eps = predict_x0_eps(score_fn, process, x, t)
-        if self.thresholding is None:
+        if self.x0_threshold is None:
             return x0, eps
-        x0 = self.thresholding(x0)
+        x0 = self.thresholded(x0)
         alpha, sigma = append_dims(process.alpha(t), x), append_dims(process.sigma(t), x)
         return x0, (x - alpha * x0) / sigma
 
-    def finish(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t_min: Tensor, clip: float | None = None):
-        """The optional final noise-free step: x̂₀ at t_min, clamped to ``clip`` (default: ``clip_denoised``)."""
+    def finish(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t_min: Tensor) -> Tensor:
+        """The optional final noise-free step: x̂₀ at t_min (of :meth:`denoised`: thresholded when the sampler is)."""
         if not self.denoise:
             return x
-        clip = clip if clip is not None else self.clip_denoised
-        return clip_x0(predict_x0_eps(score_fn, process, x, full_like_t(x, t_min))[0], clip)
+        return self.denoised(score_fn, process, x, full_like_t(x, t_min))[0]
 
     def settings(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this sampler: ``type(s)(**s.settings())`` is ``s`` again.

@@ -41,7 +41,8 @@ import torch
 from torch import Tensor
 
 from lit_score.processes import NoiseProcess, Spacing
-from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, predict_x0_eps, require_process
+from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, require_process
+from lit_score.samplers.thresholding import Thresholding
 from lit_score.utils import append_dims
 
 Model = Callable[[Tensor, Tensor], Tensor]
@@ -60,12 +61,6 @@ def phi_2(h: Tensor) -> Tensor:
 def phi_3(h: Tensor) -> Tensor:
     """φ₃(ĥ) = φ₂(ĥ)/ĥ − ½."""
     return phi_2(h) / h - 0.5
-
-
-def model_output(score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, plus: bool) -> Tensor:
-    """M(x, t): x̂₀ for dpmsolver++, ε̂ for dpmsolver (one evaluation)."""
-    x0, eps = predict_x0_eps(score_fn, process, x, t)
-    return x0 if plus else eps
 
 
 def scales(process: NoiseProcess, t: Tensor, s: Tensor, plus: bool) -> tuple[Tensor, Tensor]:
@@ -176,12 +171,18 @@ class DPMSolver(Sampler):
             singlestep: DPM-Solver-fast's mix of orders using all ``num_steps`` (else fixed order,
             ``num_steps // order`` steps, as dpm-solver's "singlestep_fixed").
         corrected_3m: multistep order 3 with the third-order D₂ coefficient (see the module notes).
+        thresholding: x̂₀ thresholding of every model value (``StaticThreshold``, ``DynamicThreshold``); for
+            ``dpmsolver`` M is the ε̂ re-derived from the thresholded x̂₀, as diffusers' ``DPMSolverMultistepScheduler``.
     """
 
-    # The updates are exact integrals of the linear part in λ, so they hold for h = λ_s − λ_t < 0 (s noisier than t):
-    # run inside process.window(t_min, t_max) DPM-Solver integrates the probability-flow ODE forward (encoding).
-    reversible = True
     steps_on_grid = True
+
+    @property
+    def reversible(self) -> bool:
+        """Without thresholding. The updates are exact integrals of the linear part in λ, so they hold for
+        h = λ_s − λ_t < 0 (s noisier than t): run inside process.window(t_min, t_max) DPM-Solver integrates the
+        probability-flow ODE forward (encoding); a thresholded x̂₀ is not that ODE's."""
+        return self.thresholding is None
 
     def __init__(
         self,
@@ -193,6 +194,7 @@ class DPMSolver(Sampler):
         denoise: bool = False,
         lower_order_final: bool = True,
         corrected_3m: bool = False,
+        thresholding: Thresholding | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
         if order not in (1, 2, 3):
@@ -201,6 +203,7 @@ class DPMSolver(Sampler):
             raise ValueError(f"unknown algorithm {algorithm!r}: use dpmsolver or dpmsolver++")
         self.order, self.multistep, self.algorithm = order, multistep, algorithm
         self.lower_order_final, self.corrected_3m = lower_order_final, corrected_3m
+        self.thresholding = thresholding
 
     def interval(self) -> Sampler:
         """One interval of ``grid()`` by the first-order update (DDIM, η = 0), 1 NFE.
@@ -222,7 +225,9 @@ class DPMSolver(Sampler):
         plus = self.algorithm == "dpmsolver++"
 
         def model(y: Tensor, t: Tensor) -> Tensor:
-            return model_output(score_fn, process, y, t, plus)
+            """M(y, t): x̂₀ for dpmsolver++, ε̂ for dpmsolver (one evaluation, thresholded when the sampler is)."""
+            x0, eps = self.denoised(score_fn, process, y, t)
+            return x0 if plus else eps
 
         if self.multistep:
             grid = self.grid(process, x.device)

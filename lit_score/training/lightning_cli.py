@@ -29,6 +29,7 @@ from lit_score.checkpointing import AtomicCheckpointIO
 from lit_score.data import GenerativeDataModule
 from lit_score.evaluation.evaluate import content_key, describe_sampler
 from lit_score.generation import SampleCollector
+from lit_score.loading.sampler import data_range_problem
 from lit_score.models import GenerativeModule
 from lit_score.training.arguments import did_you_mean, one_line
 from lit_score.training.resume import check_resume, checked_hyperparameters, find_last
@@ -105,9 +106,19 @@ class LitScoreCLI(LightningCLI):
             "data", "model.init_args.sample_shape", compute_fn=lambda data: data.sample_shape, apply_on="instantiate"
         )
 
+    def check_sampler_data(self) -> None:
+        """The model's sampler must fit the data: its x̂₀ thresholding needs the data's range (one line, before any
+        training or generation; :func:`~lit_score.loading.sampler.data_range_problem`)."""
+        problem = data_range_problem(self.model.sampler, self.datamodule)
+        if problem is not None:
+            raise InvalidInput(f"model.sampler {type(self.model.sampler).__name__} cannot sample"
+                               f" {self.datamodule.label}: {problem}")
+
     def before_fit(self) -> None:
-        """Before anything is written: a new run must not land in a folder that holds another run; a resumed one
-        tells the config writer it continues its folder."""
+        """Before anything is written: the model's sampler must fit the data (:meth:`check_sampler_data`); a new run
+        must not land in a folder that holds another run; a resumed one tells the config writer it continues its
+        folder."""
+        self.check_sampler_data()
         resuming = bool(self.config_init["fit"].get("ckpt_path"))
         for cb in self.trainer.callbacks:
             if isinstance(cb, LitScoreSaveConfig):
@@ -149,7 +160,9 @@ class LitScoreCLI(LightningCLI):
 
     def before_predict(self) -> None:
         """``predict`` writes what it generates: ``<run>/predictions/<ckpt>_<sampler>_n<N>_seed<S>.npz`` (+ a PNG),
-        the run being the checkpoint's (or ``trainer.default_root_dir`` without one)."""
+        the run being the checkpoint's (or ``trainer.default_root_dir`` without one); the model's sampler must fit
+        the data (:meth:`check_sampler_data`)."""
+        self.check_sampler_data()
         if any(isinstance(cb, SampleCollector) for cb in self.trainer.callbacks):
             return
         ckpt = self.config_init["predict"].get("ckpt_path")
