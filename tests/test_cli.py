@@ -70,9 +70,12 @@ def test_compare_configs_parse_and_every_run_config_exists(config):
     elif config.stem not in ("toy", "digits"):  # issue 9's objective comparisons: each run's config + overrides parses
         from lit_score.evaluation.compare import cli_overrides
 
-        assert families <= {"ddpm", "ncsn", "sde", "edm", "vdm"} and len(runs) > 1
+        from lit_score.evaluation.run_specs import resolve_references
+
+        assert families <= {"ddpm", "ncsn", "sde", "edm", "vdm", "distill"} and len(runs) > 1
+        earlier = {r["name"]: {"ckpt": "teacher.ckpt"} for r in runs}  # ${ckpt:NAME}: a path (not read by --print_config)
         for r in runs:
-            overrides = cli_overrides({**cfg.shared, **(r.get("overrides") or {})})
+            overrides = cli_overrides({**cfg.shared, **resolve_references(r.get("overrides") or {}, earlier)})
             with pytest.raises(SystemExit) as info:
                 run(["fit", "--config", r["config"], *overrides, "--print_config"])
             assert info.value.code in (0, None), r["name"]

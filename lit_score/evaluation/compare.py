@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 import shutil
 import time
 import traceback
@@ -41,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
 from lit_score.atomic import torch_save, write_json
@@ -54,6 +52,7 @@ from lit_score.evaluation.evaluate import (
     evaluate,
 )
 from lit_score.evaluation.report import write_report
+from lit_score.evaluation.run_specs import build_sampler, check_references, cli_overrides, resolve_references
 from lit_score.loading.checkpoint import checkpoint_datamodule, checkpoint_summary, load_for_evaluation
 from lit_score.loading.sampler import data_range_problem
 from lit_score.metrics.fidelity import resolve_feature_extractor
@@ -64,30 +63,10 @@ from lit_score.validation import EVALUATE_RULES, InvalidInput, check_options
 #: part of every evaluation's cache key: bumped when the evaluation protocol changes, so a resumed compare never mixes
 #: numbers of two protocols (2: issue 23's digits-v2 default, floors at the models' n, standard errors, realism)
 EVALUATION_PROTOCOL = 2
-#: an override value naming an earlier run's checkpoint
-CKPT_REFERENCE = re.compile(r"\$\{ckpt:([^}]+)\}")
 
 
 def _key(*parts: Any) -> str:
     return content_key(parts)
-
-
-def build_sampler(spec: dict[str, Any], num_steps: int | None = None, steps_key: str = "num_steps") -> Sampler:
-    """A sampler from ``{class_path, init_args}`` (nested samplers allowed), with ``steps_key`` set to ``num_steps``."""
-    spec = {"class_path": spec["class_path"], "init_args": dict(spec.get("init_args") or {})}
-    if num_steps is not None:
-        spec["init_args"][steps_key] = num_steps
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(Sampler, "sampler")
-    return parser.instantiate_classes(parser.parse_object({"sampler": spec})).sampler
-
-
-def cli_overrides(values: dict[str, Any] | None) -> list[str]:
-    """{"trainer.max_epochs": 5, "data": {...}} → ["--trainer.max_epochs", "5", "--data", '{...}'] (JSON values)."""
-    out: list[str] = []
-    for key, value in (values or {}).items():
-        out += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return out
 
 
 class Compare:
@@ -117,12 +96,7 @@ class Compare:
             for path in [run.get("config"), run.get("ckpt")]:
                 if path is not None and not Path(path).is_file():
                     raise EvaluationError(f"run {run['name']!r}: {path} does not exist")
-        for i, run in enumerate(runs):
-            for value in (run.get("overrides") or {}).values():
-                for name in CKPT_REFERENCE.findall(value) if isinstance(value, str) else ():
-                    if name not in names[:i]:
-                        raise EvaluationError(f"run {run['name']!r} names ${{ckpt:{name}}}, which is not an earlier"
-                                              f" run (runs before it: {names[:i] or 'none'}): list {name!r} first")
+        check_references(runs)
 
     def check_plan(self) -> None:
         """Every sampler of the grid is built and every evaluation number checked before the first run trains (a
@@ -289,14 +263,6 @@ class Compare:
         bar.close()
         floor = self.data_floor(rows)
         return write_report(self.output, trained, rows + ([floor] if floor else []), self.evaluation)
-
-
-def resolve_references(overrides: dict[str, Any], trained: dict[str, dict]) -> dict[str, Any]:
-    """``overrides`` with every ``${ckpt:NAME}`` replaced by the checkpoint path of the trained run NAME."""
-    def resolve(value: Any) -> Any:
-        return CKPT_REFERENCE.sub(lambda m: trained[m.group(1)]["ckpt"], value) if isinstance(value, str) else value
-
-    return {key: resolve(value) for key, value in overrides.items()}
 
 
 def save_figure_samples(result: EvaluationResult, data, path: Path) -> Path:
