@@ -69,7 +69,6 @@ def test_compare_configs_parse_and_every_run_config_exists(config):
         assert families == {"ebm"} and len(runs) == 4
     elif config.stem not in ("toy", "digits"):  # issue 9's objective comparisons: each run's config + overrides parses
         from lit_score.evaluation.compare import cli_overrides
-
         from lit_score.evaluation.run_specs import resolve_references
 
         assert families <= {"ddpm", "ncsn", "sde", "edm", "vdm", "distill"} and len(runs) > 1

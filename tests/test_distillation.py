@@ -24,7 +24,7 @@ from lit_score.losses.consistency import consistency_distance, interval_times, p
 from lit_score.models import GenerativeModule, ScoreSDE
 from lit_score.networks import MLP
 from lit_score.processes import EDM, VP, DiscreteVP, Interpolant
-from lit_score.samplers import DDIM, FlowMapSampler, Heun
+from lit_score.samplers import DDIM, DPMSolver, EDMHeun, FlowMapSampler, Heun
 from lit_score.scores import FlowMapScore, GaussianFlowMap
 from lit_score.utils import randn_like
 
@@ -66,6 +66,38 @@ def test_the_loss_at_the_exact_map_vanishes_as_the_sixth_power_of_the_step(proce
     assert losses[2] < 1e-8
     for coarse, fine in zip(losses, losses[1:]):
         assert 50 < coarse / fine < 110
+
+
+@pytest.mark.parametrize("process", [EDM(), VP()], ids=["edm", "vp"])
+@pytest.mark.parametrize(("solver", "order"), [
+    (Heun(2, denoise=False), 2), (EDMHeun(2, denoise=False), 2), (DDIM(2, denoise=False), 1),
+    (DPMSolver(1, order=1, multistep=False), 1), (DPMSolver(2, order=2, multistep=False), 2),
+    (DPMSolver(3, order=3, multistep=False), 3)], ids=["heun", "edm-heun", "ddim", "dpm1", "dpm2", "dpm3"])
+def test_every_teacher_solver_takes_one_step_of_its_order(process, solver, order):
+    """A teacher's step Φ(x, t, s) against the exact Gaussian map: local error O(h^{p+1}), so halving the step (in λ)
+    divides it by 2^{p+1} (the window allows ±40 %); on EDM, EDMHeun's step is Heun's (σ̃ = σ = t, x̃ = x)."""
+    exact = GaussianFlowMap(process, MEAN, STD)
+    teacher = Teacher(exact, sampler=solver)
+    x0 = exact.sample(64, process.t_min, torch.Generator().manual_seed(0))
+    lam_t = torch.full((64,), -1.0, dtype=torch.float64)  # σ̃ = e
+    t = process.t_from_log_snr(lam_t)
+    x_t = process.perturb(x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=x0.dtype))
+    errors = []
+    for h in (0.4, 0.2, 0.1):
+        s = process.t_from_log_snr(lam_t + h)
+        errors.append(float((teacher.step(x_t, t, s) - exact.flow_map(x_t, t, s)).abs().max()))
+    for coarse, fine in zip(errors, errors[1:]):
+        assert 0.6 * 2 ** (order + 1) < coarse / fine < 1.4 * 2 ** (order + 1), errors
+    if isinstance(solver, EDMHeun) and isinstance(process, EDM):
+        s = process.t_from_log_snr(lam_t + 0.3)
+        assert torch.allclose(teacher.step(x_t, t, s), Teacher(exact).step(x_t, t, s), rtol=1e-12, atol=1e-14)
+
+
+def test_a_teacher_refuses_a_step_that_is_not_one_deterministic_ode_step():
+    exact = GaussianFlowMap(EDM(), MEAN, STD)
+    for solver in (DPMSolver(4, multistep=True), EDMHeun(4, S_churn=1.0), DDIM(4, eta=0.5)):
+        with pytest.raises(ValueError, match="one deterministic probability-flow step"):
+            Teacher(exact, sampler=solver)
 
 
 def test_a_student_away_from_the_exact_map_gets_a_gradient():
@@ -148,7 +180,7 @@ def test_one_time_networks_and_foreign_processes_are_refused():
         ScoreSDE(MLP(2, hidden=8), EDM(), target="edm", loss=cd(teacher))
     with pytest.raises(ValueError, match="not the student's"):
         cd(teacher)(two_time_student(process=VP()), torch.randn(4, 2))
-    with pytest.raises(ValueError, match="deterministically"):
+    with pytest.raises(ValueError, match="one deterministic probability-flow step"):
         Teacher(GaussianFlowMap(EDM(), MEAN, STD), sampler=DDIM(eta=1.0))
     with pytest.raises(ValueError, match="has no network"):
         ConsistencyDistillation(teacher).fit_started(two_time_student(), resumed=False)

@@ -55,7 +55,8 @@ class CheckpointTeacher(Teacher):
     Args:
         checkpoint: the ``.ckpt`` of a diffusion / flow family (``lit-score fit`` writes it).
         weights: ``auto`` (EMA when kept, the default), ``ema`` or ``raw``.
-        sampler: the step: Heun (default), Euler or DDIM with η = 0.
+        sampler: the step (see :class:`~lit_score.losses.Teacher`): Heun (default), Euler, DDIM η = 0, EDMHeun or
+            singlestep DPMSolver.
     """
 
     def __init__(self, checkpoint: str, weights: Weights = "auto", sampler: TeacherSolver | None = None) -> None:

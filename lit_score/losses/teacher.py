@@ -8,7 +8,8 @@ solver step, Φ(x_t, t, s) ≈ X_{t→s}(x_t), with per-sample times:
 | x_t | a point at time t (B, ...) |
 | t, s ≤ t | per-sample start and end times (B,), in the process's own units |
 | Φ(x_t, t, s) | one step t → s of the teacher's solver: Heun (2nd order, 2 NFE, the default: consistency |
-| | distillation's choice, Song et al. 2023, Sec. 6), Euler (1 NFE) or DDIM with η = 0 (1 NFE) |
+| | distillation's choice, Song et al. 2023, Sec. 6), Euler (1 NFE), DDIM with η = 0 (1 NFE), EDMHeun without |
+| | churn (Heun in σ̃ = σ/α, x̃ = x/α: 2 NFE) or singlestep DPMSolver of order k (k NFE) |
 
 Heun in lit-score steps in the process's time t (:func:`~lit_score.samplers.ode.heun_step`); on the EDM process
 (σ = t, α = 1) that is EDM's and consistency models' Heun step in σ exactly. Its local error is O(h³) per step
@@ -28,11 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from lit_score.processes import NoiseProcess
-from lit_score.samplers import DDIM, Euler, Heun
+from lit_score.samplers import DDIM, DPMSolver, EDMHeun, Euler, Heun
 from lit_score.samplers.base import ScoreFn
 
-#: the solvers a teacher steps with: one deterministic step t → s with per-sample times (``step``)
-TeacherSolver = Heun | Euler | DDIM
+#: the solvers a teacher steps with: one deterministic step t → s with per-sample times (their ``ode_step``)
+TeacherSolver = Heun | Euler | DDIM | EDMHeun | DPMSolver
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -50,8 +51,10 @@ class Teacher:
         score_model: the teacher's score function (``score_fn(x, t)``; ``predict`` / ``velocity`` are used when it
             offers them, as every sampler does). An ``nn.Module`` is frozen.
         process: the noise process it was trained on (default: ``score_model.process``).
-        sampler: the step: :class:`~lit_score.samplers.Heun` (default), :class:`~lit_score.samplers.Euler` or
-            :class:`~lit_score.samplers.DDIM` with η = 0 (its ``reversible``: a deterministic PF-ODE step).
+        sampler: the step: :class:`~lit_score.samplers.Heun` (default), :class:`~lit_score.samplers.Euler`,
+            :class:`~lit_score.samplers.DDIM` with η = 0, :class:`~lit_score.samplers.EDMHeun` without churn or
+            :class:`~lit_score.samplers.DPMSolver` with ``multistep`` False (their ``ode_step``: one deterministic
+            probability-flow step).
         network: the trained network behind ``score_model``, whose weights a two-time student can start from
             (:meth:`one_time_weights`); None when there is none (an exact score).
     """
@@ -76,7 +79,7 @@ class Teacher:
         score_model, process = self.model(x.device)
         if labels is not None:
             score_model = score_model.with_condition(labels)
-        return self.sampler.step(score_model, process, x, t.to(x.dtype), s.to(x.dtype))[0]
+        return self.sampler.flow_step(score_model, process, x, t.to(x.dtype), s.to(x.dtype))
 
     def check_process(self, process: NoiseProcess, times: Tensor) -> None:
         """Refuse, in one line, a student ``process`` whose α, σ differ from the teacher's at ``times`` (a student's
@@ -109,9 +112,10 @@ class Teacher:
 def check_solver(sampler: TeacherSolver | None) -> TeacherSolver:
     """The teacher's solver (Heun when None), refused in one line unless it is a deterministic PF-ODE step."""
     sampler = sampler if sampler is not None else Heun(num_steps=1, denoise=False)
-    if not sampler.reversible:
-        raise ValueError(f"the teacher's step must solve the probability-flow ODE deterministically: {sampler!r} adds"
-                         " noise or clips (use Heun, Euler or DDIM with eta 0 and no clip_denoised)")
+    if not sampler.ode_step:
+        raise ValueError(f"the teacher's step must be one deterministic probability-flow step: {sampler!r} adds noise,"
+                         " thresholds or keeps a multistep history (use Heun, Euler, DDIM with eta 0, EDMHeun with"
+                         " S_churn 0 or DPMSolver with multistep false, without clip_denoised or thresholding)")
     return sampler
 
 

@@ -141,6 +141,11 @@ class DDIM(Sampler):
         the probability-flow ODE's)."""
         return self.eta == 0 and self.x0_threshold is None
 
+    @property
+    def ode_step(self) -> bool:
+        """η = 0 without thresholding (``reversible``): ``step`` is then one deterministic probability-flow step."""
+        return self.reversible
+
     def __init__(
         self,
         num_steps: int = 50,

@@ -152,6 +152,20 @@ class Sampler(ABC):
     #: whether it walks ``grid(process)`` one interval at a time with x as its whole state, so that ``interval()``
     #: inside ``process.window(t_i, t_{i+1})`` takes the step a full run takes there (step transforms: inpainting)
     steps_on_grid: bool = False
+
+    @property
+    def ode_step(self) -> bool:
+        """Whether :meth:`flow_step` takes one deterministic probability-flow step t → s with per-sample times (B,)
+        and x as its whole state: what a distillation teacher steps with (:class:`~lit_score.losses.Teacher`).
+        Euler, Heun, DDIM with η = 0, EDMHeun without churn and singlestep DPMSolver, all without thresholding."""
+        return False
+
+    def flow_step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """x_s from x_t by one deterministic probability-flow step t → s (``ode_step``): a grid sampler's ``step``;
+        samplers whose run is not a sequence of such steps (EDMHeun, DPMSolver) override it."""
+        if not self.ode_step:
+            raise ValueError(f"{type(self).__name__} with these settings takes no single deterministic step")
+        return self.step(score_fn, process, x, t, s)[0]
     #: DDPM's clamp [−c, c] of x̂₀, the shorthand of ``thresholding=StaticThreshold(c)`` (Ancestral and DDIM take it)
     clip_denoised: float | None = None
     #: x̂₀ thresholding (x̂₀ ↦ x̂₀ inside the data range) applied by :meth:`denoised`, the one place a sampler forms

@@ -184,6 +184,11 @@ class DPMSolver(Sampler):
         probability-flow ODE forward (encoding); a thresholded x̂₀ is not that ODE's."""
         return self.thresholding is None
 
+    @property
+    def ode_step(self) -> bool:
+        """Singlestep (``multistep`` False) and ``reversible``: :meth:`flow_step` is its ``order`` update t → s."""
+        return not self.multistep and self.reversible
+
     def __init__(
         self,
         num_steps: int = 20,
@@ -220,14 +225,26 @@ class DPMSolver(Sampler):
             return i + 1
         return min(self.order, n - i) if self.lower_order_final and n < 10 else self.order
 
+    def model(self, score_fn: ScoreFn, process: NoiseProcess) -> Model:
+        """M(y, t): x̂₀ for dpmsolver++, ε̂ for dpmsolver (one evaluation, thresholded when the sampler is)."""
+        def model(y: Tensor, t: Tensor) -> Tensor:
+            x0, eps = self.denoised(score_fn, process, y, t)
+            return x0 if self.algorithm == "dpmsolver++" else eps
+
+        return model
+
+    def flow_step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """One singlestep update of ``order`` from t to s ≤ t with per-sample times (B,), the intermediate times at
+        r = ½ (order 2) or (⅓, ⅔) (order 3) of the step in λ, as dpm-solver's log-SNR singlestep: ``order`` NFE (a
+        distillation teacher's step, ``ode_step``)."""
+        r1, r2 = (1 / 3, 2 / 3) if self.order == 3 else (0.5, 1.0)
+        return singlestep_update(self.model(score_fn, process), process, x, t, s, self.order, r1, r2,
+                                 self.algorithm == "dpmsolver++")
+
     def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
         process = require_process(process, self)
         plus = self.algorithm == "dpmsolver++"
-
-        def model(y: Tensor, t: Tensor) -> Tensor:
-            """M(y, t): x̂₀ for dpmsolver++, ε̂ for dpmsolver (one evaluation, thresholded when the sampler is)."""
-            x0, eps = self.denoised(score_fn, process, y, t)
-            return x0 if plus else eps
+        model = self.model(score_fn, process)
 
         if self.multistep:
             grid = self.grid(process, x.device)

@@ -87,6 +87,21 @@ class EDMHeun(Sampler):
         """Without churn (Algorithm 1): Heun in σ̃ steps up as well as down (x̃ = x/α at either end)."""
         return self.S_churn == 0
 
+    @property
+    def ode_step(self) -> bool:
+        """Without churn: :meth:`flow_step` is one deterministic Heun step in (x̃, σ̃)."""
+        return self.S_churn == 0
+
+    def flow_step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """One Heun step t → s (per-sample times (B,), s > 0) of dx̃/dσ̃ in x̃ = x/α, σ̃ = e^{−λ} (Algorithm 1, lines
+        4–8 without churn): 2 NFE (a distillation teacher's step, ``ode_step``)."""
+        if not self.ode_step:
+            raise ValueError("EDMHeun takes a single deterministic step only without churn: set S_churn 0")
+        derivative = edm_denoiser(score_fn, process)[1]
+        sigma_t, sigma_s = (-process.log_snr(t)).exp(), (-process.log_snr(s)).exp()
+        x = heun_step(derivative, sigma_t, sigma_s, x / append_dims(process.alpha(t), x))
+        return x * append_dims(process.alpha(s), x)
+
     def interval(self) -> Sampler:
         """One interval, keeping the full run's churn γ = min(S_churn/num_steps, √2 − 1) per step."""
         return super().interval().with_settings(S_churn=self.S_churn / self.num_steps)

@@ -189,6 +189,7 @@ class Euler(Sampler):
 
     reversible = True  # y + (s − t)·v holds for s > t: the same method integrating forward
     steps_on_grid = True
+    ode_step = True
 
     def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One Euler step t → s; returns (x_s, x_s)."""
@@ -208,6 +209,7 @@ class Heun(Sampler):
 
     reversible = True
     steps_on_grid = True
+    ode_step = True
 
     def step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, generator=None):
         """One Heun step t → s; returns (x_s, x_s)."""
