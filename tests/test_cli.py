@@ -72,7 +72,7 @@ def test_compare_configs_parse_and_every_run_config_exists(config):
         from lit_score.evaluation.run_specs import resolve_references
 
         assert families <= {"ddpm", "ncsn", "sde", "edm", "vdm", "distill"} and len(runs) > 1
-        earlier = {r["name"]: {"ckpt": "teacher.ckpt"} for r in runs}  # ${ckpt:NAME}: a path (not read by --print_config)
+        earlier = {r["name"]: {"ckpt": "teacher.ckpt"} for r in runs}  # ${ckpt:NAME}: a path --print_config never reads
         for r in runs:
             overrides = cli_overrides({**cfg.shared, **resolve_references(r.get("overrides") or {}, earlier)})
             with pytest.raises(SystemExit) as info:
