@@ -10,6 +10,7 @@ import torch
 
 from lit_score.data.mixture import GaussianMixtureDistribution
 from lit_score.metrics.likelihood import log_likelihood
+from lit_score.models import ScoreSDE
 from lit_score.networks import MLP, UNet, load_one_time_weights
 from lit_score.processes import EDM, VE, VP, DiscreteVP, Interpolant, SubVP
 from lit_score.samplers import DDIM, AdaptiveODE, CountingScore, FlowMapSampler, Heun
@@ -121,6 +122,9 @@ def test_one_time_models_are_refused_in_one_line():
         FlowMapSampler(2)(NetworkScore(MLP(2, hidden=8), process), torch.randn(3, 2), process)
     with pytest.raises(ValueError, match="needs a two-time model"):
         FlowMapSampler(2)(GaussianMixtureDistribution.ring(2).noised(process), torch.randn(3, 2), process)
+    # the model says so before sampling (compare lists the pairing as skipped)
+    one, two = (ScoreSDE(MLP(2, hidden=8, two_time=flag), process) for flag in (False, True))
+    assert "takes one time" in one.sampler_problem(FlowMapSampler(2)) and two.sampler_problem(FlowMapSampler(2)) is None
 
 
 # --- the closed-form Gaussian flow map -------------------------------------------------------------------------------

@@ -149,6 +149,8 @@ class GenerativeModule(Conditioning, Likelihood, pl.LightningModule):
 
     #: whether ``score_model`` offers the energy E(x) (``energy`` / ``energy_and_score``), not only its gradient
     has_energy: bool = False
+    #: whether ``score_model`` is a two-time flow map X_{t→s} (a network built with ``two_time``)
+    two_time: bool = False
 
     def can_use(self, sampler: Sampler) -> bool:
         """Whether ``sampler`` can run on this model: one that needs a noise process needs a model with one, one
@@ -161,6 +163,8 @@ class GenerativeModule(Conditioning, Likelihood, pl.LightningModule):
             return f"it needs a noise process and {type(self).__name__} has none"
         if sampler.requires_energy and not self.has_energy:
             return f"it needs the energy E(x) for its accept/reject test and {type(self).__name__} has only a score"
+        if sampler.requires_two_time and not self.two_time:
+            return "it jumps with a two-time flow map and this model takes one time (distil a two-time student from it)"
         return None
 
     def sample(

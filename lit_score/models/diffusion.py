@@ -106,6 +106,11 @@ class DiffusionModule(GenerativeModule):
         return self.score_model.has_energy
 
     @property
+    def two_time(self) -> bool:
+        """True when the network takes a second time: the score model is a :class:`FlowMapScore`."""
+        return self.score_model.two_time
+
+    @property
     def network(self) -> nn.Module:
         return self.score_model.network
 

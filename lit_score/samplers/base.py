@@ -143,6 +143,8 @@ class Sampler(ABC):
     traverses_noise_levels: bool = True
     #: whether it needs the energy E(x) itself, not only the score (the Metropolis–Hastings kernels MALA and HMC)
     requires_energy: bool = False
+    #: whether it needs a two-time model's flow map X_{t→s} (FlowMapSampler), not only a score
+    requires_two_time: bool = False
     #: the names of what a call measures beside its NFE (the keys ``Draw.measurements`` may hold); a sampler that
     #: declares some returns ``(x, measurements)`` from its ``sample`` loop, the others return x
     measures: tuple[str, ...] = ()
