@@ -17,10 +17,11 @@ Notes on torchsde's ``BrownianTree`` (Li et al. 2020), which the tree wraps:
   ``generator`` (from torch's global generator without one), so a run is deterministic by seed. Each node of the tree
   draws its normals with ``torch.Generator(device).manual_seed(...)`` on x's device and in x's dtype, so one seed gives
   different paths on CPU and CUDA, and in float32 and float64.
-- Times are Python floats (a query reads them on the host) rounded to ``tol``'s decimals (1e-6 absolute): τ should
-  be of order 1e-3 or more, and a query descends log₂((τ_hi − τ_lo)/tol) ≈ 27 levels, each a randn shaped like x
-  (cached). One path serves the whole batch, so a sample's noise depends on the batch it is drawn in (k-diffusion
-  can take one seed per sample instead).
+- Times are Python floats rounded to ``tol``'s decimals (torchsde's default 1e-6, absolute; ``noise_source`` lowers it
+  to 1e-3·τ_lo when τ_lo < 1e-3, so that the first decimals of the smallest τ are kept), and a query descends
+  log₂((τ_hi − τ_lo)/tol) levels (≈ 27 for EDM's σ ∈ [0.002, 80]), each a randn shaped like x (cached). One path
+  serves the whole batch, so a sample's noise depends on the batch it is drawn in (k-diffusion can take one seed per
+  sample instead).
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def noise_source(kind: NoiseKind, x: Tensor, generator: torch.Generator | None, 
     if kind == "gaussian":
         return GaussianNoise(x, generator)
     if kind == "brownian_tree":
-        return BrownianTreeNoise(x, min(taus), max(taus), generator)
+        lo, hi = min(taus), max(taus)
+        return BrownianTreeNoise(x, lo, hi, generator, tol=min(1e-6, 1e-3 * lo))
     raise ValueError(f"unknown noise {kind!r}: use one of {', '.join(NOISE_KINDS)}")
 
 
