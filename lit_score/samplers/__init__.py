@@ -11,6 +11,7 @@ from lit_score.samplers.base import (
     probability_flow_velocity,
 )
 from lit_score.samplers.dpm_solver import DPMSolver
+from lit_score.samplers.dpm_solver_sde import DPMSolverSDE
 from lit_score.samplers.edm import EDMHeun
 from lit_score.samplers.flow_map import FlowMapSampler
 from lit_score.samplers.langevin import AnnealedLangevin, Langevin, langevin_step
@@ -33,6 +34,7 @@ __all__ = [
     "StaticThreshold",
     "Thresholding",
     "DPMSolver",
+    "DPMSolverSDE",
     "Draw",
     "EDMHeun",
     "Euler",

@@ -97,23 +97,30 @@ def singlestep_update(
 
 def multistep_update(
     process: NoiseProcess, x: Tensor, ts: list[Tensor], ms: list[Tensor], s: Tensor, plus: bool,
-    corrected_3m: bool = False,
+    corrected_3m: bool = False, eta_h: Tensor | None = None, heun: bool = False,
 ) -> Tensor:
     """Multistep DPM-Solver(-++) of order len(ms) from ts[-1] to s, from the model values ``ms`` at ``ts``; 0 NFE.
 
     ``corrected_3m`` doubles D₂ in the order-3 update (see the module notes): third order instead of second.
+    ``eta_h`` = ηh ≥ 0 (dpmsolver++ only) gives the deterministic part of the DPM-Solver++ SDE step
+    (``dpm_solver_sde.py``): ρ·e^{−ηh} and ĥ = −(1 + η)h in every term. ``heun`` takes order 2 as the exact integral
+    of the linear extrapolation, −c φ₂(ĥ) D₁ (dpm-solver's "taylor", diffusers' / k-diffusion's "heun"), instead of
+    the midpoint −½ c φ₁(ĥ) D₁. ``ts[-2]`` may lie between ts[-1] and s (the SDE sampler's singlestep stage):
+    D₁ is then the divided difference towards that later point.
     """
     order, lam = len(ms), [process.log_snr(t) for t in ts]
     h = process.log_snr(s) - lam[-1]
     h_hat = -h if plus else h
     rho, c = scales(process, ts[-1], s, plus)
+    if eta_h is not None:
+        rho, h_hat = rho * (-eta_h).exp(), h_hat - eta_h
     x_s = append_dims(rho, x) * x - append_dims(c * phi_1(h_hat), x) * ms[-1]
     if order == 1:
         return x_s
     r0 = (lam[-1] - lam[-2]) / h
     d1_0 = (ms[-1] - ms[-2]) / append_dims(r0, x)
     if order == 2:
-        return x_s - append_dims(0.5 * c * phi_1(h_hat), x) * d1_0
+        return x_s - append_dims(c * phi_2(h_hat) if heun else 0.5 * c * phi_1(h_hat), x) * d1_0
     r1 = (lam[-2] - lam[-3]) / h
     d1_1 = (ms[-2] - ms[-3]) / append_dims(r1, x)
     d1 = d1_0 + append_dims(r0 / (r0 + r1), x) * (d1_0 - d1_1)
