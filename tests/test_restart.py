@@ -11,7 +11,7 @@ import yaml
 
 from lit_score.data.mixture import GaussianMixtureDistribution
 from lit_score.metrics.distances import energy_distance
-from lit_score.processes import EDM, VP
+from lit_score.processes import EDM, VE, VP, Interpolant, SubVP
 from lit_score.samplers import EDMHeun, Restart
 
 MIXTURE = GaussianMixtureDistribution(
@@ -162,3 +162,17 @@ def test_yaml_constructible():
     sampler = parser.instantiate_classes(parser.parse_object(config)).sampler
     assert isinstance(sampler, Restart) and sampler.restart == [{"N": 3, "K": 2, "t_min": 0.06, "t_max": 0.3}]
     assert type(sampler)(**sampler.settings()).settings() == sampler.settings()
+
+
+@pytest.mark.parametrize("process_class", [VE, SubVP, Interpolant])
+def test_any_process_any_shape(process_class):
+    """Samples of shape (B, 2, 1, 1) are the flat samples reshaped (the per-sample maths never assumes a shape)."""
+    process = process_class()
+    score = MIXTURE.noised(process)
+    image_score = lambda x, t: score(x.flatten(1), t).view_as(x)  # noqa: E731
+    x = process.prior_sample((64, 2), torch.Generator().manual_seed(0))
+    sampler = Restart(8, INTERVALS)
+    flat = sampler(score, x, process, generator=torch.Generator().manual_seed(1))
+    image = sampler(image_score, x.view(64, 2, 1, 1), process, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(flat).all()
+    torch.testing.assert_close(image.flatten(1), flat, rtol=1e-6, atol=1e-6)

@@ -19,7 +19,7 @@ from diffusers import SASolverScheduler
 
 from lit_score.data.mixture import GaussianMixtureDistribution
 from lit_score.metrics.distances import energy_distance
-from lit_score.processes import EDM, VP, DiscreteVP
+from lit_score.processes import EDM, VE, VP, DiscreteVP, Interpolant, SubVP
 from lit_score.samplers import DDIM, SASolver
 from lit_score.samplers.base import full_like_t
 
@@ -131,3 +131,17 @@ def test_yaml_constructible():
     assert isinstance(sampler, SASolver)
     assert sampler.settings() == {**SASolver().settings(), "num_steps": 12, "predictor_order": 3,
                                   "corrector_order": 1, "tau": 0.5, "S_max": 10.0}
+
+
+@pytest.mark.parametrize("process_class", [VE, SubVP, Interpolant])
+def test_any_process_any_shape(process_class):
+    """Samples of shape (B, 2, 1, 1) are the flat samples reshaped (the per-sample maths never assumes a shape)."""
+    process = process_class()
+    score = MIXTURE.noised(process)
+    image_score = lambda x, t: score(x.flatten(1), t).view_as(x)  # noqa: E731
+    x = process.prior_sample((64, 2), torch.Generator().manual_seed(0))
+    sampler = SASolver(8, 3, 3, tau=1.0, denoise=True)
+    flat = sampler(score, x, process, generator=torch.Generator().manual_seed(1))
+    image = sampler(image_score, x.view(64, 2, 1, 1), process, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(flat).all()
+    torch.testing.assert_close(image.flatten(1), flat, rtol=1e-6, atol=1e-6)
