@@ -145,3 +145,14 @@ def test_any_process_any_shape(process_class):
     image = sampler(image_score, x.view(64, 2, 1, 1), process, generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(flat).all()
     torch.testing.assert_close(image.flatten(1), flat, rtol=1e-6, atol=1e-6)
+
+
+def test_x0_goes_through_sampler_denoised():
+    """x̂₀ is formed by ``Sampler.denoised`` (where thresholding applies): with every x̂₀ thresholded to 0 and τ = 0,
+    each update is x_t = (σ_t/σ_s) x_s, so the run ends at (σ(t_min)/σ(t_max)) x."""
+    process = VP()
+    sampler = SASolver(6, 3, 3, tau=0.0)
+    sampler.thresholding = torch.zeros_like
+    x = torch.randn(8, 2, dtype=torch.float64)
+    ends = process.sigma(torch.tensor([process.t_min, process.t_max], dtype=torch.float64))
+    torch.testing.assert_close(sampler(MIXTURE.noised(process), x, process), ends[0] / ends[1] * x)
