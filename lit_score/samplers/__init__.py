@@ -19,6 +19,8 @@ from lit_score.samplers.mcmc import HMC, MALA, ULA, AnnealedMCMC, DualAveraging,
 from lit_score.samplers.ode import AdaptiveODE, Euler, Heun, solve_ode, solve_ode_fixed
 from lit_score.samplers.pc import LangevinCorrector, MALACorrector, PredictorCorrector
 from lit_score.samplers.recovery import RecoverySampler
+from lit_score.samplers.restart import Restart
+from lit_score.samplers.sa_solver import SASolver
 from lit_score.samplers.sde import EulerMaruyama, ReverseDiffusion
 from lit_score.samplers.thresholding import DynamicThreshold, StaticThreshold, Thresholding
 
@@ -50,6 +52,8 @@ __all__ = [
     "PredictorCorrector",
     "RecoverySampler",
     "ReverseDiffusion",
+    "Restart",
+    "SASolver",
     "ULA",
     "DualAveraging",
     "Sampler",
