@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import diffusers  # a test-only reference: the dev extra installs it
 import pytest
 import torch
 from hypothesis import given, settings
@@ -24,10 +25,20 @@ from lit_score.cli import main
 from lit_score.data import Digits, Toy2D
 from lit_score.loading.sampler import data_range_problem
 from lit_score.processes import DiscreteVP
-from lit_score.samplers import DDIM, Ancestral, DPMSolver, DynamicThreshold, Sampler, StaticThreshold
+from lit_score.samplers import (
+    DDIM,
+    Ancestral,
+    DPMSolver,
+    DPMSolverSDE,
+    DynamicThreshold,
+    EDMHeun,
+    Restart,
+    Sampler,
+    SASolver,
+    StaticThreshold,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-diffusers = pytest.importorskip("diffusers")  # a test-only reference (the dev extra)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,6 +154,17 @@ def test_clip_denoised_is_static_thresholding(make):
         make(clip_denoised=1.0, thresholding=DynamicThreshold())
     assert not DDIM(thresholding=StaticThreshold()).reversible and not DPMSolver(
         thresholding=StaticThreshold()).reversible and DPMSolver().reversible
+
+
+@pytest.mark.parametrize("make", [EDMHeun, Restart, SASolver, DPMSolverSDE], ids=lambda m: m.__name__)
+def test_every_sampler_that_forms_x0_takes_thresholding(make):
+    """The option of CONTRACTS' rule: x̂₀ through ``Sampler.denoised``, so the final x̂₀ lies in the bound and the run
+    differs from the unthresholded one; the settings rebuild it."""
+    kw = {"num_steps": 8, "denoise": True}
+    thresholded, plain = make(**kw, thresholding=StaticThreshold(0.5)), make(**kw)
+    runs = [s(Eps(), start(), PROCESS, generator=torch.Generator().manual_seed(3)) for s in (thresholded, plain)]
+    assert runs[0].abs().max() <= 0.5 and (runs[0] - runs[1]).abs().max() > 0.1
+    assert type(thresholded)(**thresholded.settings()).x0_threshold == StaticThreshold(0.5)
 
 
 def test_thresholding_needs_a_known_symmetric_data_range():

@@ -57,6 +57,7 @@ from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, require_process
 from lit_score.samplers.dpm_solver import multistep_update, singlestep_orders
 from lit_score.samplers.noise import NOISE_KINDS, Noise, NoiseKind, noise_source
+from lit_score.samplers.thresholding import Thresholding
 from lit_score.utils import append_dims
 
 
@@ -85,6 +86,7 @@ class DPMSolverSDE(Sampler):
             by the generator, the same for every step count; see ``noise.py``).
         spacing: time spacing (default uniform in log-SNR, as DPMSolver: on the mixture it beats Karras at 15–31 NFE).
         denoise: finish with x̂₀ at t_min.
+        thresholding: x̂₀ thresholding (``StaticThreshold``, ``DynamicThreshold``) wherever x̂₀ is formed.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class DPMSolverSDE(Sampler):
         noise: NoiseKind = "gaussian",
         spacing: Spacing | None = "logsnr",
         denoise: bool = True,
+        thresholding: Thresholding | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
         if order not in (1, 2, 3):
@@ -111,7 +114,7 @@ class DPMSolverSDE(Sampler):
         if noise not in NOISE_KINDS:
             raise ValueError(f"unknown noise {noise!r}: use one of {', '.join(NOISE_KINDS)}")
         self.order, self.multistep, self.eta, self.s_noise = order, multistep, eta, s_noise
-        self.solver_type, self.noise = solver_type, noise
+        self.solver_type, self.noise, self.thresholding = solver_type, noise, thresholding
 
     def sample(self, score_fn: ScoreFn, x: Tensor, process: NoiseProcess | None, *, generator, callback, progress):
         process = require_process(process, self)

@@ -25,8 +25,9 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
-from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, predict_x0_eps, require_process
+from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, require_process
 from lit_score.samplers.ode import heun_step
+from lit_score.samplers.thresholding import Thresholding
 from lit_score.utils import append_dims, randn_like
 
 
@@ -37,15 +38,16 @@ def churn(x: Tensor, sigma: Tensor, gamma: Tensor | float, s_noise: float, gener
     return x + noise, sigma_hat
 
 
-def edm_denoiser(score_fn: ScoreFn, process: NoiseProcess):
-    """(time of σ̃, dx̃/dσ̃ = (x̃ − D(x̃; σ̃))/σ̃) for any process, with x = α x̃ and σ̃ = e^{−λ}."""
+def edm_denoiser(score_fn: ScoreFn, process: NoiseProcess, sampler: Sampler):
+    """(time of σ̃, dx̃/dσ̃ = (x̃ − D(x̃; σ̃))/σ̃) for any process, with x = α x̃ and σ̃ = e^{−λ}; D = x̂₀ as
+    ``sampler.denoised`` forms it (thresholded when the sampler is)."""
 
     def time(sigma: Tensor) -> Tensor:
         return process.t_from_log_snr(-sigma.log())
 
     def derivative(sigma: Tensor, x_tilde: Tensor) -> Tensor:
         t = time(sigma)
-        x0 = predict_x0_eps(score_fn, process, append_dims(process.alpha(t), x_tilde) * x_tilde, t)[0]
+        x0 = sampler.denoised(score_fn, process, append_dims(process.alpha(t), x_tilde) * x_tilde, t)[0]
         return (x_tilde - x0) / append_dims(sigma, x_tilde)
 
     return time, derivative
@@ -54,7 +56,8 @@ def edm_denoiser(score_fn: ScoreFn, process: NoiseProcess):
 class EDMHeun(Sampler):
     """EDM's stochastic Heun sampler (Karras et al. 2022, Algorithm 2); S_churn = 0 is Algorithm 1 (deterministic).
 
-    The NFE is 2·(num_steps − 1) + 1 with ``denoise`` (EDM's count), 2·num_steps without.
+    The NFE is 2·(num_steps − 1) + 1 with ``denoise`` (EDM's count), 2·num_steps without. ``thresholding``
+    (``StaticThreshold``, ``DynamicThreshold``) applies to D = x̂₀ in every derivative and at the final denoise.
     """
 
     steps_on_grid = True
@@ -69,6 +72,7 @@ class EDMHeun(Sampler):
         spacing: Spacing | None = "karras",
         rho: float = 7.0,
         denoise: bool = True,
+        thresholding: Thresholding | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
         check_number("S_churn", S_churn, ge=0.0)
@@ -77,6 +81,7 @@ class EDMHeun(Sampler):
         check_number("S_max", S_max, ge=S_min, allow_inf=True)
         check_number("rho", rho, gt=0.0)
         self.S_churn, self.S_min, self.S_max, self.S_noise, self.rho = S_churn, S_min, S_max, S_noise, rho
+        self.thresholding = thresholding
 
     def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
         """Decreasing times t_max → t_min (Karras ρ-spacing of σ̃ by default)."""
@@ -84,20 +89,21 @@ class EDMHeun(Sampler):
 
     @property
     def reversible(self) -> bool:
-        """Without churn (Algorithm 1): Heun in σ̃ steps up as well as down (x̃ = x/α at either end)."""
-        return self.S_churn == 0
+        """Without churn (Algorithm 1) and thresholding: Heun in σ̃ steps up as well as down (x̃ = x/α at either
+        end)."""
+        return self.S_churn == 0 and self.thresholding is None
 
     @property
     def ode_step(self) -> bool:
-        """Without churn: :meth:`flow_step` is one deterministic Heun step in (x̃, σ̃)."""
-        return self.S_churn == 0
+        """``reversible``: :meth:`flow_step` is then one deterministic Heun step of the PF-ODE in (x̃, σ̃)."""
+        return self.reversible
 
     def flow_step(self, score_fn: ScoreFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
         """One Heun step t → s (per-sample times (B,), s > 0) of dx̃/dσ̃ in x̃ = x/α, σ̃ = e^{−λ} (Algorithm 1, lines
         4–8 without churn): 2 NFE (a distillation teacher's step, ``ode_step``)."""
         if not self.ode_step:
-            raise ValueError("EDMHeun takes a single deterministic step only without churn: set S_churn 0")
-        derivative = edm_denoiser(score_fn, process)[1]
+            raise ValueError("EDMHeun takes a single deterministic step only without churn or thresholding")
+        derivative = edm_denoiser(score_fn, process, self)[1]
         sigma_t, sigma_s = (-process.log_snr(t)).exp(), (-process.log_snr(s)).exp()
         x = heun_step(derivative, sigma_t, sigma_s, x / append_dims(process.alpha(t), x))
         return x * append_dims(process.alpha(s), x)
@@ -116,7 +122,7 @@ class EDMHeun(Sampler):
         grid = self.grid(process, x.device)
         sigmas = (-process.log_snr(grid)).exp()
         gammas = self.gammas(sigmas)
-        time, derivative = edm_denoiser(score_fn, process)
+        time, derivative = edm_denoiser(score_fn, process, self)
         x = x / append_dims(process.alpha(full_like_t(x, grid[0])), x)
         for i in self.steps(len(grid) - 1, progress, "edm heun"):
             sigma, sigma_hat = full_like_t(x, sigmas[i]), full_like_t(x, sigmas[i])

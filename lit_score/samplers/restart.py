@@ -42,6 +42,7 @@ from lit_score.processes.grids import karras_log_snr
 from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, require_process
 from lit_score.samplers.edm import churn, edm_denoiser
 from lit_score.samplers.ode import heun_step
+from lit_score.samplers.thresholding import Thresholding
 from lit_score.utils import append_dims, randn_like
 
 INTERVAL_KEYS = ("N", "K", "t_min", "t_max")
@@ -88,6 +89,7 @@ class Restart(Sampler):
         denoise: finish with x̂₀ at t_min (EDM's final Euler step to σ = 0).
         restart_gamma, S_min, S_max: the reference code's churn γ before each restart step whose level lies in
             [S_min, S_max] (σ̃); 0: none, Algorithm 1 of the paper.
+        thresholding: x̂₀ thresholding (``StaticThreshold``, ``DynamicThreshold``) wherever x̂₀ is formed.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Restart(Sampler):
         restart_gamma: float = 0.0,
         S_min: float = 0.0,
         S_max: float = math.inf,
+        thresholding: Thresholding | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
         check_number("S_noise", S_noise, ge=0.0)
@@ -113,6 +116,7 @@ class Restart(Sampler):
         self.restart = [check_interval(i, r) for i, r in enumerate(restart or [])]
         self.S_noise, self.rho = S_noise, rho
         self.restart_gamma, self.S_min, self.S_max = restart_gamma, S_min, S_max
+        self.thresholding = thresholding
 
     def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
         """Decreasing times t_max → t_min of the main run (Karras ρ-spacing of σ̃ by default)."""
@@ -143,7 +147,7 @@ class Restart(Sampler):
         sigmas = (-process.log_snr(grid)).exp()
         levels = sigmas.tolist()  # the one host read of the run
         plan = self.plan(levels)
-        time, derivative = edm_denoiser(score_fn, process)
+        time, derivative = edm_denoiser(score_fn, process, self)
         x = x / append_dims(process.alpha(full_like_t(x, grid[0])), x)
         for i in self.steps(len(grid) - 1, progress, "restart"):
             x = heun_step(derivative, full_like_t(x, sigmas[i]), full_like_t(x, sigmas[i + 1]), x)

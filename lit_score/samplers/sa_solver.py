@@ -36,6 +36,7 @@ from torch import Tensor
 from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, require_process
+from lit_score.samplers.thresholding import Thresholding
 from lit_score.utils import append_dims, randn_like
 
 
@@ -94,6 +95,7 @@ class SASolver(Sampler):
             on a ``DiscreteVP``).
         denoise: finish with x̂₀ at t_min.
         lower_order_final: lower orders in the last steps, as diffusers.
+        thresholding: x̂₀ thresholding (``StaticThreshold``, ``DynamicThreshold``) wherever x̂₀ is formed.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class SASolver(Sampler):
         spacing: Spacing | None = "logsnr",
         denoise: bool = False,
         lower_order_final: bool = True,
+        thresholding: Thresholding | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
         check_number("predictor_order", predictor_order, ge=1, le=3, integer=True)
@@ -116,6 +119,7 @@ class SASolver(Sampler):
         check_number("S_max", S_max, ge=S_min, allow_inf=True)
         self.predictor_order, self.corrector_order = predictor_order, corrector_order
         self.tau, self.S_min, self.S_max, self.lower_order_final = tau, S_min, S_max, lower_order_final
+        self.thresholding = thresholding
 
     def orders(self, i: int, n: int) -> tuple[int, int]:
         """(predictor order of step i, corrector order for the point it predicts), as diffusers' warm-up and ending."""
