@@ -179,7 +179,9 @@ class NoiseProcess(nn.Module, ABC):
         ``spacing`` names a closed form (:data:`SPACINGS`: uniform, quadratic, Karras ρ, log-SNR-uniform, and Align
         Your Steps' Gaussian-data ``kl_optimal``, linear in arctan σ̃) or is the path of a saved grid file, whose
         times come back exactly after :meth:`~lit_score.processes.grid_file.StoredGrid.times_for` has checked them
-        against this process and ``n_steps``. Decreasing, except inside a reversed :meth:`window` (t_max < t_min there): then it is the forward grid of the
+        against this process and ``n_steps``.
+
+        Decreasing, except inside a reversed :meth:`window` (t_max < t_min there): then it is the forward grid of the
         same two ends read backwards, point for point (so an ODE sampler encodes and decodes on one grid).
         """
         if n_steps < 1:

@@ -9,10 +9,10 @@ sampler takes as its ``spacing`` (``spacing: grids/vp_8.json``): every sampler's
 | ``t_max``, ``t_min`` | the process's range when the grid was made |
 | ``n`` | steps (intervals): ``len(times) − 1`` |
 | ``times`` | t_0 = t_max > … > t_n = t_min |
-| ``sigmas`` | σ̃_i = σ(t_i)/α(t_i) at those times: on load they must match the process (same class and range but another |
-|  | schedule is refused) |
-| ``protocol`` | how it was made: ``method`` (``kl_optimal``, ``fitted``, ``watson`` …) and what that method used (checkpoint,|
-|  | sampler, objective and its value) |
+| ``sigmas`` | σ̃_i = σ(t_i)/α(t_i) at those times: on load they must match the process (same class and range |
+|  | but another schedule is refused) |
+| ``protocol`` | how it was made: ``method`` (``kl_optimal``, ``fitted``, ``watson`` …) and what that method used |
+|  | (checkpoint, sampler, objective and its value) |
 
 Loading is data only (``json.loads``): nothing the file names is imported or called. Writing goes through
 :mod:`lit_score.atomic` (a kill leaves the old file or the new one).
@@ -66,7 +66,8 @@ class StoredGrid:
         return grid
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "process": self.process, "process_settings": self.process_settings,
+        return {"format": FORMAT, "version": VERSION, "process": self.process,
+                "process_settings": self.process_settings,
                 "t_max": self.t_max, "t_min": self.t_min, "n": self.n, "times": list(self.times),
                 "sigmas": list(self.sigmas), "protocol": self.protocol}
 
@@ -92,7 +93,9 @@ class StoredGrid:
             raise ValueError(f"{source} was made for a {self.process} process, not this model's {here}: make one for"
                              " this model (`lit-score grid`) or give a spacing name (uniform, karras, …)")
         hi, lo = max(process.t_max, process.t_min), min(process.t_max, process.t_min)
-        if not (math.isclose(hi, self.t_max, rel_tol=1e-9) and math.isclose(lo, self.t_min, rel_tol=1e-9, abs_tol=1e-12)):
+        same_range = math.isclose(hi, self.t_max, rel_tol=1e-9) and math.isclose(lo, self.t_min, rel_tol=1e-9,
+                                                                                  abs_tol=1e-12)
+        if not same_range:
             raise ValueError(f"{source} spans t {self.t_max:g} → {self.t_min:g}, the process runs {hi:g} → {lo:g} (a"
                              " window: SDEdit, inpainting, or another range): make a grid for this range or give a"
                              " spacing name")
@@ -138,7 +141,8 @@ def load_grid(path: str | Path) -> StoredGrid:
                           dict(data["protocol"]), str(data.get("process_settings", "")))
         n = int(data["n"])
     except (TypeError, ValueError) as err:
-        raise ValueError(f"grid file {path} holds a malformed value ({err}): rewrite it with `lit-score grid`") from None
+        raise ValueError(f"grid file {path} holds a malformed value ({err}): rewrite it with"
+                         " `lit-score grid`") from None
     grid.check_shape(f"grid file {path}")
     if n != grid.n:
         raise ValueError(f"grid file {path} says n = {n} but holds {grid.n} steps: rewrite it with"

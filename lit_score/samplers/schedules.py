@@ -19,8 +19,8 @@ KLUB by the same kind of coordinate refinement of each t_i.
 
 Search: start from the best of the closed forms (uniform, quadratic, Karras, log-SNR, KL-optimal), then sweep over
 i = 1 … n − 1 moving u_i alone within (u_{i+1}, u_{i−1}) by a pattern search of ``candidates`` evaluations
-(:func:`refine`), keeping a move only when E falls; stop after ``sweeps`` sweeps or a sweep without gain. E never rises, so the
-fitted grid is at least as good as every closed form on the fitting batch (the test checks fresh noise).
+(:func:`refine`), keeping a move only when E falls; stop after ``sweeps`` sweeps or a sweep without gain. E never
+rises, so the fitted grid is at least as good as every closed form on the fitting batch (the test checks fresh noise).
 
 Where it is used: ``lit-score grid --method fit`` (:mod:`lit_score.cli.grid`) writes the result as a grid file that
 any sampler's ``spacing`` then names. A command, not a sampler option: a fit costs hundreds of sampling runs, made
@@ -40,6 +40,7 @@ from torch import Tensor
 
 from lit_score.processes import SPACINGS, NoiseProcess, StoredGrid, save_grid
 from lit_score.samplers.base import Sampler, ScoreFn
+
 
 def closed_form_grid(process: NoiseProcess, n: int, spacing: str, rho: float = 7.0) -> StoredGrid:
     """The closed-form grid ``spacing`` of ``n`` steps for ``process`` as a record (``lit-score grid --method
