@@ -158,7 +158,7 @@ def test_the_fitted_grid_beats_uniform_and_karras_on_the_mixture_likelihood_of_i
         assert grid.protocol["value"] <= min(grid.protocol["closed_forms"].values())
         path = save_grid(grid, tmp_path / "fitted.json")
         noise = process.prior_sample((2000, 2), generator=torch.Generator().manual_seed(1))  # fresh, shared
-        reference = sampler.with_settings(num_steps=257, spacing="logsnr")(score, noise.clone(), process)
+        reference = sampler.with_settings(num_steps=129, spacing="logsnr")(score, noise.clone(), process)
         quality, error = {}, {}
         for spacing in ("uniform", "karras", str(path)):
             out = sampler.with_settings(spacing=spacing)(score, noise.clone(), process)
@@ -229,6 +229,25 @@ def test_lit_score_grid_writes_a_file_that_sample_uses(tmp_path, capsys):
     main(["sample", "--ckpt_path", str(ckpt), "--num_samples", "8", "--sampler.class_path", "lit_score.samplers.Euler",
           "--sampler.init_args.num_steps", "4", "--sampler.init_args.spacing", str(fitted),
           "--output", str(tmp_path / "s")])
-    with pytest.raises(SystemExit):
-        main(["grid", "--ckpt_path", str(ckpt), "--method", "kl_optimal", "--steps", "4", "--output", str(out)])
-    assert "exists" in capsys.readouterr().err
+    capsys.readouterr()
+    for change, words in ((["--output", str(out)], "exists"), (["--method", "bogus"], "unknown --method"),
+                          (["--steps", "0"], "--steps")):
+        argv = {"--ckpt_path": str(ckpt), "--method": "kl_optimal", "--steps": "4",
+                "--output": str(tmp_path / "o.json"), **dict(zip(change[::2], change[1::2]))}
+        with pytest.raises(SystemExit):
+            main(["grid", *[item for pair in argv.items() for item in pair]])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("lit-score: error:") and words in err[0], err
+
+
+@pytest.mark.slow
+def test_lit_score_grid_watson_on_a_ddpm_checkpoint(tmp_path):
+    """Watson's DP on the 1000-step toy DDPM fixture (N = 1000: 1000 network evaluations and N²/2 KL terms)."""
+    out = tmp_path / "watson.json"
+    main(["grid", "--ckpt_path", str(FIXTURES / "ddpm.ckpt"), "--method", "watson", "--steps", "4",
+          "--num_samples", "8", "--output", str(out)])
+    grid = load_grid(out)
+    steps = grid.protocol["steps"]
+    assert grid.n == 4 and steps[0] == 1000 and steps[-1] == 1 and grid.times == tuple(n / 1000 for n in steps)
+    assert grid.protocol["value"] <= grid.protocol["even_stride_value"]
+    assert Ancestral(num_steps=5, spacing=str(out)).grid(DiscreteVP(), torch.device("cpu")).tolist() == list(grid.times)

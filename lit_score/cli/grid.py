@@ -58,8 +58,13 @@ def grid_main(argv: list[str]) -> StoredGrid:
         raise InvalidInput(f"--output {output} must end in .json (a sampler's spacing reads a .json path as a grid)")
     if output.exists() and not cfg.overwrite:
         raise InvalidInput(f"{output} exists: pass --overwrite true or choose another --output")
-    if cfg.num_samples < 1:
-        raise InvalidInput(f"need --num_samples >= 1, got {cfg.num_samples}")
+    if cfg.method not in METHODS:
+        raise InvalidInput(f"unknown --method {cfg.method!r}: use one of {', '.join(METHODS)}")
+    if min(cfg.steps, cfg.num_samples, cfg.reference_steps) < 1:
+        raise InvalidInput(f"need --steps, --num_samples and --reference_steps >= 1, got {cfg.steps},"
+                           f" {cfg.num_samples} and {cfg.reference_steps}")
+    if cfg.variance not in ("beta_tilde", "beta"):
+        raise InvalidInput(f"--variance must be beta_tilde or beta, got {cfg.variance!r}")
     device = resolve_device(cfg.accelerator)
     model, weights = load_for_evaluation(cfg.ckpt_path, cfg.weights, device)
     model.eval()

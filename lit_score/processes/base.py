@@ -14,6 +14,7 @@ ODE, eq. 13), α'(t), σ'(t), time grids and the prior.
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,8 +43,10 @@ Spacing = SpacingName | str
 def check_spacing(spacing: Spacing | None) -> Spacing | None:
     """``spacing`` when it is None, a name of :data:`SPACINGS` or a ``.json`` path (read when a grid is made);
     ValueError naming the choices otherwise (a misspelt name fails here, not at sampling time)."""
-    if spacing is None or spacing in SPACINGS or (isinstance(spacing, str) and spacing.endswith(".json")):
+    if spacing is None or spacing in SPACINGS:
         return spacing
+    if isinstance(spacing, (str, os.PathLike)) and str(spacing).endswith(".json"):
+        return str(spacing)
     raise ValueError(f"unknown time spacing {spacing!r}: use {', '.join(SPACINGS)} or the path of a grid file (.json,"
                      " written by `lit-score grid`)")
 
