@@ -20,7 +20,7 @@ from lit_score.metrics.likelihood.strided import stride_costs, strided_bound
 from lit_score.models import GenerativeModule
 from lit_score.processes import SPACINGS, StoredGrid
 from lit_score.samplers import Sampler
-from lit_score.samplers.schedules import closed_form_grid, fit_grid, sampler_record
+from lit_score.samplers.schedules import closed_form_grid, fit_grid
 
 METHODS = (*SPACINGS, "fit", "watson")
 
@@ -77,4 +77,4 @@ def make_grid(
     return result.grid(process, grid_protocol)
 
 
-__all__ = ["METHODS", "make_grid", "sampler_record"]
+__all__ = ["METHODS", "make_grid"]
