@@ -14,6 +14,7 @@ encode                         :mod:`lit_score.cli.encode`
 evaluate                       :mod:`lit_score.cli.evaluate`
 compare                        :mod:`lit_score.cli.compare`
 sweep                          :mod:`lit_score.cli.sweep`
+grid                           :mod:`lit_score.cli.grid`
 pairs                          :mod:`lit_score.cli.pairs`
 (shared)                       :mod:`lit_score.cli.options` (condition options, one parse), :mod:`lit_score.cli.errors`
                                (how a command fails)
@@ -39,6 +40,7 @@ from lit_score.cli.compare import compare_main
 from lit_score.cli.encode import encode_main, encode_parser
 from lit_score.cli.errors import SUBCOMMANDS, reported
 from lit_score.cli.evaluate import evaluate_main, evaluate_parser
+from lit_score.cli.grid import grid_main
 from lit_score.cli.options import add_condition_arguments, apply_condition
 from lit_score.cli.pairs import pairs_main
 from lit_score.cli.sample import build_edit, sample_main, sample_parser
@@ -64,7 +66,7 @@ UserError = InvalidInput  # the name of a bad-input error before issue 24 (one c
 #: its signals on to the run it launched instead)
 COMMANDS = {"sample": (sample_main, True), "evaluate": (evaluate_main, True), "encode": (encode_main, True),
             "compare": (compare_main, True), "sweep": (sweep_main, False),
-            "pairs": (pairs_main, True)}
+            "pairs": (pairs_main, True), "grid": (grid_main, True)}
 
 
 def print_help(file=sys.stdout) -> None:

@@ -38,6 +38,7 @@ SUBCOMMANDS = {
     "encode": "probability-flow ODE latents of data (and their decoding), with a latent interpolation grid",
     "sweep": "run a W&B sweep file (sweeps/*.yaml) locally, no W&B server: resumable, ranked summary, best config",
     "pairs": "draw reflow pairs (noise, ODE sample) of a checkpoint into resumable shards, for rectified flow",
+    "grid": "a time grid for a checkpoint (kl_optimal, fitted to a sampler, Watson's DDPM strides) as a grid file",
 }
 BAD_INPUT = (ValueError, OSError, NonFiniteLossError, NonFiniteStepsError, NonFiniteWeightsError, RanksDisagreeError,
              ArgumentError)

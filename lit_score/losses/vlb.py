@@ -40,6 +40,29 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, std: Tensor) ->
     )
 
 
+def step_kl(
+    process: NoiseProcess,
+    x0: Tensor,
+    x_t: Tensor,
+    x0_hat: Tensor,
+    t: Tensor,
+    s: Tensor,
+    *,
+    variance: Literal["beta_tilde", "beta", "learned"] = "beta_tilde",
+    frac: Tensor | None = None,
+) -> Tensor:
+    """Elementwise KL(q(x_s | x_t, x₀) ‖ p(x_s | x_t)) in nats for any s < t (per-sample (B,) times): the model's mean
+    μ̃(x_t, x̂₀) with the variance β̃_{t,s}, σ²_{t|s} or the learned interpolation between them. One step of DDPM's bound
+    (s = t − 1/N, :func:`vlb_step_bpd`) or a strided one (Watson et al. 2021's L(t → s))."""
+    _, sigma_ts2, beta_tilde = transition_variances(process, t, s)
+    if variance == "learned":
+        model_var = learned_range_variance(frac, sigma_ts2, beta_tilde)
+    else:
+        model_var = wide(beta_tilde if variance == "beta_tilde" else sigma_ts2, x0)
+    true_mean, model_mean = posterior_mean(process, x_t, x0, t, s), posterior_mean(process, x_t, x0_hat, t, s)
+    return normal_kl(true_mean, wide(beta_tilde, x0), model_mean, model_var)
+
+
 def vlb_step_bpd(
     process: NoiseProcess,
     x0: Tensor,
@@ -64,15 +87,7 @@ def vlb_step_bpd(
     if variance == "learned" and frac is None:
         raise ValueError("variance='learned' needs the model's interpolation fraction frac")
     t_kl = n.clamp_min(2).to(x0.dtype) / num_steps  # n = 1 rows take the decoder below: keep their KL finite
-    s_kl = t_kl - 1 / num_steps
-    _, sigma_ts2, beta_tilde = transition_variances(process, t_kl, s_kl)
-    true_mean = posterior_mean(process, x_t, x0, t_kl, s_kl)
-    model_mean = posterior_mean(process, x_t, x0_hat, t_kl, s_kl)
-    if variance == "learned":
-        model_var = learned_range_variance(frac, sigma_ts2, beta_tilde)
-    else:
-        model_var = wide(beta_tilde if variance == "beta_tilde" else sigma_ts2, x0)
-    kl = normal_kl(true_mean, wide(beta_tilde, x0), model_mean, model_var)
+    kl = step_kl(process, x0, x_t, x0_hat, t_kl, t_kl - 1 / num_steps, variance=variance, frac=frac)
     one, two, zero = (torch.full_like(t_kl, k / num_steps) for k in (1, 2, 0))
     beta_tilde_2 = transition_variances(process, two, one)[2]
     if variance == "learned":
@@ -94,4 +109,4 @@ def vlb_step_bpd(
     return batch_sum(terms) / (x0[0].numel() * math.log(2))
 
 
-__all__ = ["discretized_gaussian_log_likelihood", "normal_kl", "vlb_step_bpd", "wide"]
+__all__ = ["discretized_gaussian_log_likelihood", "normal_kl", "step_kl", "vlb_step_bpd", "wide"]

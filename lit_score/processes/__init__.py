@@ -1,7 +1,8 @@
 """Noise processes: the forward corruption every family shares (no Lightning here)."""
 
-from lit_score.processes.base import NoiseProcess, Spacing
+from lit_score.processes.base import SPACINGS, NoiseProcess, Spacing, check_spacing
 from lit_score.processes.edm import EDM
+from lit_score.processes.grid_file import StoredGrid, load_grid, save_grid
 from lit_score.processes.interpolant import Interpolant
 from lit_score.processes.learned import LearnedVP
 from lit_score.processes.ve import VE, DiscreteVE
@@ -19,4 +20,9 @@ __all__ = [
     "Interpolant",
     "LearnedVP",
     "ddpm_betas",
+    "SPACINGS",
+    "check_spacing",
+    "StoredGrid",
+    "load_grid",
+    "save_grid",
 ]

@@ -14,19 +14,41 @@ ODE, eq. 13), α'(t), σ'(t), time grids and the prior.
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from lit_score.checks import check_number
-from lit_score.processes.grids import karras_log_snr, quadratic_grid, uniform_grid, uniform_log_snr
+from lit_score.processes.grid_file import load_grid
+from lit_score.processes.grids import (
+    karras_log_snr,
+    kl_optimal_log_snr,
+    quadratic_grid,
+    uniform_grid,
+    uniform_log_snr,
+)
 from lit_score.utils import append_dims, batch_sum
 
-Spacing = Literal["uniform", "quadratic", "karras", "logsnr"]
+SpacingName = Literal["uniform", "quadratic", "karras", "logsnr", "kl_optimal"]
+SPACINGS: tuple[str, ...] = get_args(SpacingName)
+#: a spacing's name, or the path of a saved grid file (``*.json``, :mod:`lit_score.processes.grid_file`)
+Spacing = SpacingName | str
+
+
+def check_spacing(spacing: Spacing | None) -> Spacing | None:
+    """``spacing`` when it is None, a name of :data:`SPACINGS` or a ``.json`` path (read when a grid is made);
+    ValueError naming the choices otherwise (a misspelt name fails here, not at sampling time)."""
+    if spacing is None or spacing in SPACINGS:
+        return spacing
+    if isinstance(spacing, (str, os.PathLike)) and str(spacing).endswith(".json"):
+        return str(spacing)
+    raise ValueError(f"unknown time spacing {spacing!r}: use {', '.join(SPACINGS)} or the path of a grid file (.json,"
+                     " written by `lit-score grid`)")
 
 
 class NoiseProcess(nn.Module, ABC):
@@ -157,6 +179,11 @@ class NoiseProcess(nn.Module, ABC):
     ) -> Tensor:
         """``n_steps + 1`` float64 times from t_max to t_min (fewer if a discrete process merges steps).
 
+        ``spacing`` names a closed form (:data:`SPACINGS`: uniform, quadratic, Karras ρ, log-SNR-uniform, and Align
+        Your Steps' Gaussian-data ``kl_optimal``, linear in arctan σ̃) or is the path of a saved grid file, whose
+        times come back exactly after :meth:`~lit_score.processes.grid_file.StoredGrid.times_for` has checked them
+        against this process and ``n_steps``.
+
         Decreasing, except inside a reversed :meth:`window` (t_max < t_min there): then it is the forward grid of the
         same two ends read backwards, point for point (so an ODE sampler encodes and decodes on one grid).
         """
@@ -169,16 +196,17 @@ class NoiseProcess(nn.Module, ABC):
         elif spacing == "quadratic":
             t = quadratic_grid(hi, lo, n_steps)
             t[0], t[-1] = hi, lo  # (√t)² is t only up to rounding: the ends are exact
-        elif spacing in ("karras", "logsnr"):
+        elif spacing in ("karras", "logsnr", "kl_optimal"):
             ends = torch.tensor([hi, lo], dtype=torch.float64, device=self.device)
             lam_min, lam_max = self.log_snr(ends).tolist()
-            lam = karras_log_snr(lam_min, lam_max, n_steps, rho) if spacing == "karras" else uniform_log_snr(
-                lam_min, lam_max, n_steps
-            )
+            if spacing == "karras":
+                lam = karras_log_snr(lam_min, lam_max, n_steps, rho)
+            else:
+                lam = (uniform_log_snr if spacing == "logsnr" else kl_optimal_log_snr)(lam_min, lam_max, n_steps)
             t = self.t_from_log_snr(lam.to(self.device)).cpu()
             t[0], t[-1] = hi, lo
         else:
-            raise ValueError(f"unknown time spacing {spacing!r}: use uniform, quadratic, karras or logsnr")
+            t = load_grid(check_spacing(spacing)).times_for(self, n_steps, f"grid file {spacing}").cpu()
         t = torch.unique_consecutive(self.discretize(t.to(self.device)))
         t = t.flip(0) if self.t_max < self.t_min else t
         return t.to(device=device if device is not None else self.device, dtype=torch.float64)

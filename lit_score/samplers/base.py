@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lit_score.checks import check_number
-from lit_score.processes import NoiseProcess, Spacing
+from lit_score.processes import NoiseProcess, Spacing, check_spacing
 from lit_score.samplers.thresholding import StaticThreshold, Thresholding
 from lit_score.scores.function import ScoreFunction, as_score_function
 from lit_score.utils import append_dims
@@ -132,7 +132,8 @@ class Sampler(ABC):
     Args:
         num_steps: network-evaluating steps; with ``denoise`` the last of them is the final
             noise-free (Tweedie) step at t_min, so the grid then has ``num_steps - 1`` intervals.
-        spacing: time spacing (default: the process's own).
+        spacing: time spacing (default: the process's own): a name (uniform, quadratic, karras, logsnr, kl_optimal)
+            or the path of a grid file (``lit-score grid``), which ``grid()`` reads through ``process.time_grid``.
         denoise: finish with x̂₀ = E[x₀ | x_{t_min}] instead of the last noisy iterate.
     """
 
@@ -183,7 +184,7 @@ class Sampler(ABC):
         check_number("num_steps", num_steps, ge=1, integer=True)
         if num_steps < 1 + int(denoise):
             raise ValueError(f"num_steps must be >= {1 + int(denoise)} (denoise={denoise}), got {num_steps}")
-        self.num_steps, self.spacing, self.denoise = num_steps, spacing, denoise
+        self.num_steps, self.spacing, self.denoise = num_steps, check_spacing(spacing), denoise
 
     def grid(self, process: NoiseProcess, device: torch.device) -> Tensor:
         """Times t_max → t_min for this sampler's steps (decreasing but inside a reversed ``process.window``)."""
