@@ -181,7 +181,7 @@ def test_nfe_is_num_steps():
     for sampler in (UniPC(7), UniPC(7, 3, denoise=True), UniPC(7, use_corrector=False), UniPC(1),
                     UniPC(7, 3, predictor="dpmsolver"), UniPC(7, 3, "bh1", predict_x0=False, spacing="karras"),
                     UniPC(12, 3, denoise=True).interval()):
-        drawn = sampler.draw(score, x, process)
+        drawn = sampler.draw(score, x, process, progress=True)
         assert drawn.nfe == sampler.num_steps and torch.isfinite(drawn.samples).all(), sampler
     assert UniPC(12, 3, denoise=True).interval().settings() == {**UniPC(12, 3).settings(), "num_steps": 1}
 

@@ -14,7 +14,7 @@ raises the order by one at no extra NFE. For a step t_{i−1} → t_i (the paper
 | M₀, M₋ₖ | M at t_{i−1} and at the k-th earlier grid point t_{i−1−k} |
 | r_k, D_k | r_k = (λ_{t_{i−1−k}} − λ_{t_{i−1}})/h (< 0), D_k = (M₋ₖ − M₀)/r_k |
 | r_p, D_p (UniC) | r = 1 and D = M(x̃_{t_i}, t_i) − M₀: the value at the predicted point |
-| B(h) | ``bh1``: B₁ = ĥ; ``bh2``: B₂ = e^ĥ − 1 (§3.3 of the paper) |
+| B(h) | ``bh1``: B₁ = ĥ; ``bh2``: B₂ = e^ĥ − 1 (the paper's two choices; any B(h) = O(h) keeps the order) |
 | R, g | R_{jk} = r_k^{j−1}, g_j = j!·φ_{j+1}(ĥ), j, k = 1..K (K terms D_k) |
 | a | R a = g / B(h) (Theorem 3.1 of the paper); with K = 1 the paper's choice a = ½ |
 
@@ -23,7 +23,8 @@ raises the order by one at no extra NFE. For a step t_{i−1} → t_i (the paper
 | UniP-p (K = p − 1 earlier points) | ρ x̃^c_{t_{i−1}} − c φ₁(ĥ) M₀ − c B(h) Σ_k a_k D_k |
 | UniC-p (K = p: UniP-p's p − 1 points and the new value) | the same sum from the same x̃^c_{t_{i−1}}, now with D_p |
 
-(Zhao et al. 2023, §3.1 UniC and Theorem 3.1, §3.2 UniP, Appendix's multistep and data-prediction algorithms.)
+(Zhao et al. 2023: §3.1 UniC and its order, Theorem 3.1; §3.2 UniP, Corollary 3.2; the multistep UniPC algorithm
+for noise and data prediction. Equation numbers are not cited: the paper's text was not at hand to check them.)
 Every step matches diffusers' ``UniPCMultistepScheduler`` (``solver_type`` bh1 / bh2, ``predict_x0``,
 ``lower_order_final``) to float64 rounding on one grid (``tests/test_unipc.py``).
 
