@@ -2,7 +2,8 @@
 
 - Step equality with diffusers' ``UniPCMultistepScheduler`` (0.42) on DDPM's discrete schedule (``DiscreteVP``),
   float64: every predicted x of a 9-step run, for bh1 / bh2, orders 1–3, with and without the corrector, on x̂₀ and on ε̂.
-  Max difference measured: 1.1e-13 (bh2, order 3, corrector, ε̂); most cases 1e-15.
+  Max difference measured: 1.1e-13 (bh2, order 3, corrector, ε̂); most cases 1e-15. With diffusers' dynamic
+  thresholding (x̂₀ prediction) against ``DynamicThreshold`` on image-shaped data: 1.8e-15.
 - Converged order on the smooth mixture: UniPC-p shows p + 1 with the corrector and p without it.
 - Sample quality at 10 NFE on VP, EDM and the flow-matching interpolant within 2× the data-vs-data floor.
 """
@@ -20,57 +21,80 @@ from test_samplers_oracle import MIXTURE, SETS, SMOOTH, N, distance, float64, fl
 from lit_score.control import decode, encode
 from lit_score.processes import EDM, VE, VP, DiscreteVP
 from lit_score.processes.interpolant import Interpolant
-from lit_score.samplers import DPMSolver, Sampler, UniPC, solve_ode
+from lit_score.samplers import DPMSolver, DynamicThreshold, Sampler, StaticThreshold, UniPC, solve_ode
 from lit_score.samplers.ode import velocity_fn
+from lit_score.utils import append_dims
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- step equality with diffusers --------------------------------------------------------------------------------
+DDPM = DiscreteVP(1000)
+
+
 @pytest.fixture(scope="module")
 def diffusers_unipc():
     return pytest.importorskip("diffusers.schedulers.scheduling_unipc_multistep").UniPCMultistepScheduler
 
 
-def diffusers_run(scheduler, process: DiscreteVP, score, x: torch.Tensor) -> list[torch.Tensor]:
-    """The x after each ``scheduler.step``, the model being the mixture's exact ε̂ at DDPM index k (t = (k+1)/N)."""
-    states = []
+def reference_on_our_grid(diffusers_unipc, sampler: UniPC, x: torch.Tensor, **config):
+    """diffusers' scheduler set like ``sampler``: its ``linspace`` timesteps k_i with ``final_sigmas_type="sigma_min"``
+    are t = (k_i + 1)/N and t_min = 1/N, our ``uniform`` grid of ``DiscreteVP`` (9 steps: no rounding tie in either
+    grid). diffusers keeps its σ = σ_t/α_t in float32 (ours to 1e-4 relative: 1 − ᾱ is 1e-4 at t_min); they are
+    replaced by the float64 values so that the updates compare at float64 rounding. ``disable_corrector`` lists the
+    steps it leaves uncorrected."""
+    n = sampler.num_steps
+    scheduler = diffusers_unipc(solver_order=sampler.order, solver_type=sampler.variant, predict_x0=sampler.predict_x0,
+                                final_sigmas_type="sigma_min",
+                                disable_corrector=[] if sampler.use_corrector else list(range(n)), **config)
+    scheduler.set_timesteps(n)
+    grid = sampler.grid(DDPM, x.device)
+    torch.testing.assert_close(grid, torch.cat([scheduler.timesteps + 1, torch.ones(1)]) / 1000, rtol=0, atol=0)
+    noise_level = (-DDPM.log_snr(grid)).exp()
+    torch.testing.assert_close(scheduler.sigmas.double(), noise_level, rtol=1e-3, atol=0)
+    scheduler.sigmas = noise_level.clone()
+    return scheduler
+
+
+def assert_step_for_step(scheduler, sampler: UniPC, score, x: torch.Tensor) -> None:
+    """Every predicted x equal to float64 rounding, diffusers' model being the exact ε̂ = −σ·score at t = (k+1)/N."""
+    theirs = []
     for k in scheduler.timesteps:
-        t = torch.full((x.shape[0],), (float(k) + 1) / process.num_timesteps)
-        x = scheduler.step(-process.sigma(t)[:, None] * score(x, t), k, x).prev_sample
-        states.append(x)
-    return states
+        t = torch.full((x.shape[0],), (float(k) + 1) / DDPM.num_timesteps)
+        theirs.append(scheduler.step(-append_dims(DDPM.sigma(t), x) * score(theirs[-1] if theirs else x, t), k,
+                                     theirs[-1] if theirs else x).prev_sample)
+    infos = []
+    out = sampler(score, x, DDPM, callback=infos.append)
+    assert len(infos) == len(theirs) == sampler.num_steps and torch.equal(out, infos[-1]["x"])
+    for info, reference in zip(infos, theirs):
+        torch.testing.assert_close(info["x"], reference, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("corrector", [True, False])
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 def test_matches_diffusers_step_for_step(variant, order, corrector, diffusers_unipc):
-    """diffusers' ``linspace`` timesteps k_i with ``final_sigmas_type="sigma_min"`` are t = (k_i + 1)/N and t_min = 1/N:
-    the ``uniform`` grid of ``DiscreteVP`` (9 steps: no rounding tie in either grid). diffusers keeps its σ's in
-    float32 (equal to ours to 1e-4 relative: 1 − ᾱ is 1e-4 at t_min); they are replaced by the float64 values so that
-    the updates compare at float64 rounding. ``disable_corrector`` lists the steps diffusers leaves uncorrected."""
-    n, process = 9, DiscreteVP(1000)
     with float64():
-        score, x = MIXTURE.noised(process), process.prior_sample((16, 2), torch.Generator().manual_seed(0))
+        score, x = MIXTURE.noised(DDPM), DDPM.prior_sample((16, 2), torch.Generator().manual_seed(0))
         for predict_x0 in (True, False):
-            scheduler = diffusers_unipc(solver_order=order, solver_type=variant, predict_x0=predict_x0,
-                                        final_sigmas_type="sigma_min",
-                                        disable_corrector=[] if corrector else list(range(n)))
-            scheduler.set_timesteps(n)
-            sampler = UniPC(n, order, variant, predict_x0, corrector, spacing="uniform")
-            grid = sampler.grid(process, x.device)
-            torch.testing.assert_close(grid, torch.cat([scheduler.timesteps + 1, torch.ones(1)]) / 1000, rtol=0, atol=0)
-            noise_level = (-process.log_snr(grid)).exp()  # diffusers' σ = σ_t/α_t
-            torch.testing.assert_close(scheduler.sigmas.double(), noise_level, rtol=1e-3, atol=0)
-            scheduler.sigmas = noise_level.clone()
-            reference = diffusers_run(scheduler, process, score, x)
-            infos = []
-            out = sampler(score, x, process, callback=infos.append)
-            states = [info["x"] for info in infos]
-            assert len(states) == n and torch.equal(out, states[-1])
-            for ours, theirs in zip(states, reference):
-                torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+            sampler = UniPC(9, order, variant, predict_x0, corrector, spacing="uniform")
+            assert_step_for_step(reference_on_our_grid(diffusers_unipc, sampler, x), sampler, score, x)
+
+
+def test_thresholding_matches_diffusers_step_for_step(diffusers_unipc):
+    """diffusers' ``thresholding=True`` (x̂₀ prediction) is ``DynamicThreshold`` on every model value; images from
+    N(0, 2²I), whose exact score is −x/(4α² + σ²), have x̂₀ beyond the threshold's 1.5 at the clean end."""
+    with float64():
+        def score(y, t):
+            return -y / append_dims(4 * DDPM.alpha(t) ** 2 + DDPM.sigma(t) ** 2, y)
+
+        x = DDPM.prior_sample((4, 3, 8, 8), torch.Generator().manual_seed(0))
+        sampler = UniPC(9, 3, spacing="uniform", thresholding=DynamicThreshold(0.9, 1.5))
+        scheduler = reference_on_our_grid(diffusers_unipc, sampler, x, thresholding=True,
+                                          dynamic_thresholding_ratio=0.9, sample_max_value=1.5)
+        assert_step_for_step(scheduler, sampler, score, x)
+        assert not sampler.reversible and UniPC().reversible
+        assert (sampler(score, x, DDPM) - sampler.with_settings(thresholding=None)(score, x, DDPM)).abs().max() > 0.1
 
 
 # --- exact identities ---------------------------------------------------------------------------------------------
@@ -92,9 +116,16 @@ def test_unip2_bh2_is_dpm_solver_2m_and_the_dpmsolver_predictor_is_dpm_solver():
                                        DPMSolver(9, 1, algorithm=algorithm)(score, x, process))
 
 
-def clamp_and_record(x0: torch.Tensor, seen: list) -> torch.Tensor:
-    seen.append(x0)
-    return x0.clamp(-0.5, 0.5)
+class RecordingClamp(StaticThreshold):
+    """The static clamp at 0.5 that also records what it is given."""
+
+    def __init__(self, seen: list) -> None:
+        super().__init__(0.5)
+        self.seen = seen
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x0)
+        return super().__call__(x0)
 
 
 def test_every_model_value_goes_through_denoised():
@@ -103,8 +134,7 @@ def test_every_model_value_goes_through_denoised():
     score, x = MIXTURE.noised(process), process.prior_sample((8, 2), torch.Generator().manual_seed(0))
     for predict_x0 in (True, False):
         seen = []
-        sampler = UniPC(7, 3, predict_x0=predict_x0)
-        sampler.thresholding = functools.partial(clamp_and_record, seen=seen)
+        sampler = UniPC(7, 3, predict_x0=predict_x0, thresholding=RecordingClamp(seen))
         out = sampler.draw(score, x, process)
         assert len(seen) == out.nfe == 7
         assert not torch.allclose(out.samples, UniPC(7, 3, predict_x0=predict_x0)(score, x, process))

@@ -26,7 +26,7 @@ raises the order by one at no extra NFE. For a step t_{i−1} → t_i (the paper
 (Zhao et al. 2023: §3.1 UniC and its order, Theorem 3.1; §3.2 UniP, Corollary 3.2; the multistep UniPC algorithm
 for noise and data prediction. Equation numbers are not cited: the paper's text was not at hand to check them.)
 Every step matches diffusers' ``UniPCMultistepScheduler`` (``solver_type`` bh1 / bh2, ``predict_x0``,
-``lower_order_final``) to float64 rounding on one grid (``tests/test_unipc.py``).
+``lower_order_final``, ``thresholding``) to float64 rounding on one grid (``tests/test_unipc.py``).
 
 Notes.
 - B(h) matters only where K = 1 (UniP-2 and UniC-1, a = ½): elsewhere the system is solved exactly and B(h)·a = R⁻¹g
@@ -59,6 +59,7 @@ from torch import Tensor
 from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, require_process
 from lit_score.samplers.dpm_solver import multistep_update, phi_1, phi_2, phi_3, scales
+from lit_score.samplers.thresholding import Thresholding
 from lit_score.utils import append_dims
 
 
@@ -115,13 +116,19 @@ class UniPC(Sampler):
         spacing: time spacing (default uniform in log-SNR).
         denoise: finish with x̂₀ at t_min.
         lower_order_final: lower the order of the last steps to the number of steps left (as diffusers' UniPC).
+        thresholding: x̂₀ thresholding of every model value (``StaticThreshold``, ``DynamicThreshold``); on ε̂ the
+            ε̂ re-derived from the thresholded x̂₀ (diffusers' UniPC thresholds only with ``predict_x0``).
 
     One interval of the grid (``interval()``) is the first step of a run: UniP-1 = DDIM (η = 0), uncorrected.
     """
 
-    # The updates are exact integrals of the linear part in λ (as DPM-Solver's), so they hold for h < 0 too.
-    reversible = True
     steps_on_grid = True
+
+    @property
+    def reversible(self) -> bool:
+        """Without thresholding: the updates are exact integrals of the linear part in λ (as DPM-Solver's), so they
+        hold for h < 0 too (encoding inside a reversed window); a thresholded x̂₀ is not the ODE's."""
+        return self.thresholding is None
 
     def __init__(
         self,
@@ -134,6 +141,7 @@ class UniPC(Sampler):
         spacing: Spacing | None = "logsnr",
         denoise: bool = False,
         lower_order_final: bool = True,
+        thresholding: Thresholding | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
         if order not in (1, 2, 3):
@@ -144,6 +152,7 @@ class UniPC(Sampler):
             raise ValueError(f"unknown predictor {predictor!r}: use unip or dpmsolver")
         self.order, self.variant, self.predict_x0 = order, variant, predict_x0
         self.use_corrector, self.predictor, self.lower_order_final = use_corrector, predictor, lower_order_final
+        self.thresholding = thresholding
 
     def step_order(self, i: int, n: int) -> int:
         """Order of step i of n: warm-up i + 1, then ``order``, with ``lower_order_final`` at most n − i."""
