@@ -246,11 +246,14 @@ def test_yaml_constructible():
     parser = ArgumentParser()
     parser.add_argument("--sampler", type=Sampler)
     config = parser.parse_string("sampler:\n  class_path: lit_score.samplers.UniPC\n  init_args:\n    num_steps: 8\n"
-                                 "    order: 3\n    variant: bh1\n    predict_x0: false\n    predictor: dpmsolver\n")
+                                 "    order: 3\n    variant: bh1\n    predict_x0: false\n    predictor: dpmsolver\n"
+                                 "    thresholding:\n      class_path: lit_score.samplers.DynamicThreshold\n"
+                                 "      init_args: {percentile: 0.99}\n")
     sampler = parser.instantiate_classes(config).sampler
     assert isinstance(sampler, UniPC) and sampler.settings() == {**UniPC().settings(), "num_steps": 8, "order": 3,
                                                                  "variant": "bh1", "predict_x0": False,
-                                                                 "predictor": "dpmsolver"}
+                                                                 "predictor": "dpmsolver",
+                                                                 "thresholding": DynamicThreshold(0.99)}
 
 
 def test_no_host_sync_inside_the_loop(monkeypatch):
