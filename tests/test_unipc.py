@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler  # test-only reference (dev extra)
 from jsonargparse import ArgumentParser
 from test_samplers_oracle import MIXTURE, SETS, SMOOTH, N, distance, float64, floor, host_reads  # noqa: F401
 
@@ -32,21 +33,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DDPM = DiscreteVP(1000)
 
 
-@pytest.fixture(scope="module")
-def diffusers_unipc():
-    return pytest.importorskip("diffusers.schedulers.scheduling_unipc_multistep").UniPCMultistepScheduler
-
-
-def reference_on_our_grid(diffusers_unipc, sampler: UniPC, x: torch.Tensor, **config):
+def reference_on_our_grid(sampler: UniPC, x: torch.Tensor, **config):
     """diffusers' scheduler set like ``sampler``: its ``linspace`` timesteps k_i with ``final_sigmas_type="sigma_min"``
     are t = (k_i + 1)/N and t_min = 1/N, our ``uniform`` grid of ``DiscreteVP`` (9 steps: no rounding tie in either
     grid). diffusers keeps its σ = σ_t/α_t in float32 (ours to 1e-4 relative: 1 − ᾱ is 1e-4 at t_min); they are
     replaced by the float64 values so that the updates compare at float64 rounding. ``disable_corrector`` lists the
     steps it leaves uncorrected."""
     n = sampler.num_steps
-    scheduler = diffusers_unipc(solver_order=sampler.order, solver_type=sampler.variant, predict_x0=sampler.predict_x0,
-                                final_sigmas_type="sigma_min",
-                                disable_corrector=[] if sampler.use_corrector else list(range(n)), **config)
+    scheduler = UniPCMultistepScheduler(solver_order=sampler.order, solver_type=sampler.variant,
+                                        predict_x0=sampler.predict_x0, final_sigmas_type="sigma_min",
+                                        disable_corrector=[] if sampler.use_corrector else list(range(n)), **config)
     scheduler.set_timesteps(n)
     grid = sampler.grid(DDPM, x.device)
     torch.testing.assert_close(grid, torch.cat([scheduler.timesteps + 1, torch.ones(1)]) / 1000, rtol=0, atol=0)
@@ -73,15 +69,15 @@ def assert_step_for_step(scheduler, sampler: UniPC, score, x: torch.Tensor) -> N
 @pytest.mark.parametrize("corrector", [True, False])
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
-def test_matches_diffusers_step_for_step(variant, order, corrector, diffusers_unipc):
+def test_matches_diffusers_step_for_step(variant, order, corrector):
     with float64():
         score, x = MIXTURE.noised(DDPM), DDPM.prior_sample((16, 2), torch.Generator().manual_seed(0))
         for predict_x0 in (True, False):
             sampler = UniPC(9, order, variant, predict_x0, corrector, spacing="uniform")
-            assert_step_for_step(reference_on_our_grid(diffusers_unipc, sampler, x), sampler, score, x)
+            assert_step_for_step(reference_on_our_grid(sampler, x), sampler, score, x)
 
 
-def test_thresholding_matches_diffusers_step_for_step(diffusers_unipc):
+def test_thresholding_matches_diffusers_step_for_step():
     """diffusers' ``thresholding=True`` (x̂₀ prediction) is ``DynamicThreshold`` on every model value; images from
     N(0, 2²I), whose exact score is −x/(4α² + σ²), have x̂₀ beyond the threshold's 1.5 at the clean end."""
     with float64():
@@ -90,7 +86,7 @@ def test_thresholding_matches_diffusers_step_for_step(diffusers_unipc):
 
         x = DDPM.prior_sample((4, 3, 8, 8), torch.Generator().manual_seed(0))
         sampler = UniPC(9, 3, spacing="uniform", thresholding=DynamicThreshold(0.9, 1.5))
-        scheduler = reference_on_our_grid(diffusers_unipc, sampler, x, thresholding=True,
+        scheduler = reference_on_our_grid(sampler, x, thresholding=True,
                                           dynamic_thresholding_ratio=0.9, sample_max_value=1.5)
         assert_step_for_step(scheduler, sampler, score, x)
         assert not sampler.reversible and UniPC().reversible
