@@ -23,6 +23,7 @@ from lit_score.samplers.restart import Restart
 from lit_score.samplers.sa_solver import SASolver
 from lit_score.samplers.sde import EulerMaruyama, ReverseDiffusion
 from lit_score.samplers.thresholding import DynamicThreshold, StaticThreshold, Thresholding
+from lit_score.samplers.unipc import UniPC
 
 __all__ = [
     "DDIM",
@@ -55,6 +56,7 @@ __all__ = [
     "Restart",
     "SASolver",
     "ULA",
+    "UniPC",
     "DualAveraging",
     "Sampler",
     "ScoreFn",
