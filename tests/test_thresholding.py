@@ -36,6 +36,7 @@ from lit_score.samplers import (
     Sampler,
     SASolver,
     StaticThreshold,
+    UniPC,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +157,7 @@ def test_clip_denoised_is_static_thresholding(make):
         thresholding=StaticThreshold()).reversible and DPMSolver().reversible
 
 
-@pytest.mark.parametrize("make", [EDMHeun, Restart, SASolver, DPMSolverSDE], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("make", [EDMHeun, Restart, SASolver, DPMSolverSDE, UniPC], ids=lambda m: m.__name__)
 def test_every_sampler_that_forms_x0_takes_thresholding(make):
     """The option of CONTRACTS' rule: x̂₀ through ``Sampler.denoised``, so the final x̂₀ lies in the bound and the run
     differs from the unthresholded one; the settings rebuild it."""
