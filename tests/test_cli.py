@@ -57,6 +57,12 @@ def test_compare_configs_parse_and_every_run_config_exists(config):
     text = config.read_text()
     # an overlay is stacked on the config its header names (it may restate the runs, as objectives_digits_long does)
     named = re.search(r"--config (configs/compare/\S+\.yaml) --config configs/compare/" + config.name, text)
+    if re.search(r"--config configs/compare/" + config.name + r" --ckpts", text):  # a grid for given checkpoints
+        cfg = compare_parser().parse_args(["--config", str(config)])
+        compare = Compare(Path(cfg.output), [{"name": "m", "ckpt": __file__}], cfg.samplers, cfg.evaluation, {}, "cpu",
+                          False)
+        assert "runs" not in yaml.safe_load(text) and len(compare.sampler_grid()) > 1
+        return
     overlay = named is not None or "runs" not in yaml.safe_load(text)
     assert not overlay or named, f"{config.name}: an overlay names its base in its header"
     base = [str(ROOT / named.group(1))] if overlay else []
