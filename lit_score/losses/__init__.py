@@ -8,6 +8,7 @@ from lit_score.losses.contrastive import ContrastiveDivergence
 from lit_score.losses.denoising import DenoisingLoss
 from lit_score.losses.flow import FlowMatchingLoss, ot_permutation
 from lit_score.losses.hybrid import HybridLoss
+from lit_score.losses.meanflow import MeanFlow
 from lit_score.losses.progressive import HalvingRounds, ProgressiveDistillation
 from lit_score.losses.recovery import RecoveryLikelihood
 from lit_score.losses.reflow import Reflow
@@ -28,6 +29,7 @@ __all__ = [
     "FlowMatchingLoss",
     "HalvingRounds",
     "HybridLoss",
+    "MeanFlow",
     "ProgressiveDistillation",
     "RecoveryLikelihood",
     "Reflow",
