@@ -151,7 +151,7 @@ def test_the_time_sampler_draws_the_stated_share_and_logit_normal_extremes(ratio
 
 
 # --- bf16 -------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["mlp", "unet"])
+@pytest.mark.parametrize("arch", ["mlp", pytest.param("unet", marks=pytest.mark.slow)])  # CPU bf16 convs: ~18 s
 def test_bf16_autocast_gives_a_finite_loss_close_to_float32(arch):
     """Under torch.autocast("cpu", bfloat16) (Lightning's bf16-mixed) the prediction runs in bf16 and the JVP with
     autocast off (full_precision: forward-mode AD through a convolution under CPU autocast fails on a dtype mismatch
