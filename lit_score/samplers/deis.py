@@ -11,7 +11,7 @@ the r latest grid times through a polynomial ℓ in a variable u and integrates 
 | t_i → t_{i+1} | one step of the grid (t_{i+1} less noisy); ε̂_k = ε̂(x_{t_{i−k}}, t_{i−k}), k = 0 … r−1 |
 | u | the extrapolation variable: t (``t_ab``: tAB-DEIS), ρ (``rho_ab``: ρAB-DEIS), log ρ (``log_rho_ab``) |
 | ℓ_k(u) | the Lagrange basis through u(t_i), …, u(t_{i−r+1}) |
-| C_k | ∫_{ρ(t_i)}^{ρ(t_{i+1})} ℓ_k(u(ρ)) dρ (tAB-DEIS's C_ij, its weight ½Ψ G Gᵀ L^{−T} dτ being dρ) |
+| C_k | ∫_{ρ(t_i)}^{ρ(t_{i+1})} ℓ_k(u(ρ)) dρ: tAB-DEIS's C_ij/α_{i+1} (its weight ½Ψ G Gᵀ L^{−T} dτ/α_{i+1} = dρ) |
 | update | x_{i+1} = (α_{i+1}/α_i)·x_i + α_{i+1}·Σ_k C_k ε̂_k |
 | iPNDM | C_k = (ρ_{i+1} − ρ_i)·b_k, fixed AB b: 1; 3/2, −1/2; 23/12, −16/12, 5/12; 55/24, −59/24, 37/24, −9/24 |
 
@@ -25,11 +25,12 @@ C_k is computed by Gauss–Legendre quadrature in log ρ = −λ (``QUADRATURE_N
 that they integrate 1 exactly (Σ_k C_k = ρ_{i+1} − ρ_i, hence r = 1 is exact). The integrand e^v·ℓ_k(u) is entire in
 v = log ρ for ``rho_ab`` / ``log_rho_ab``; for ``t_ab`` it holds t(λ) = ``t_from_log_snr``, smooth for the
 continuous processes (a discrete DDPM table interpolates t(λ) piecewise linearly: there tAB's C_k carry the table's
-kinks, which the paper's numerical C_ij share). Measured: C_k agree with diffusers' closed forms to ~1e-16 relative.
+kinks, which the paper's numerical C_ij share). Measured: C_k agree with diffusers' closed forms to 1.9e-16 relative
+on a large step.
 
 Measured on the exact mixture of tests/test_samplers_oracle.py (mean ‖x − x_ODE‖ at 10 NFE, order 3): VP quadratic
 grid log-ρ 0.033, t 0.031, ρ 0.066, iPNDM 0.026 (DPM-Solver++2M 0.045); EDM Karras grid log-ρ 0.047, ρ = t 0.138,
-iPNDM 0.051 (DPM-Solver++2M 0.25). Hence the default ``log_rho_ab``; ρAB-DEIS, the paper's pick, trails on these grids.
+iPNDM 0.051 (DPM-Solver++2M 0.25). Hence the default ``log_rho_ab``; ρAB-DEIS trails on these grids.
 
 Notes where a reference differs.
 - diffusers' ``DEISMultistepScheduler`` implements only log-ρ AB (orders 1–3, ``lower_order_final`` for < 15 steps,
@@ -38,8 +39,10 @@ Notes where a reference differs.
   in diffusers; tAB-DEIS's coefficients are the paper's integrals, by quadrature as in its code.
 - k-diffusion 0.1.1 (the version installed) has no ``sample_ipndm``; it lives in ComfyUI's fork of k-diffusion (after
   zju-pi/diff-sampler): AB in σ on ε̂ = (x − D)/σ, the order min(4, i + 1), and x = D at σ = 0 — this ``IPNDM`` on
-  the EDM process with ``denoise=True``. Its ``sample_ipndm_v`` (AB coefficients from the actual σ steps) is
-  ``DEIS(method="rho_ab", order=4)``. diffusers' ``IPNDMScheduler`` is the same update on a VP grid (v-prediction).
+  the EDM process with ``denoise=True``. Its ``sample_ipndm_v`` (AB coefficients from the actual σ steps), like
+  k-diffusion's ``sample_lms`` (tested), is ``DEIS(method="rho_ab", order=4, lower_order_final=False)`` on EDM.
+  diffusers' ``IPNDMScheduler`` is the same update as ``IPNDM`` on a VP grid (v-prediction; tested).
+- The paper's sections are cited by content, not equation number: its text was not at hand here to check numbers.
 """
 
 from __future__ import annotations
@@ -70,10 +73,10 @@ def rho(process: NoiseProcess, t: Tensor) -> Tensor:
     return (-process.log_snr(t)).exp()
 
 
-def extrapolation_variable(method: Method, t: Tensor, neg_lambda: Tensor) -> Tensor:
-    """u at times t whose −λ is ``neg_lambda``: t, ρ = e^{−λ} or log ρ = −λ."""
+def extrapolation_variable(process: NoiseProcess, method: Method, neg_lambda: Tensor, t: Tensor | None = None):
+    """u where −λ = ``neg_lambda``: t (``t`` when given, else ``t_from_log_snr``), ρ = e^{−λ} or log ρ = −λ."""
     if method == "t_ab":
-        return t
+        return t if t is not None else process.t_from_log_snr(-neg_lambda)
     return neg_lambda.exp() if method == "rho_ab" else neg_lambda
 
 
@@ -87,9 +90,8 @@ def ab_coefficients(process: NoiseProcess, ts: list[Tensor], s: Tensor, method: 
     v = mid + half * xi  # (B, K) nodes in log ρ
     weights = half * w * v.exp()
     weights = weights * ((v_s.exp() - v_t.exp()) / weights.sum(1))[:, None]
-    t_nodes = process.t_from_log_snr(-v) if method == "t_ab" else v
-    u = extrapolation_variable(method, t_nodes, v)
-    u_k = [extrapolation_variable(method, t, -process.log_snr(t)) for t in ts]
+    u = extrapolation_variable(process, method, v)
+    u_k = [extrapolation_variable(process, method, -process.log_snr(t), t) for t in ts]
     coefficients = []
     for k, u_kk in enumerate(u_k):
         basis = torch.ones_like(u)
@@ -175,8 +177,8 @@ class DEIS(Sampler):
 
 
 class IPNDM(Sampler):
-    """iPNDM (DEIS paper, App. on PNDM): linear multistep in ρ with fixed AB weights and a lower-order warm start
-    (no Runge–Kutta start); NFE = num_steps.
+    """iPNDM (Zhang & Chen 2023's improved PNDM): linear multistep in ρ with the fixed AB weights and a lower-order
+    warm start instead of PNDM's Runge–Kutta start; NFE = num_steps.
 
     Args:
         num_steps: NFE (with ``denoise`` the last is the final Tweedie step, as k-diffusion's step to σ = 0).
