@@ -253,6 +253,8 @@ QUALITY = {  # process, sampler: the mixture within 2x the floor at 10 NFE
 
 @pytest.mark.parametrize("name", list(QUALITY))
 def test_reproduces_mixture_at_10_nfe(name, floor):  # noqa: F811
+    """Measured distance / floor: vp_deis 0.57, vp_deis_rho_ab 0.80, vp_deis_t_ab 0.53, vp_ipndm 0.53, edm_deis 0.51,
+    edm_ipndm 0.85 (exact samples score 0.3–1.0×, test_samplers_oracle)."""
     make_process, make = QUALITY[name]
     process, sampler = make_process(), make()
     x = process.prior_sample((N * SETS, 2), torch.Generator().manual_seed(0))
