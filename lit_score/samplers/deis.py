@@ -57,6 +57,7 @@ from lit_score.checks import check_number
 from lit_score.processes import NoiseProcess, Spacing
 from lit_score.samplers.base import Sampler, ScoreFn, full_like_t, require_process
 from lit_score.samplers.dpm_solver import scales
+from lit_score.samplers.thresholding import Thresholding
 from lit_score.utils import append_dims
 
 Method = Literal["t_ab", "rho_ab", "log_rho_ab"]
@@ -144,10 +145,17 @@ class DEIS(Sampler):
         spacing: time spacing (default: the process's own).
         denoise: finish with x̂₀ at t_min.
         lower_order_final: with fewer than 15 steps, the last two steps use orders ≤ 1 and ≤ 2 (diffusers).
+        thresholding: x̂₀ thresholding (``StaticThreshold``, ``DynamicThreshold``); ε̂ is re-derived from the
+            thresholded x̂₀, as diffusers' ``DEISMultistepScheduler(thresholding=True)``.
     """
 
-    reversible = True
     steps_on_grid = True
+
+    @property
+    def reversible(self) -> bool:
+        """Without thresholding: the updates integrate the linear part exactly in either direction of ρ, so inside
+        ``process.window(t_min, t_max)`` they encode; a thresholded x̂₀ is not the probability-flow ODE's."""
+        return self.thresholding is None
 
     def __init__(
         self,
@@ -157,12 +165,14 @@ class DEIS(Sampler):
         spacing: Spacing | None = None,
         denoise: bool = False,
         lower_order_final: bool = True,
+        thresholding: Thresholding | None = None,
     ) -> None:
         super().__init__(num_steps, spacing, denoise)
         check_number("order", order, ge=1, le=4, integer=True)
         if method not in METHODS:
             raise ValueError(f"unknown DEIS method {method!r}: use t_ab, rho_ab or log_rho_ab")
         self.order, self.method, self.lower_order_final = order, method, lower_order_final
+        self.thresholding = thresholding
 
     def step_order(self, i: int, n: int) -> int:
         """Order of step i of n: the warm start i + 1, then ``order`` (n − i at the end for n < 15 steps)."""
@@ -185,15 +195,17 @@ class IPNDM(Sampler):
         order: maximal order, 1–4 (the warm start uses min(order, i + 1)).
         spacing: time spacing (default: the process's own).
         denoise: finish with x̂₀ at t_min.
+        thresholding: x̂₀ thresholding, ε̂ re-derived from the thresholded x̂₀ (as ``DEIS``).
     """
 
-    reversible = True
     steps_on_grid = True
+    reversible = DEIS.reversible  # the same property: without thresholding
 
-    def __init__(self, num_steps: int = 20, order: int = 4, spacing: Spacing | None = None,
-                 denoise: bool = False) -> None:
+    def __init__(self, num_steps: int = 20, order: int = 4, spacing: Spacing | None = None, denoise: bool = False,
+                 thresholding: Thresholding | None = None) -> None:
         super().__init__(num_steps, spacing, denoise)
         self.order = check_number("order", order, ge=1, le=4, integer=True)
+        self.thresholding = thresholding
 
     def step_order(self, i: int, n: int) -> int:
         """Order of step i: min(order, i + 1)."""
