@@ -10,6 +10,7 @@ from lit_score.samplers.base import (
     predict_x0_eps,
     probability_flow_velocity,
 )
+from lit_score.samplers.deis import DEIS, IPNDM
 from lit_score.samplers.dpm_solver import DPMSolver
 from lit_score.samplers.dpm_solver_sde import DPMSolverSDE
 from lit_score.samplers.edm import EDMHeun
@@ -33,6 +34,8 @@ __all__ = [
     "AnnealedLangevin",
     "AnnealedMCMC",
     "CountingScore",
+    "DEIS",
+    "IPNDM",
     "DynamicThreshold",
     "StaticThreshold",
     "Thresholding",
