@@ -27,6 +27,8 @@ from lit_score.loading.sampler import data_range_problem
 from lit_score.processes import DiscreteVP
 from lit_score.samplers import (
     DDIM,
+    DEIS,
+    IPNDM,
     Ancestral,
     DPMSolver,
     DPMSolverSDE,
@@ -157,7 +159,7 @@ def test_clip_denoised_is_static_thresholding(make):
         thresholding=StaticThreshold()).reversible and DPMSolver().reversible
 
 
-@pytest.mark.parametrize("make", [EDMHeun, Restart, SASolver, DPMSolverSDE, UniPC], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("make", [EDMHeun, Restart, SASolver, DPMSolverSDE, UniPC, DEIS, IPNDM], ids=lambda m: m.__name__)
 def test_every_sampler_that_forms_x0_takes_thresholding(make):
     """The option of CONTRACTS' rule: x̂₀ through ``Sampler.denoised``, so the final x̂₀ lies in the bound and the run
     differs from the unthresholded one; the settings rebuild it."""
