@@ -159,7 +159,8 @@ def test_clip_denoised_is_static_thresholding(make):
         thresholding=StaticThreshold()).reversible and DPMSolver().reversible
 
 
-@pytest.mark.parametrize("make", [EDMHeun, Restart, SASolver, DPMSolverSDE, UniPC, DEIS, IPNDM], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("make", [EDMHeun, Restart, SASolver, DPMSolverSDE, UniPC, DEIS, IPNDM],
+                         ids=lambda m: m.__name__)
 def test_every_sampler_that_forms_x0_takes_thresholding(make):
     """The option of CONTRACTS' rule: x̂₀ through ``Sampler.denoised``, so the final x̂₀ lies in the bound and the run
     differs from the unthresholded one; the settings rebuild it."""
