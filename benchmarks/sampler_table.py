@@ -92,7 +92,8 @@ def main() -> None:
 
         floor = statistics.fmean(float(energy_distance(mixture.sample(args.samples, generator), r)) for r in references)
         converged = distance(AdaptiveODE(1e-7, 1e-7)(score, prior, process), references)
-        print(f"\n### {name}: {args.samples} samples; converged PF-ODE distance {converged:.5f} ({converged / floor:.2f}"
+        print(f"\n### {name}: {args.samples} samples; converged PF-ODE distance {converged:.5f}"
+              f" ({converged / floor:.2f}"
               f"× the data floor {floor:.5f}); cells: distance ÷ converged at the NFE of the column")
         print("| sampler | grid | " + " | ".join(f"{n}" for n in NFES) + " |")
         print("|---|---|" + "---:|" * len(NFES))
@@ -110,7 +111,8 @@ def main() -> None:
                     ratio = distance(drawn.samples, references) / converged
                     cells.append(f"{ratio:.2f}" + ("" if drawn.nfe == nfe else f" [{drawn.nfe}]"))
                 seconds = time.perf_counter() - start
-                print(f"| {sampler_name} | {spacing} | " + " | ".join(cells) + f" |  <!-- {seconds:.0f} s -->", flush=True)
+                row = f"| {sampler_name} | {spacing} | " + " | ".join(cells)
+                print(row + f" |  <!-- {seconds:.0f} s -->", flush=True)
 
 
 if __name__ == "__main__":
