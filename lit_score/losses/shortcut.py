@@ -20,7 +20,7 @@ interpolant both are ±1/t, so u = (x − D̂)/t, and with target ``velocity`` t
 | s = dx/dτ = −L·dx/dt | the reference's velocity in the process's units; ``ReferenceClock.velocity`` |
 | M | the finest step is 1/M (reference: M = 128, ``denoise_timesteps``) |
 | d = 1/2^k, k = 0 … log₂ M | the step sizes; k = log₂ M (d = 1/M) is queried at d = 0 (s = t), see below |
-| B, B_b = ⌊B/``bootstrap_every``⌋ | the batch and its bootstrap rows (the paper's share k = 1/4: ``bootstrap_every`` 4) |
+| B, B_b = ⌊B/``bootstrap_every``⌋ | the batch and its bootstrap rows (the paper's share 1/4: ``bootstrap_every`` 4) |
 | ŝ_θ(x, τ, d) = −L·u_θ(x, t(τ), t(τ + d)) | the model's shortcut |
 
 **The batch** (the reference's ``targets_shortcut.py``), rows in this order:
