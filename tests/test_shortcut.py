@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import copy
 
 import lightning.pytorch as pl
 import pytest
@@ -12,10 +12,12 @@ from test_distillation import Mixture, trainer  # the resume test's data and tra
 from torch import nn
 
 from lit_score.data.mixture import GaussianMixtureDistribution
+from lit_score.loading import check_hyperparameters
 from lit_score.losses import Shortcut
+from lit_score.losses.consistency import ema_update
 from lit_score.losses.shortcut import ReferenceClock, average_velocity, bootstrap_levels
 from lit_score.metrics.distances import energy_distance
-from lit_score.models import ScoreSDE
+from lit_score.models import GenerativeModule, ScoreSDE
 from lit_score.networks import MLP
 from lit_score.processes import EDM, VP, Interpolant
 from lit_score.samplers import FlowMapSampler
@@ -196,6 +198,13 @@ def test_resume_is_bit_exact_mid_training(tmp_path):
         assert torch.equal(value, resumed.state_dict()[key]), key
 
 
+def test_the_config_tree_passes_the_loading_checks():
+    """What a checkpoint of configs/fewstep/shortcut_toy.yaml holds passes the trust checks of lit_score.loading."""
+    tree = {"_class_path": "lit_score.models.ScoreSDE", "network": {"class_path": "lit_score.networks.MLP"},
+            "loss": {"class_path": "lit_score.losses.Shortcut", "init_args": {"denoise_timesteps": 128, "clip": None}}}
+    assert check_hyperparameters(tree, GenerativeModule, "test") is ScoreSDE
+
+
 def test_bad_input_is_refused_in_one_line():
     cases = [
         (lambda: Shortcut(denoise_timesteps=100), "power of two .* use 128"),
@@ -213,16 +222,26 @@ def test_bad_input_is_refused_in_one_line():
 # --- a toy model trained with it --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_toy_model_samples_the_mixture_in_one_and_two_steps():
-    """PLACEHOLDER"""
+    """2-D ring mixture (4 components, radius 2, std 0.2), the interpolant, a two-time MLP 64×3 (target velocity) from
+    scratch, Adam 3e-3, batch 256, 2000 steps (tests/loss_training.py), evaluated with an EMA (rate 0.995) of the
+    weights; energy distance of 2000 samples from 2000 prior draws to 2000 data points, floor (two data draws) 0.0011.
+    Measured (one thread): FlowMapSampler 1 / 2 / 4 / 8 steps 0.0070 / 0.0057 / 0.0037 / 0.0028 (6.4× / 5.2× the
+    floor; 0.0066 / 0.0039 after 1500 steps), while one Euler step of the same model's d = 0 velocity gives 1.39: the
+    shortcut, not the flow, makes the one-step samples. About 40 s of CPU. Tolerance: 10× the floor at 1 and 2 steps,
+    and 1 step 100× better than the d = 0 Euler step."""
     process = Interpolant()
     mixture = GaussianMixtureDistribution.ring(k=4, radius=2.0, std=0.2)
     torch.manual_seed(0)
     model = FlowMapScore(MLP(2, hidden=64, depth=3, embedding="fourier", two_time=True), process, target="velocity")
+    average = copy.deepcopy(model).requires_grad_(False)
     data = mixture.sample(2000, torch.Generator().manual_seed(7))
     floor = float(energy_distance(mixture.sample(2000, torch.Generator().manual_seed(8)), data))
     z = process.prior_sample((2000, 2), generator=torch.Generator().manual_seed(5))
-    for _ in training_steps(Shortcut(clip=None), model, mixture.sample, 2000):
-        pass
+    for _ in training_steps(Shortcut(clip=None), model, mixture.sample, 2000, lr=3e-3):
+        ema_update(average, model, 0.995)
     with torch.no_grad():
-        distances = [float(energy_distance(FlowMapSampler(k)(model, z, process), data)) for k in (1, 2)]
-    assert math.isfinite(floor) and distances
+        one, two = (float(energy_distance(FlowMapSampler(k)(average, z, process), data)) for k in (1, 2))
+        t_max = torch.full((2000,), process.t_max)
+        euler = z - (process.t_max - process.t_min) * average.velocity(z, t_max)
+        flow = float(energy_distance(euler, data))
+    assert one < 10 * floor and two < 10 * floor and one < flow / 100, (floor, one, two, flow)
