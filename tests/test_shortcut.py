@@ -103,10 +103,11 @@ def test_at_the_exact_map_the_gradient_vanishes_and_restores_around_it(process):
 
 # --- the batch is the paper's -----------------------------------------------------------------------------------------
 def test_the_bootstrap_share_and_the_step_and_time_grids_are_the_papers():
-    """Batch 256 with the paper's bootstrap share k = 1/4 (Frans et al. 2025, Sec. 4: a quarter of each batch are
-    self-consistency targets): 64 bootstrap rows; M = 128 gives log₂128 = 7 steps 2d = 1/64 … 1, ⌊64/7⌋ = 9 rows each,
-    the 64 − 63 = 1 left over at 2d = 1 (the reference code's layout). Bootstrap τ are multiples of 2d in [0, 1 − 2d]
-    (every one of them drawn); the 192 flow-matching rows have d = 0 and τ uniform on {0, 1/128, …, 127/128}."""
+    """Batch 256 with the paper's bootstrap share 1/4 (Frans et al. 2025: a quarter of each batch are self-consistency
+    targets; the reference code's default ``bootstrap_every`` 8 is 1/8): 64 bootstrap rows; M = 128 gives log₂128 = 7
+    steps 2d = 1/64 … 1, ⌊64/7⌋ = 9 rows each, the 64 − 63 = 1 left over at 2d = 1 (the reference code's layout).
+    Bootstrap τ are multiples of 2d in [0, 1 − 2d] (every one of them drawn); the 192 flow-matching rows have d = 0
+    and τ uniform on {0, 1/128, …, 127/128}."""
     j = bootstrap_levels(256, 4, 128)
     assert len(j) == 64 == 256 // 4
     assert torch.bincount(j).tolist() == [10, 9, 9, 9, 9, 9, 9] and j[:9].eq(6).all() and j[-2:].eq(0).all()

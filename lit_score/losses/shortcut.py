@@ -30,8 +30,8 @@ interpolant both are ±1/t, so u = (x − D̂)/t, and with target ``velocity`` t
   2d below 1, τ = i·2d, i ~ U{0, …, 2^j − 1}. The target is two d-steps of the target model θ⁻:
   ŝ₁ = ŝ_{θ⁻}(x_τ, τ, d), x′ = x_τ + d·ŝ₁, ŝ₂ = ŝ_{θ⁻}(x′, τ + d, d), target (ŝ₁ + ŝ₂)/2, so that
   x_τ + 2d·target = x′ + d·ŝ₂: one 2d-jump equals two d-jumps (the flow map's semigroup property). Where d = 1/M,
-  the finest step, ŝ is queried at d = 0: the flow-matching velocity (the paper: "for the smallest d, query at
-  d = 0"; the code's finest step token is the flow-matching one).
+  the finest step, ŝ is queried at d = 0: the flow-matching velocity, as the paper queries its smallest step (in
+  the reference code the finest step's token ``dt_base`` = log₂M is the one its flow-matching rows train).
 - B − B_b *flow-matching* rows: d = 0 (s = t), τ = i/M with i ~ U{0, …, M − 1}, the target the conditional
   velocity of the path, dx_τ/dτ = −L·(α'_t x₀ + σ'_t ε), whose expectation given x_τ is the exact ŝ(x, τ, 0).
 - The loss per row: the mean over coordinates of (ŝ_θ − target)² (the reference's ``mse_v``); the family averages.
