@@ -228,7 +228,8 @@ def test_a_toy_model_samples_the_mixture_in_one_and_two_steps():
     weights; energy distance of 2000 samples from 2000 prior draws to 2000 data points, floor (two data draws) 0.0011.
     Measured (one thread): FlowMapSampler 1 / 2 / 4 / 8 steps 0.0070 / 0.0057 / 0.0037 / 0.0028 (6.4× / 5.2× the
     floor; 0.0066 / 0.0039 after 1500 steps), while one Euler step of the same model's d = 0 velocity gives 1.39: the
-    shortcut, not the flow, makes the one-step samples. About 40 s of CPU. Tolerance: 10× the floor at 1 and 2 steps,
+    shortcut, not the flow, makes the one-step samples. About 25 s of CPU (23 min wall on the shared machine).
+    Tolerance: 10× the floor at 1 and 2 steps,
     and 1 step 100× better than the d = 0 Euler step."""
     process = Interpolant()
     mixture = GaussianMixtureDistribution.ring(k=4, radius=2.0, std=0.2)
