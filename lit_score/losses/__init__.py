@@ -13,6 +13,7 @@ from lit_score.losses.progressive import HalvingRounds, ProgressiveDistillation
 from lit_score.losses.recovery import RecoveryLikelihood
 from lit_score.losses.reflow import Reflow
 from lit_score.losses.score_matching import ExactScoreMatching, SlicedScoreMatching
+from lit_score.losses.shortcut import Shortcut
 from lit_score.losses.teacher import Teacher
 from lit_score.losses.vdm import VDMLoss
 
@@ -33,6 +34,7 @@ __all__ = [
     "ProgressiveDistillation",
     "RecoveryLikelihood",
     "Reflow",
+    "Shortcut",
     "SlicedScoreMatching",
     "Teacher",
     "VDMLoss",
