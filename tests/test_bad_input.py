@@ -57,7 +57,7 @@ def cases(w: Path) -> list[tuple[str, list, str, int]]:
     sample = ["sample", "--ckpt_path"]
     return [
         ("unknown subcommand", ["fitt"], "unknown subcommand 'fitt': did you mean fit? choose from fit, validate,"
-                                         " test, predict, sample, evaluate, compare, encode, sweep, pairs"
+                                         " test, predict, sample, evaluate, compare, encode, sweep, pairs, grid"
                                          " (see `lit-score --help`)", 2),
         ("YAML syntax error", ["fit", "--config", w / "broken.yaml"], "broken.yaml, line 3, column 1", 1),
         ("missing config file", ["fit", "--config", w / "nothere.yaml"], "nothere.yaml does not exist", 1),
