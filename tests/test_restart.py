@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import math
-import statistics
 
 import pytest
 import torch
 import yaml
+from mixture_oracle import MIXTURE, SETS, N, distance, mixture_floor
 
-from lit_score.data.mixture import GaussianMixtureDistribution
-from lit_score.metrics.distances import energy_distance
 from lit_score.processes import EDM, VE, VP, Interpolant, SubVP
 from lit_score.samplers import EDMHeun, Restart
 
-MIXTURE = GaussianMixtureDistribution(
-    torch.tensor([[-1.5, -1.0], [1.5, -1.0], [0.0, 1.5]]), torch.tensor([0.3, 0.4, 0.25]), torch.tensor([0.3, 0.3, 0.4])
-)
-N, SETS = 1000, 5
 INTERVALS = [{"N": 3, "K": 2, "t_min": 0.06, "t_max": 0.30}, {"N": 4, "K": 1, "t_min": 1.0, "t_max": 2.0}]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,14 +117,7 @@ def test_nfe_is_the_main_runs_plus_2_n_minus_1_per_restart():
 
 @pytest.fixture(scope="module")
 def floor() -> float:
-    generator = torch.Generator().manual_seed(0)
-    return statistics.median(float(energy_distance(MIXTURE.sample(N, generator), MIXTURE.sample(N, generator)))
-                             for _ in range(SETS))
-
-
-def distance(samples: torch.Tensor) -> float:
-    generator = torch.Generator().manual_seed(3)
-    return statistics.median(float(energy_distance(part, MIXTURE.sample(N, generator))) for part in samples.split(N))
+    return mixture_floor()
 
 
 @pytest.mark.parametrize("process_class", [VP, EDM])

@@ -10,23 +10,16 @@ difference over predictor / corrector orders 1–3 and τ ∈ {0, 1, diffusers' 
 from __future__ import annotations
 
 import math
-import statistics
 
 import pytest
 import torch
 import yaml
 from diffusers import SASolverScheduler
+from mixture_oracle import MIXTURE, SETS, N, distance, mixture_floor
 
-from lit_score.data.mixture import GaussianMixtureDistribution
-from lit_score.metrics.distances import energy_distance
 from lit_score.processes import EDM, VE, VP, DiscreteVP, Interpolant, SubVP
 from lit_score.samplers import DDIM, SASolver
 from lit_score.samplers.base import full_like_t
-
-MIXTURE = GaussianMixtureDistribution(
-    torch.tensor([[-1.5, -1.0], [1.5, -1.0], [0.0, 1.5]]), torch.tensor([0.3, 0.4, 0.25]), torch.tensor([0.3, 0.3, 0.4])
-)
-N, SETS = 1000, 5
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,14 +75,7 @@ def test_first_order_predictor_without_noise_is_ddim():
 
 @pytest.fixture(scope="module")
 def floor() -> float:
-    generator = torch.Generator().manual_seed(0)
-    return statistics.median(float(energy_distance(MIXTURE.sample(N, generator), MIXTURE.sample(N, generator)))
-                             for _ in range(SETS))
-
-
-def distance(samples: torch.Tensor) -> float:
-    generator = torch.Generator().manual_seed(3)
-    return statistics.median(float(energy_distance(part, MIXTURE.sample(N, generator))) for part in samples.split(N))
+    return mixture_floor()
 
 
 @pytest.mark.parametrize("process_class", [VP, EDM])

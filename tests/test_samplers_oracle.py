@@ -10,14 +10,13 @@ between two independent draws of 1000). Exact samples score 0.3–1.0× the floo
 from __future__ import annotations
 
 import math
-import statistics
 from contextlib import contextmanager
 
 import pytest
 import torch
+from mixture_oracle import MIXTURE, SETS, N, distance, mixture_floor
 
 from lit_score.data.mixture import GaussianMixtureDistribution
-from lit_score.metrics.distances import energy_distance
 from lit_score.processes import EDM, VE, VP, DiscreteVP, SubVP
 from lit_score.samplers import (
     DDIM,
@@ -38,13 +37,9 @@ from lit_score.samplers.dpm_solver import singlestep_orders
 from lit_score.samplers.ode import velocity_fn
 from lit_score.samplers.pc import langevin_alpha
 
-MIXTURE = GaussianMixtureDistribution(
-    torch.tensor([[-1.5, -1.0], [1.5, -1.0], [0.0, 1.5]]), torch.tensor([0.3, 0.4, 0.25]), torch.tensor([0.3, 0.3, 0.4])
-)
 # Overlapping components keep the flow map smooth, so the asymptotic order shows at tens of steps.
 SMOOTH = GaussianMixtureDistribution(torch.tensor([[-1.0, 0.0], [1.0, 0.5]]), torch.tensor([0.6, 0.8]), torch.ones(2))
 PROCESSES = {"vp": VP, "ve": VE, "subvp": SubVP}
-N, SETS = 1000, 5
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,14 +57,7 @@ def float64():
 
 @pytest.fixture(scope="module")
 def floor() -> float:
-    generator = torch.Generator().manual_seed(0)
-    return statistics.median(float(energy_distance(MIXTURE.sample(N, generator), MIXTURE.sample(N, generator)))
-                             for _ in range(SETS))
-
-
-def distance(samples: torch.Tensor) -> float:
-    generator = torch.Generator().manual_seed(3)
-    return statistics.median(float(energy_distance(part, MIXTURE.sample(N, generator))) for part in samples.split(N))
+    return mixture_floor()
 
 
 SAMPLERS = {
