@@ -177,3 +177,25 @@ def test_a_run_can_name_an_earlier_runs_checkpoint_and_a_later_one_is_refused(tm
     assert student["overrides"][key[2:]] == teacher["ckpt"]
     with pytest.raises(EvaluationError, match=r"names \$\{ckpt:teacher\}, which is not an earlier run"):
         Compare(tmp_path, runs[::-1], [], EVALUATION, {}, progress=False, fit=fake_fit)
+
+
+def test_a_samplers_entry_with_runs_is_measured_on_those_runs_only(tmp_path, monkeypatch):
+    from lit_score.evaluation import compare as compare_module
+    from lit_score.evaluation.compare import Compare
+    from lit_score.evaluation.evaluate import EvaluationError
+
+    runs = [{"name": "a", "ckpt": RUNS[0]["config"]}, {"name": "b", "ckpt": RUNS[1]["config"]}]
+    samplers = [{"sampler": {"class_path": "lit_score.samplers.DDIM"}, "num_steps": [3]},
+                {"label": "only-b", "runs": ["b"], "sampler": {"class_path": "lit_score.samplers.DDIM"},
+                 "num_steps": [5, 7]}]
+    plan = Compare(tmp_path, runs, samplers, EVALUATION, {}, progress=False)
+    measured = []
+    monkeypatch.setattr(plan, "evaluate_run", lambda trained, label, entry, steps: measured.append(
+        (trained["name"], label)) or {})
+    monkeypatch.setattr(compare_module, "write_report", lambda output, trained, rows, evaluation: {})
+    plan.run()
+    assert measured == [("a", "default"), ("a", "DDIM-3"),
+                        ("b", "default"), ("b", "DDIM-3"), ("b", "only-b-5"), ("b", "only-b-7")]
+    for bad in (["c"], [], "b"):
+        with pytest.raises(EvaluationError, match="runs must be a non-empty list of run names"):
+            Compare(tmp_path, runs, [{**samplers[1], "runs": bad}], EVALUATION, {}, progress=False)

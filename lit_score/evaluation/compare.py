@@ -16,6 +16,7 @@ A compare config::
       - {name: old, ckpt: runs/ddpm_toy/version_3/checkpoints/last.ckpt}
     samplers:                                              # each at each num_steps, on every model that can use it
       - {sampler: {class_path: lit_score.samplers.DDIM}, num_steps: [10, 50]}
+      - {label: cm-2, runs: [ddpm], sampler: {...}}        # only on the runs named
     evaluation: {num_samples: 2000, seeds: [0], metrics: null}   # keyword arguments of evaluate()
 
 A run's override may name an earlier run's checkpoint as ``${ckpt:NAME}`` (a distillation student's teacher trained
@@ -97,6 +98,11 @@ class Compare:
                 if path is not None and not Path(path).is_file():
                     raise EvaluationError(f"run {run['name']!r}: {path} does not exist")
         check_references(runs)
+        for entry in samplers:
+            only = entry.get("runs")
+            if only is not None and (not isinstance(only, list) or not only or set(only) - set(names)):
+                raise EvaluationError(f"a samplers entry's runs must be a non-empty list of run names ({names}),"
+                                      f" got {only!r}")
 
     def check_plan(self) -> None:
         """Every sampler of the grid is built and every evaluation number checked before the first run trains (a
@@ -247,16 +253,22 @@ class Compare:
                     "metrics": floor, "protocol": row["protocol"], "nfe": None, "data_is_image": True}
         return None
 
+    @staticmethod
+    def applies(entry: dict | None, run: dict) -> bool:
+        """Whether a grid entry is measured on ``run``: the model's own sampler always, an entry with ``runs`` only on
+        the runs it names (a consistency student's re-noising times are not a flow model's)."""
+        return entry is None or entry.get("runs") is None or run["name"] in entry["runs"]
+
     def run(self) -> dict[str, Path]:
         grid = self.sampler_grid()
-        tasks = len(self.runs) * (1 + len(grid))
+        tasks = sum(1 + sum(self.applies(entry, run) for _, entry, _ in grid) for run in self.runs)
         bar = tqdm(total=tasks, desc="compare", disable=not self.progress, dynamic_ncols=True)
         trained, rows = [], []
         for run in self.runs:
             bar.set_postfix_str(f"fit {run['name']}")
             trained.append(self.train(run, {record["name"]: record for record in trained}))
             bar.update(1)
-            for label, entry, steps in grid:
+            for label, entry, steps in (cell for cell in grid if self.applies(cell[1], run)):
                 bar.set_postfix_str(f"evaluate {run['name']} · {label}")
                 rows.append(self.evaluate_run(trained[-1], label, entry, steps))
                 bar.update(1)
