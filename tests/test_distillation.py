@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from loss_training import train
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_score.callbacks.resume import ResumeState
@@ -91,6 +92,50 @@ def test_every_teacher_solver_takes_one_step_of_its_order(process, solver, order
     if isinstance(solver, EDMHeun) and isinstance(process, EDM):
         s = process.t_from_log_snr(lam_t + 0.3)
         assert torch.allclose(teacher.step(x_t, t, s), Teacher(exact).step(x_t, t, s), rtol=1e-12, atol=1e-14)
+
+
+class ClassGaussians:
+    """Class-conditional exact teacher: class c is N(μ_c, diag(s²)) (μ_c = MEANS[c]); ``with_condition(labels)`` is
+    the exact flow map of each sample's own class (GaussianFlowMap with a per-sample mean), carrying its labels."""
+
+    two_time, labels = True, None
+    MEANS = torch.stack([MEAN, -MEAN, torch.tensor([0.0, 2.0], dtype=torch.float64)])
+
+    def __init__(self, process) -> None:
+        self.process = process
+
+    def with_condition(self, labels: Tensor) -> GaussianFlowMap:
+        conditioned = GaussianFlowMap(self.process, self.MEANS[labels], STD)
+        conditioned.labels = labels
+        return conditioned
+
+
+@pytest.mark.parametrize("process", [EDM(), VP()], ids=["edm", "vp"])
+def test_a_class_conditional_teacher_steps_with_the_students_labels(process):
+    """Conditional CD: the teacher's step and the target are conditioned on the student's labels. A student that is
+    the exact map of each sample's class has only the teacher's step error (derived as in the unconditional test:
+    slope × step error of the class's own map), while the same student fed other classes' labels pays the distance
+    between the classes' maps (orders of magnitude more)."""
+    teacher = ClassGaussians(process)
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (512,), generator=generator)
+    x0 = ClassGaussians.MEANS[labels] + STD * torch.randn(512, 2, generator=generator, dtype=torch.float64)
+    student = teacher.with_condition(labels)
+    loss = cd(Teacher(teacher), num_scales=12)(student, x0, torch.Generator().manual_seed(1))
+
+    generator = torch.Generator().manual_seed(1)  # the loss's draws, in its order
+    t, s = interval_times(process, 12, 7.0, 512, generator, x0)
+    x_t = process.perturb(x0, t, randn_like(x0, generator))
+    step_error = student.flow_map(x_t, t, s) - Heun(2, denoise=False).step(student, process, x_t, t, s)[0]
+    t_min = torch.full_like(t, process.t_min)
+    slope = student.flow_map(torch.ones_like(x_t), s, t_min) - student.flow_map(torch.zeros_like(x_t), s, t_min)
+    assert torch.allclose(loss, ((slope * step_error) ** 2).mean(dim=1), rtol=1e-9, atol=1e-15)
+    assert float(loss.mean()) < 1e-3
+
+    wrong = teacher.with_condition((labels + 1) % 3)
+    wrong.labels = labels  # the teacher is told the data's classes, the student jumps to other classes' maps
+    assert float(cd(Teacher(teacher), num_scales=12)(wrong, x0, torch.Generator().manual_seed(1)).mean()) > 100 * float(
+        loss.mean())
 
 
 def test_a_teacher_refuses_a_step_that_is_not_one_deterministic_ode_step():

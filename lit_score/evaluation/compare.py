@@ -125,6 +125,12 @@ class Compare:
                 raise EvaluationError(f"samplers entry {label}: {cause} — fix it in the compare config's samplers"
                                       ) from None
 
+    def run_folder(self, run: dict, trained: dict[str, dict] | None = None) -> tuple[Path, dict[str, Any]]:
+        """``runs/<name>/<key>/`` of a run to train and its resolved overrides (shared keys, then the run's, with
+        ``${ckpt:NAME}`` replaced from ``trained``): the key hashes the config's text and the overrides."""
+        overrides = {**self.shared, **resolve_references(run.get("overrides") or {}, trained or {})}
+        return self.output / "runs" / run["name"] / _key(Path(run["config"]).read_text(), overrides), overrides
+
     # --- training --------------------------------------------------------------------------------------------------
     def train(self, run: dict, trained: dict[str, dict] | None = None) -> dict[str, Any]:
         """``lit-score fit`` of one run into ``runs/<name>/<key>/`` (CSV logs), or the finished one of an earlier
@@ -133,10 +139,8 @@ class Compare:
             ckpt = Path(run["ckpt"])
             return {"name": run["name"], "ckpt": str(ckpt), "run_dir": str(ckpt.parent.parent), "train_seconds": None,
                     "trained_here": False}
-        config_text = Path(run["config"]).read_text()
-        overrides = {**self.shared, **resolve_references(run.get("overrides") or {}, trained or {})}
-        key = _key(config_text, overrides)
-        run_dir = self.output / "runs" / run["name"] / key
+        run_dir, overrides = self.run_folder(run, trained)
+        key = run_dir.name
         done = run_dir / "done.json"
         if done.is_file():
             return json.loads(done.read_text())
