@@ -111,18 +111,23 @@ def nfe_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     if not curves:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (run, sampler), points in sorted(curves.items()):
+    runs = list(dict.fromkeys(run for run, _ in curves))  # the compare's order: one colour per run
+    samplers = list(dict.fromkeys(sampler for _, sampler in curves))  # one marker and dash per sampler
+    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for (run, sampler), points in curves.items():
         points.sort()
-        style = "o" if len(points) == 1 else "o-"
-        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=f"{run} · {sampler}", markersize=4)
+        k = samplers.index(sampler)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="osD^v<>ph*"[k % 10], markersize=4,
+                linestyle=("-", "--", ":", "-.")[k % 4] if len(points) > 1 else "none",
+                color=colours(runs.index(run) % colours.N), label=f"{run} · {sampler}")
     if label and "floor" in label:
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="data-vs-data floor")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("NFE (network evaluations per sample)")
     ax.set_ylabel(label or "quality")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=1 + (len(curves) > 16), loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     try:
