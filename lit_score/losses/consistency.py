@@ -158,7 +158,7 @@ class ConsistencyDistillation(DiffusionLoss):
     def target_model(self, score_model):
         """f_{θ⁻}'s model: the student itself when μ = 0 (the caller stops the gradient), else θ⁻ in the student's
         mode (its dropout mask: module docstring) conditioned on the student view's labels."""
-        return self.target_network.model(score_model, score_model.training)
+        return self.target_network.model(score_model)
 
     def check_process(self, process: NoiseProcess) -> None:
         """Refuse, once and in one line, a teacher whose process differs from the student's (the times of the step

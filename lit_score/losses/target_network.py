@@ -79,13 +79,13 @@ class TargetNetwork:
                 self.step, self._pending = int(self._pending["target_step"]), None
         return self.module
 
-    def model(self, score_model, training: bool):
+    def model(self, score_model, training: bool | None = None):
         """The model the target is computed with: ``score_model`` itself when μ = 0 (the caller stops the gradient),
-        else θ⁻ in mode ``training`` conditioned on the student view's labels."""
+        else θ⁻ in mode ``training`` (None: the student's mode) conditioned on the student view's labels."""
         if self.ema_rate == 0:
             return score_model
         target = self.copy_of(score_model)
-        target.train(training)
+        target.train(score_model.training if training is None else training)
         return target.with_condition(score_model.labels)
 
     def started(self, score_model, restart: bool = False) -> None:
