@@ -14,14 +14,15 @@ from torch import nn
 from lit_score.data.mixture import GaussianMixtureDistribution
 from lit_score.loading import check_hyperparameters
 from lit_score.losses import Shortcut
-from lit_score.losses.consistency import ema_update
 from lit_score.losses.shortcut import ReferenceClock, average_velocity, bootstrap_levels
+from lit_score.losses.target_network import ema_update
 from lit_score.metrics.distances import energy_distance
 from lit_score.models import GenerativeModule, ScoreSDE
 from lit_score.networks import MLP
 from lit_score.processes import EDM, VP, Interpolant
 from lit_score.samplers import FlowMapSampler
 from lit_score.scores import FlowMapScore, GaussianFlowMap
+from lit_score.utils import randn_like
 
 MEAN, STD = torch.tensor([1.5, -0.5], dtype=torch.float64), torch.tensor([0.25, 0.75], dtype=torch.float64)
 PROCESSES = [Interpolant(), VP(), EDM()]
@@ -175,28 +176,131 @@ def test_at_d_zero_the_two_time_model_is_the_ordinary_velocity_and_any_step_coun
         assert torch.allclose(draw.samples, one, atol=1e-10)
 
 
+# --- the target model θ⁻ ----------------------------------------------------------------------------------------------
+def mlp_map(process=None) -> FlowMapScore:
+    """A float64 two-time MLP 16×1 (seed 0) on ``process`` (default the interpolant), target velocity."""
+    torch.manual_seed(0)
+    network = MLP(2, hidden=16, depth=1, time_embed_dim=8, two_time=True)
+    return FlowMapScore(network, process or Interpolant(), target="velocity").double()
+
+
+def draws(seed: int = 2) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+X0 = 2 * torch.randn(16, 2, generator=draws(1), dtype=torch.float64)
+#: Shortcut(8, bootstrap_every=2, clip=1.0) of ``mlp_map(VP())`` at X0 with draws(2), measured at commit 4330f9d
+#: (before the target network existed): the 8 bootstrap rows and the sum over the 16 rows
+BEFORE = [2.6791862546286964, 0.489071467935945, 1.3327177731013518, 3.482309041749708, 23.615147104728308,
+          21.116246660679423, 25.788147590140674, 2.2469731704725726]
+BEFORE_SUM = 229.00687765667408
+
+
+def test_with_ema_rate_0_the_loss_is_todays_and_carries_no_state():
+    """The default μ = 0 gives the values measured before the target network existed (float64, to 1e-12; the
+    clip at 1 is active), passes the online model itself to the bootstrap and keeps no θ⁻ through the hooks."""
+    model, loss = mlp_map(VP()), Shortcut(8, bootstrap_every=2, clip=1.0)
+    assert loss.ema_rate == 0 and loss.target_network.model(model, training=False) is model
+    loss.fit_started(model, resumed=False)
+    loss.before_step(model, 1)
+    value = loss(model, X0, draws())
+    assert torch.allclose(value[:8], torch.tensor(BEFORE, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert float(value.sum()) == pytest.approx(BEFORE_SUM, rel=1e-12)
+    assert loss.target_network.module is None and loss.state_dict() == {}
+    assert repr(loss) == "Shortcut(denoise_timesteps=8, bootstrap_every=2, clip=1.0)"
+
+
+def test_with_ema_rate_the_bootstrap_target_is_two_d_steps_of_the_target_network_in_eval_mode():
+    """μ > 0: θ⁻ is a frozen copy made at fit start (θ⁻ = θ: the loss equals μ = 0's, the MLP has no dropout); after
+    θ⁻ is moved (the online model unchanged) only the bootstrap rows change, to (ŝ_θ − target)² with the target
+    computed by hand from θ⁻; θ⁻ runs in eval mode (the reference's ``train=False``) while the student trains, and
+    the gradient reaches θ only."""
+    model, loss = mlp_map(), Shortcut(8, bootstrap_every=2, clip=None, ema_rate=0.9)
+    loss.fit_started(model, resumed=False)
+    target = loss.target_network.module
+    assert target is not model and not any(p.requires_grad for p in target.parameters())
+    same = loss(model, X0, draws())
+    assert torch.equal(same, Shortcut(8, bootstrap_every=2, clip=None)(model, X0, draws()))
+    online = [p.clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=draws(3), dtype=p.dtype))
+    modes = []
+    target.network.register_forward_hook(lambda module, args, output: modes.append(module.training))
+    moved = loss(model, X0, draws())
+    assert modes == [False, False] and model.training  # the two d-steps, in eval mode
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), online))
+    assert torch.equal(moved[8:], same[8:]) and (moved[:8] - same[:8]).abs().min() > 0
+
+    generator, clock = draws(), ReferenceClock(model.process)  # the loss's draws, in its order
+    tau, step = loss.times(16, generator, X0.device)
+    x_t = model.process.perturb(X0, clock.time(tau), randn_like(X0, generator))
+    by_hand = loss.bootstrap_target(target, clock, x_t[:8], tau[:8], step[:8])
+    student = loss.shortcut(model, clock, x_t[:8], tau[:8], step[:8])
+    assert torch.allclose(moved[:8], ((student - by_hand) ** 2).mean(dim=1), rtol=1e-12, atol=0)
+    moved.sum().backward()
+    assert all(p.grad is None for p in target.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert repr(loss) == "Shortcut(denoise_timesteps=8, bootstrap_every=2, clip=None, ema_rate=0.9)"
+
+
+def test_the_target_network_follows_the_online_model_by_ema_once_per_optimizer_step():
+    """θ⁻ ← 0.9·θ⁻ + 0.1·θ when the global step passes the one θ⁻ followed (step 0: no optimizer step yet; a second
+    micro-batch of step 1, gradient accumulation: no second update); the checkpoint state holds θ⁻ and its step."""
+    model, loss = mlp_map(), Shortcut(8, ema_rate=0.9)
+    loss.fit_started(model, resumed=False)
+    target = loss.target_network.module
+    start = [p.clone() for p in target.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=draws(4), dtype=p.dtype))
+    loss.before_step(model, 0)
+    assert all(torch.equal(p, q) for p, q in zip(target.parameters(), start))
+    loss.before_step(model, 1)
+    for old, new, theta in zip(start, target.parameters(), model.parameters()):
+        assert torch.allclose(new, 0.9 * old + 0.1 * theta, rtol=1e-14, atol=1e-15)
+        assert not torch.allclose(new, theta)
+    once = [p.clone() for p in target.parameters()]
+    loss.before_step(model, 1)
+    assert all(torch.equal(p, q) for p, q in zip(target.parameters(), once))
+    loss.before_step(model, 2)
+    for old, new, theta in zip(once, target.parameters(), model.parameters()):
+        assert torch.allclose(new, 0.9 * old + 0.1 * theta, rtol=1e-14, atol=1e-15)
+    state = loss.state_dict()
+    assert state["target_step"] == 2 and all(torch.equal(v, target.state_dict()[k]) for k, v in state["target"].items())
+
+
 # --- resume and bad input ---------------------------------------------------------------------------------------------
-def shortcut_model() -> ScoreSDE:
+def shortcut_model(ema_rate: float = 0.0) -> ScoreSDE:
     return ScoreSDE(MLP(2, hidden=16, depth=1, time_embed_dim=8, two_time=True), Interpolant(), target="velocity",
-                    loss=Shortcut(denoise_timesteps=8, clip=None),
+                    loss=Shortcut(denoise_timesteps=8, clip=None, ema_rate=ema_rate),
                     optimizer=lambda params: torch.optim.Adam(params, lr=1e-2))
 
 
-def test_resume_is_bit_exact_mid_training(tmp_path):
-    """2 epochs × 3 steps against 1 epoch resumed from its checkpoint: identical weights. The loss carries no state
-    (its target is the online model, gradient stopped), so its checkpoint entry is empty."""
+@pytest.mark.parametrize("ema_rate", [0.0, 0.5])
+def test_resume_is_bit_exact_mid_training(tmp_path, ema_rate):
+    """2 epochs × 3 steps against 1 epoch resumed from its checkpoint: identical weights. With μ = 0 the loss carries
+    no state (its target is the online model, gradient stopped), so its checkpoint entry is empty; with μ = 0.5 it
+    holds θ⁻ one update behind step 3 (target_step 2), and both runs end with the same θ⁻ at target_step 5."""
     pl.seed_everything(0)
-    full = shortcut_model()
+    full = shortcut_model(ema_rate)
     trainer(tmp_path / "full", 2).fit(full, datamodule=Mixture())
     pl.seed_everything(0)
-    trainer(tmp_path / "first", 1).fit(shortcut_model(), datamodule=Mixture())
+    trainer(tmp_path / "first", 1).fit(shortcut_model(ema_rate), datamodule=Mixture())
     ckpt = next((tmp_path / "first").glob("*.ckpt"))
-    assert not torch.load(ckpt, weights_only=True).get("lit_score_loss")
+    saved = torch.load(ckpt, weights_only=True).get("lit_score_loss")
+    assert saved["target_step"] == 2 if ema_rate else not saved
     pl.seed_everything(123)
-    resumed = shortcut_model()
+    resumed = shortcut_model(ema_rate)
     trainer(tmp_path / "resumed", 2).fit(resumed, datamodule=Mixture(), ckpt_path=ckpt)
     for key, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+    if not ema_rate:
+        return
+    a, b = full.loss.state_dict(), resumed.loss.state_dict()
+    assert a["target_step"] == b["target_step"] == 5
+    assert all(torch.equal(v, b["target"][k]) for k, v in a["target"].items())
+    assert not all(torch.equal(v, full.score_model.state_dict()[k]) for k, v in a["target"].items())  # θ⁻ ≠ θ
 
 
 def test_the_config_tree_passes_the_loading_checks():
@@ -212,6 +316,7 @@ def test_bad_input_is_refused_in_one_line():
         (lambda: Shortcut(denoise_timesteps=1), "denoise_timesteps"),
         (lambda: Shortcut(bootstrap_every=1), "bootstrap_every"),
         (lambda: Shortcut(clip=0.0), "clip"),
+        (lambda: Shortcut(ema_rate=1.0), "ema_rate"),
         (lambda: ScoreSDE(MLP(2, hidden=8), Interpolant(), target="velocity", loss=Shortcut()), "two_time true"),
     ]
     for build, message in cases:

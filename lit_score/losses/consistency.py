@@ -30,13 +30,14 @@ setting. On CIFAR-10 their code trains CD with μ = 0 (stop-gradient θ⁻ = θ:
 ``jcm/train.py``, where the ``consistency`` loss has no target EMA), RAdam at lr 4e-4, batch 512, 800k steps and
 LPIPS; ``configs/distill/cd_cifar10.yaml`` states those settings with l2 in place of LPIPS.
 
-**Where θ⁻ lives.** A frozen deep copy of the student's score model, held by this loss, created at the start of
-fit (after the student may have been started from the teacher's weights: ``init_from_teacher``) and saved as the
-loss's state (``state_dict``: its weights and the optimizer step it has followed) in the family's checkpoint, so a
-resumed run continues the same θ⁻ bit for bit. The update happens at the start of the next training batch
-(:meth:`before_step`, called by the family with the trainer's global step), not at the end of the last one: a
-checkpoint written at the end of step k then holds θ_k with θ⁻ one update behind, and the resumed run makes that
-update first, exactly as the uninterrupted one does; with gradient accumulation it happens once per optimizer step.
+**Where θ⁻ lives** (:class:`~lit_score.losses.target_network.TargetNetwork`, which the shortcut loss shares). A
+frozen deep copy of the student's score model, held by this loss, created at the start of fit (after the student may
+have been started from the teacher's weights: ``init_from_teacher``) and saved as the loss's state (``state_dict``:
+its weights and the optimizer step it has followed) in the family's checkpoint, so a resumed run continues the same θ⁻
+bit for bit. The update happens at the start of the next training batch (:meth:`before_step`, called by the family
+with the trainer's global step), not at the end of the last one: a checkpoint written at the end of step k then holds
+θ_k with θ⁻ one update behind, and the resumed run makes that update first, exactly as the uninterrupted one does;
+with gradient accumulation it happens once per optimizer step.
 
 **Dropout.** As consistency models' code (``consistency_losses`` of openai/consistency_models: the target model in
 train mode, the dropout RNG state saved before the student's pass and restored before the target's), θ⁻ runs in the
@@ -45,9 +46,7 @@ student's mode with the student's dropout mask (:func:`student_and_target`), wit
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -56,7 +55,8 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.losses.base import DiffusionLoss
-from lit_score.losses.teacher import Teacher, freeze
+from lit_score.losses.target_network import TargetNetwork, ema_update
+from lit_score.losses.teacher import Teacher
 from lit_score.networks.two_time import load_one_time_weights
 from lit_score.processes import NoiseProcess
 from lit_score.utils import batch_mean, batch_sum, rand, randn_like
@@ -131,7 +131,6 @@ class ConsistencyDistillation(DiffusionLoss):
         init_from_teacher: bool = True,
     ) -> None:
         check_number("num_scales", num_scales, ge=2, integer=True)
-        check_number("ema_rate", ema_rate, ge=0.0, lt=1.0)
         check_number("huber_c", huber_c, gt=0.0, allow_none=True)
         check_number("rho", rho, gt=0.0)
         if distance not in ("l2", "pseudo_huber"):
@@ -139,9 +138,7 @@ class ConsistencyDistillation(DiffusionLoss):
         self.teacher, self.num_scales, self.ema_rate = teacher, int(num_scales), float(ema_rate)
         self.distance, self.huber_c, self.rho = distance, huber_c, float(rho)
         self.init_from_teacher = bool(init_from_teacher)
-        self.target = None  # θ⁻: a frozen copy of the student's score model (ema_rate > 0), made by ``target_for``
-        self.target_step = 0  # the optimizer step θ⁻ has followed
-        self._pending: dict | None = None  # a checkpoint's θ⁻ until the student's score model is at hand
+        self.target_network = TargetNetwork(ema_rate)  # θ⁻ (module docstring)
         self._process_checked = False
 
     # --- the loss ---------------------------------------------------------------------------------------------------
@@ -159,13 +156,9 @@ class ConsistencyDistillation(DiffusionLoss):
         return consistency_distance(student, target, self.distance, self.huber_c)
 
     def target_model(self, score_model):
-        """f_{θ⁻}'s model: the student itself when μ = 0 (the caller stops the gradient), else θ⁻ conditioned on the
-        student view's labels."""
-        if self.ema_rate == 0:
-            return score_model
-        target = self.target_for(score_model)
-        target.train(score_model.training)  # the student's mode: its dropout mask (module docstring)
-        return target.with_condition(score_model.labels)
+        """f_{θ⁻}'s model: the student itself when μ = 0 (the caller stops the gradient), else θ⁻ in the student's
+        mode (its dropout mask: module docstring) conditioned on the student view's labels."""
+        return self.target_network.model(score_model)
 
     def check_process(self, process: NoiseProcess) -> None:
         """Refuse, once and in one line, a teacher whose process differs from the student's (the times of the step
@@ -176,74 +169,36 @@ class ConsistencyDistillation(DiffusionLoss):
         self._process_checked = True
 
     # --- the target network θ⁻ -------------------------------------------------------------------------------------
-    def target_for(self, score_model):
-        """θ⁻ (a frozen copy of ``score_model``), made at the first call from the student's current weights, or from
-        a checkpoint's θ⁻ when one was loaded."""
-        if self.target is None:
-            self.target = freeze(copy.deepcopy(score_model))
-            for parameter in self.target.parameters():
-                parameter.grad = None
-            if self._pending is not None:
-                self.target.load_state_dict(self._pending["target"])
-                self.target_step, self._pending = int(self._pending["target_step"]), None
-        return self.target
+    @property
+    def target(self):
+        """θ⁻ (a frozen copy of the student's score model) once made, else None."""
+        return self.target_network.module
 
     def fit_started(self, score_model, resumed: bool) -> None:
         """At the start of fit: on a fresh run start the student from the teacher's weights (``init_from_teacher``;
         never on a resumed one, whose restored student it would overwrite — with μ = 0 there is no saved θ⁻ to tell),
         then make θ⁻ (a copy of the student, or the checkpoint's)."""
-        if not resumed and self._pending is None and self.init_from_teacher:
+        restart = not resumed and not self.target_network.restoring and self.init_from_teacher
+        if restart:
             load_one_time_weights(score_model.network, self.teacher.one_time_weights())
-            self.target = None  # θ⁻ starts from the initialised student
-        if self.ema_rate > 0:
-            fresh = self.target is None and self._pending is None
-            self.target_for(score_model)
-            if fresh:  # a new θ⁻ follows from here: the next optimizer step updates it once
-                self.target_step = 0
+        self.target_network.started(score_model, restart=restart)  # θ⁻ starts from the initialised student
 
-    @torch.no_grad()
     def before_step(self, score_model, step: int) -> None:
         """θ⁻ ← μ·θ⁻ + (1 − μ)·θ once per optimizer step taken since the last update (module docstring)."""
-        if self.ema_rate == 0:
-            return
-        target = self.target_for(score_model)
-        if step <= self.target_step:
-            return
-        ema_update(target, score_model, self.ema_rate)
-        self.target_step = step
+        self.target_network.before_step(score_model, step)
 
     # --- checkpoint state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """θ⁻'s weights and the step it follows (empty when μ = 0: there is no θ⁻)."""
-        if self.ema_rate == 0:
-            return {}
-        if self.target is None:
-            return dict(self._pending) if self._pending is not None else {}
-        return {"target": self.target.state_dict(), "target_step": self.target_step}
+        """θ⁻'s weights and the step it follows, ``{"target", "target_step"}`` (empty when μ = 0: there is no θ⁻)."""
+        return self.target_network.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        if self.ema_rate == 0 or not state:
-            if state:
-                warnings.warn("the checkpoint's target network is not used with ema_rate 0", stacklevel=2)
-            return
-        self._pending = {"target": state["target"], "target_step": int(state["target_step"])}
-        if self.target is not None:  # already made: load now
-            self.target.load_state_dict(self._pending["target"])
-            self.target_step, self._pending = self._pending["target_step"], None
+        self.target_network.load_state_dict(state)
 
     def __repr__(self) -> str:
         huber = f", huber_c={self.huber_c:g}" if self.huber_c is not None else ""
         return (f"ConsistencyDistillation(teacher={self.teacher!r}, num_scales={self.num_scales},"
                 f" ema_rate={self.ema_rate:g}, distance={self.distance!r}{huber})")
-
-
-@torch.no_grad()
-def ema_update(target: torch.nn.Module, source: torch.nn.Module, rate: float) -> None:
-    """θ⁻ ← μ·θ⁻ + (1 − μ)·θ over the parameters of two modules of one architecture; buffers are copied."""
-    targets, sources = list(target.parameters()), list(source.parameters())
-    torch._foreach_lerp_(targets, sources, 1.0 - rate)
-    for mine, theirs in zip(target.buffers(), source.buffers(), strict=True):
-        mine.copy_(theirs)
 
 
 __all__ = ["ConsistencyDistillation", "Distance", "consistency_distance", "ema_update", "interval_times",

@@ -22,6 +22,7 @@ interpolant both are ±1/t, so u = (x − D̂)/t, and with target ``velocity`` t
 | d = 1/2^k, k = 0 … log₂ M | the step sizes; k = log₂ M (d = 1/M) is queried at d = 0 (s = t), see below |
 | B, B_b = ⌊B/``bootstrap_every``⌋ | the batch and its bootstrap rows (the paper's share 1/4: ``bootstrap_every`` 4) |
 | ŝ_θ(x, τ, d) = −L·u_θ(x, t(τ), t(τ + d)) | the model's shortcut |
+| θ⁻, μ | the bootstrap's target model and ``ema_rate`` (μ = 0: θ, gradient stopped; below) |
 
 **The batch** (the reference's ``targets_shortcut.py``), rows in this order:
 
@@ -40,16 +41,23 @@ x_τ = α_t x₀ + σ_t ε is the process's marginal at t = t(τ) (the reference
 τ·x₀, is the interpolant with ends 0 and 10⁻⁵ where ours are the process's t_min, t_max). With ``clip`` the
 reference clips x′ and the target to [−clip, clip] (4 on its latents, the default here; None: no clip).
 
-**The target model θ⁻ is the online model with its gradient stopped**, evaluated under ``no_grad`` in its own mode.
-The reference evaluates its EMA weights (``bootstrap_ema`` 1, rate 0.999, ``train=False``). The repository's
-:class:`~lit_score.callbacks.EMA` lives in the trainer, out of a loss's reach (a loss sees the score model only), and a
-second copy kept by the loss (as :class:`~lit_score.losses.ConsistencyDistillation` keeps its θ⁻) is not built here;
-at the fixed point both targets are the same, and iCT shows a stop-gradient target trains (Song & Dhariwal 2023,
-Sec. 3.2). So the loss carries no state and resumes exactly with the model.
+**The target model θ⁻** (:class:`~lit_score.losses.target_network.TargetNetwork`, shared with
+:class:`~lit_score.losses.ConsistencyDistillation`), chosen by ``ema_rate`` μ:
+
+- μ = 0 (the default): the online model with its gradient stopped, evaluated under ``no_grad`` in its own mode. At
+  the fixed point both targets are the same, and iCT shows a stop-gradient target trains (Song & Dhariwal 2023,
+  Sec. 3.2). The loss carries no state and resumes exactly with the model.
+- μ > 0: the reference's target (``bootstrap_ema`` 1, rate μ = 0.999, evaluated with ``train=False``): a frozen copy of
+  the score model held by the loss (not the trainer's :class:`~lit_score.callbacks.EMA`, which a loss cannot see),
+  made at the start of fit, θ⁻ ← μ·θ⁻ + (1 − μ)·θ once per optimizer step (the loss's ``before_step``), run in eval
+  mode as the reference's ``train=False`` (no dropout in the target; the student's pass keeps its own mode) and
+  conditioned on the student's labels. It is the loss's checkpoint state ``{"target", "target_step"}``, so a resume is
+  bit-exact.
 
 **Other differences from the reference**: the flow-matching and bootstrap rows take disjoint data rows (the reference
 draws both from the first rows of one batch, which overlap); no class-conditional guidance inside the target
-(``bootstrap_cfg``); the reference's code default is ``bootstrap_every`` 8 (share 1/8), the paper's 1/4.
+(``bootstrap_cfg``); the reference's code default is ``bootstrap_every`` 8 (share 1/8), the paper's 1/4; the default
+``ema_rate`` is 0 where the reference's is 0.999 (above).
 
 **Sampling.** :class:`~lit_score.samplers.FlowMapSampler` with ``k`` jumps on the ``uniform`` grid (the interpolant's
 default) jumps t_max − i·L/k → t_max − (i + 1)·L/k: τ = i/k, d = 1/k, a trained (τ, d) for every k = 2^j ≤ M/2; k = M
@@ -66,6 +74,7 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.losses.base import DiffusionLoss
+from lit_score.losses.target_network import TargetNetwork
 from lit_score.processes import NoiseProcess
 from lit_score.utils import append_dims, batch_mean, rand, randn_like
 
@@ -118,12 +127,15 @@ class Shortcut(DiffusionLoss):
             code's default 8).
         clip: the reference clips the bootstrap's intermediate point and target to [−clip, clip] (4.0); None: no
             clipping (data on another scale).
+        ema_rate: μ of the bootstrap's target model θ⁻ (0: the online model, gradient stopped; the reference: an EMA
+            copy with 0.999, in eval mode).
     """
 
     #: the capability it asks of the score model: ``denoise(x, t, s)`` (a FlowMapScore: a two-time network)
     requires_two_time: bool = True
 
-    def __init__(self, denoise_timesteps: int = 128, bootstrap_every: int = 4, clip: float | None = 4.0) -> None:
+    def __init__(self, denoise_timesteps: int = 128, bootstrap_every: int = 4, clip: float | None = 4.0,
+                 ema_rate: float = 0.0) -> None:
         check_number("denoise_timesteps", denoise_timesteps, ge=2, integer=True)
         check_number("bootstrap_every", bootstrap_every, ge=2, integer=True)
         check_number("clip", clip, gt=0.0, allow_none=True)
@@ -132,6 +144,8 @@ class Shortcut(DiffusionLoss):
                              f" use {2 ** round(math.log2(denoise_timesteps))}")
         self.denoise_timesteps, self.bootstrap_every = int(denoise_timesteps), int(bootstrap_every)
         self.clip = None if clip is None else float(clip)
+        self.target_network = TargetNetwork(ema_rate)  # θ⁻ (module docstring)
+        self.ema_rate = self.target_network.ema_rate
 
     def times(self, batch: int, generator, device) -> tuple[Tensor, Tensor]:
         """(τ, d) (B,) float64 on the reference's clock: the bootstrap rows first (τ a multiple of their 2d, which is
@@ -174,12 +188,30 @@ class Shortcut(DiffusionLoss):
         rows = batch // self.bootstrap_every
         flow = clock.velocity(append_dims(process.alpha_dot(t[rows:]), x0) * x0[rows:]
                               + append_dims(process.sigma_dot(t[rows:]), x0) * noise[rows:])
-        target = torch.cat([self.bootstrap_target(score_model, clock, x_t[:rows], tau[:rows], step[:rows]), flow])
+        target_model = self.target_network.model(score_model, training=False)  # μ = 0: score_model itself
+        target = torch.cat([self.bootstrap_target(target_model, clock, x_t[:rows], tau[:rows], step[:rows]), flow])
         return batch_mean((self.shortcut(score_model, clock, x_t, tau, step) - target) ** 2)
 
+    # --- the target network θ⁻ (μ > 0; every hook does nothing at μ = 0) ----------------------------------------
+    def fit_started(self, score_model, resumed: bool) -> None:
+        """At the start of fit: make θ⁻ (a copy of the model, or the checkpoint's)."""
+        self.target_network.started(score_model)
+
+    def before_step(self, score_model, step: int) -> None:
+        """θ⁻ ← μ·θ⁻ + (1 − μ)·θ once per optimizer step taken since the last update."""
+        self.target_network.before_step(score_model, step)
+
+    def state_dict(self) -> dict:
+        """θ⁻'s weights and the step it follows, ``{"target", "target_step"}`` (empty when μ = 0)."""
+        return self.target_network.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.target_network.load_state_dict(state)
+
     def __repr__(self) -> str:
+        ema = f", ema_rate={self.ema_rate:g}" if self.ema_rate else ""
         return (f"Shortcut(denoise_timesteps={self.denoise_timesteps}, bootstrap_every={self.bootstrap_every},"
-                f" clip={self.clip!r})")
+                f" clip={self.clip!r}{ema})")
 
 
 __all__ = ["ReferenceClock", "Shortcut", "average_velocity", "bootstrap_levels"]
