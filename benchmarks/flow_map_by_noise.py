@@ -42,7 +42,8 @@ def main() -> None:
             t_min = torch.full_like(t, process.t_min)
             noised = flow_map(process.perturb(x0, t, z), t, t_min)
             prior = flow_map(z * process.sigma(t)[:, None], t, t_min)
-            print(f"{sigma:8g} | {energy_distance(noised, held_out).item():.4f} | {energy_distance(prior, held_out).item():.4f}")
+            print(f"{sigma:8g} | {energy_distance(noised, held_out).item():.4f}"
+                  f" | {energy_distance(prior, held_out).item():.4f}")
 
 
 if __name__ == "__main__":
