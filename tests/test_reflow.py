@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lit_score.cli import main
-from lit_score.data import Coupling, GaussianMixtureDistribution, NoisedMixture, ReflowPairs
+from lit_score.data import Coupling, Digits, GaussianMixtureDistribution, NoisedMixture, ReflowPairs
 from lit_score.data.reflow import load_pairs, shard_name
 from lit_score.distillation import draw_pairs
 from lit_score.generation import seed_batch_draw
@@ -155,6 +155,9 @@ def test_reflow_pairs_yield_the_stored_couplings(tmp_path):
     rebuilt = checkpoint_datamodule(tmp_path / "run.ckpt")
     assert type(rebuilt.reference).__name__ == "Toy2D" and rebuilt.has_exact_sampler
     assert rebuilt.reference_samples(500, torch.Generator().manual_seed(0)).std(0).min() > 0.4  # moons, not pairs
+    # FID features are the reference's: the pairs of a digits model are measured as the model was
+    assert ReflowPairs(str(tmp_path / "p"), reference=Digits()).default_feature_extractor == "digits-v2"
+    assert ReflowPairs(str(tmp_path / "p")).default_feature_extractor == "inception-v3-compat"
 
     (tmp_path / "p" / shard_name(2)).unlink()
     with pytest.raises(ValueError, match="lacks 1 of its 3 shards"):

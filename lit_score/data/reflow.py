@@ -182,6 +182,13 @@ class ReflowPairs(GenerativeDataModule):
     def data_range(self) -> tuple[float, float]:
         return self.reference.data_range if self.reference is not None else super().data_range
 
+    @property
+    def default_feature_extractor(self) -> str:
+        """The reference's (``digits-v2`` for digits pairs), so that FID of a reflowed model is measured as its
+        teacher's was."""
+        return (self.reference.default_feature_extractor if self.reference is not None
+                else super().default_feature_extractor)
+
     def reference_samples(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         self._ensure_setup()
         if self.reference is not None:
