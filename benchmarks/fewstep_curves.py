@@ -106,8 +106,9 @@ def plot(rows: list[dict], references: dict[str, float], figure: Path) -> None:
             ax.axhline(rows[0]["metrics"]["fid"]["floor"], color="k", lw=0.8, ls=":", label="data floor")
         else:
             ax.axhline(1.0, color="k", lw=0.8, ls=":", label="data floor")
-        for reference, value in references.items():
-            ax.axhline(value, lw=0.8, ls="--", color="gray", label=reference)
+        for k, (reference, value) in enumerate(references.items()):
+            ax.axhline(value, lw=1.0, ls=("--", "-.", (0, (5, 1, 1, 1)))[k % 3],
+                       color=("tab:gray", "tab:brown", "tab:olive")[k % 3], label=reference)
         ax.set(xlabel="training step", ylabel=name, title=f"{nfe:g} NFE", yscale="log")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
