@@ -63,6 +63,13 @@ def test_compare_configs_parse_and_every_run_config_exists(config):
                           False)
         assert "runs" not in yaml.safe_load(text) and len(compare.sampler_grid()) > 1
         return
+    if all("ckpt" in r for r in yaml.safe_load(text).get("runs") or [{}]):  # checkpoints its header's commands make
+        cfg = compare_parser().parse_args(["--config", str(config)])
+        compare = Compare(Path(cfg.output), [{"name": r["name"], "ckpt": __file__} for r in cfg.runs], cfg.samplers,
+                          cfg.evaluation, {}, "cpu", False)
+        made_by = re.findall(r"configs/\S+\.yaml", text.split("\noutput:")[0])
+        assert len(compare.sampler_grid()) > 1 and made_by and all((ROOT / m).is_file() for m in made_by)
+        return
     overlay = named is not None or "runs" not in yaml.safe_load(text)
     assert not overlay or named, f"{config.name}: an overlay names its base in its header"
     base = [str(ROOT / named.group(1))] if overlay else []
@@ -77,7 +84,7 @@ def test_compare_configs_parse_and_every_run_config_exists(config):
         from lit_score.evaluation.compare import cli_overrides
         from lit_score.evaluation.run_specs import resolve_references
 
-        assert families <= {"ddpm", "ncsn", "sde", "edm", "vdm", "distill"} and len(runs) > 1
+        assert families <= {"ddpm", "ncsn", "sde", "edm", "vdm", "flow", "distill", "fewstep"} and len(runs) > 1
         earlier = {r["name"]: {"ckpt": "teacher.ckpt"} for r in runs}  # ${ckpt:NAME}: a path --print_config never reads
         for r in runs:
             overrides = cli_overrides({**cfg.shared, **resolve_references(r.get("overrides") or {}, earlier)})
