@@ -55,7 +55,7 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.losses.base import DiffusionLoss
-from lit_score.losses.target_network import TargetNetwork, ema_update
+from lit_score.losses.target_network import FollowsTargetNetwork, TargetNetwork, ema_update
 from lit_score.losses.teacher import Teacher
 from lit_score.networks.two_time import load_one_time_weights
 from lit_score.processes import NoiseProcess
@@ -100,7 +100,7 @@ def student_and_target(student: Callable[[], Tensor], target: Callable[[], Tenso
         return out, target()
 
 
-class ConsistencyDistillation(DiffusionLoss):
+class ConsistencyDistillation(FollowsTargetNetwork, DiffusionLoss):
     """Consistency distillation of a two-time student from a teacher (module docstring): a per-sample loss (B,).
 
     Args:
@@ -182,18 +182,6 @@ class ConsistencyDistillation(DiffusionLoss):
         if restart:
             load_one_time_weights(score_model.network, self.teacher.one_time_weights())
         self.target_network.started(score_model, restart=restart)  # θ⁻ starts from the initialised student
-
-    def before_step(self, score_model, step: int) -> None:
-        """θ⁻ ← μ·θ⁻ + (1 − μ)·θ once per optimizer step taken since the last update (module docstring)."""
-        self.target_network.before_step(score_model, step)
-
-    # --- checkpoint state ------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """θ⁻'s weights and the step it follows, ``{"target", "target_step"}`` (empty when μ = 0: there is no θ⁻)."""
-        return self.target_network.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.target_network.load_state_dict(state)
 
     def __repr__(self) -> str:
         huber = f", huber_c={self.huber_c:g}" if self.huber_c is not None else ""

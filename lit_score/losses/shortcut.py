@@ -74,7 +74,7 @@ from torch import Tensor
 
 from lit_score.checks import check_number
 from lit_score.losses.base import DiffusionLoss
-from lit_score.losses.target_network import TargetNetwork
+from lit_score.losses.target_network import FollowsTargetNetwork, TargetNetwork
 from lit_score.processes import NoiseProcess
 from lit_score.utils import append_dims, batch_mean, rand, randn_like
 
@@ -118,7 +118,7 @@ def bootstrap_levels(batch: int, bootstrap_every: int, denoise_timesteps: int) -
     return torch.cat([j, torch.zeros(rows - len(j), dtype=torch.long)])
 
 
-class Shortcut(DiffusionLoss):
+class Shortcut(FollowsTargetNetwork, DiffusionLoss):
     """The shortcut-model objective of a two-time model (module docstring): a per-sample loss (B,).
 
     Args:
@@ -192,21 +192,10 @@ class Shortcut(DiffusionLoss):
         target = torch.cat([self.bootstrap_target(target_model, clock, x_t[:rows], tau[:rows], step[:rows]), flow])
         return batch_mean((self.shortcut(score_model, clock, x_t, tau, step) - target) ** 2)
 
-    # --- the target network θ⁻ (μ > 0; every hook does nothing at μ = 0) ----------------------------------------
+    # --- the target network θ⁻ (μ > 0; every hook does nothing at μ = 0; the others: FollowsTargetNetwork) ------
     def fit_started(self, score_model, resumed: bool) -> None:
         """At the start of fit: make θ⁻ (a copy of the model, or the checkpoint's)."""
         self.target_network.started(score_model)
-
-    def before_step(self, score_model, step: int) -> None:
-        """θ⁻ ← μ·θ⁻ + (1 − μ)·θ once per optimizer step taken since the last update."""
-        self.target_network.before_step(score_model, step)
-
-    def state_dict(self) -> dict:
-        """θ⁻'s weights and the step it follows, ``{"target", "target_step"}`` (empty when μ = 0)."""
-        return self.target_network.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.target_network.load_state_dict(state)
 
     def __repr__(self) -> str:
         ema = f", ema_rate={self.ema_rate:g}" if self.ema_rate else ""

@@ -133,4 +133,23 @@ class TargetNetwork:
         return f"TargetNetwork(ema_rate={self.ema_rate:g})"
 
 
-__all__ = ["TargetNetwork", "ema_update"]
+class FollowsTargetNetwork:
+    """The loss hooks of a loss holding a :class:`TargetNetwork` as ``self.target_network``: θ⁻ follows the student
+    before each step and is the loss's checkpoint state (listed before the loss's base class, whose hooks it
+    replaces)."""
+
+    target_network: TargetNetwork
+
+    def before_step(self, score_model, step: int) -> None:
+        """θ⁻ ← μ·θ⁻ + (1 − μ)·θ once per optimizer step taken since the last update."""
+        self.target_network.before_step(score_model, step)
+
+    def state_dict(self) -> dict:
+        """θ⁻'s weights and the step it follows, ``{"target", "target_step"}`` (empty when μ = 0: there is no θ⁻)."""
+        return self.target_network.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.target_network.load_state_dict(state)
+
+
+__all__ = ["FollowsTargetNetwork", "TargetNetwork", "ema_update"]
