@@ -36,6 +36,18 @@ def cd(teacher, **kw) -> ConsistencyDistillation:
     return ConsistencyDistillation(teacher, **{"ema_rate": 0.0, "init_from_teacher": False, **kw})
 
 
+def carried_step_error(exact, process, x0: Tensor) -> Tensor:
+    """(slope · step error)² per sample: the teacher's Heun step error on ``cd(num_scales=12)``'s draws (seed 1, in
+    the loss's order) carried to t_min by the exact map's affine slope v_min/v_s — the l2 loss at the exact map."""
+    generator = torch.Generator().manual_seed(1)
+    t, s = interval_times(process, 12, 7.0, x0.shape[0], generator, x0)
+    x_t = process.perturb(x0, t, randn_like(x0, generator))
+    step_error = exact.flow_map(x_t, t, s) - Heun(2, denoise=False).step(exact, process, x_t, t, s)[0]
+    t_min = torch.full_like(t, process.t_min)
+    slope = exact.flow_map(torch.ones_like(x_t), s, t_min) - exact.flow_map(torch.zeros_like(x_t), s, t_min)
+    return ((slope * step_error) ** 2).mean(dim=1)
+
+
 # --- the loss at the exact map ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("process", [EDM(), VP(), Interpolant(), DiscreteVP(num_timesteps=50)],
                          ids=["edm", "vp", "interpolant", "discrete-vp"])
@@ -46,13 +58,7 @@ def test_at_the_exact_map_the_loss_is_the_teachers_step_error(process):
     x0 = exact.sample(512, process.t_min, torch.Generator().manual_seed(0))
     loss = cd(Teacher(exact), num_scales=12)(exact, x0, torch.Generator().manual_seed(1))
 
-    generator = torch.Generator().manual_seed(1)  # the loss's draws, in its order
-    t, s = interval_times(process, 12, 7.0, 512, generator, x0)
-    x_t = process.perturb(x0, t, randn_like(x0, generator))
-    step_error = exact.flow_map(x_t, t, s) - Heun(2, denoise=False).step(exact, process, x_t, t, s)[0]
-    t_min = torch.full_like(t, process.t_min)
-    slope = exact.flow_map(torch.ones_like(x_t), s, t_min) - exact.flow_map(torch.zeros_like(x_t), s, t_min)
-    assert torch.allclose(loss, ((slope * step_error) ** 2).mean(dim=1), rtol=1e-9, atol=1e-15)
+    assert torch.allclose(loss, carried_step_error(exact, process, x0), rtol=1e-9, atol=1e-15)
     assert float(loss.mean()) < 1e-3
 
 
@@ -123,13 +129,7 @@ def test_a_class_conditional_teacher_steps_with_the_students_labels(process):
     student = teacher.with_condition(labels)
     loss = cd(Teacher(teacher), num_scales=12)(student, x0, torch.Generator().manual_seed(1))
 
-    generator = torch.Generator().manual_seed(1)  # the loss's draws, in its order
-    t, s = interval_times(process, 12, 7.0, 512, generator, x0)
-    x_t = process.perturb(x0, t, randn_like(x0, generator))
-    step_error = student.flow_map(x_t, t, s) - Heun(2, denoise=False).step(student, process, x_t, t, s)[0]
-    t_min = torch.full_like(t, process.t_min)
-    slope = student.flow_map(torch.ones_like(x_t), s, t_min) - student.flow_map(torch.zeros_like(x_t), s, t_min)
-    assert torch.allclose(loss, ((slope * step_error) ** 2).mean(dim=1), rtol=1e-9, atol=1e-15)
+    assert torch.allclose(loss, carried_step_error(student, process, x0), rtol=1e-9, atol=1e-15)
     assert float(loss.mean()) < 1e-3
 
     wrong = teacher.with_condition((labels + 1) % 3)
