@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lit_score.checks import check_number
+
 
 class SinusoidalEmbedding(nn.Module):
     """Transformer positional embedding of a real time (Vaswani et al. 2017; as used by Ho et al. 2020).
@@ -47,7 +49,8 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class FourierEmbedding(nn.Module):
-    """Random Gaussian Fourier features ``[sin(2π W t), cos(2π W t)]``, W ~ N(0, scale²) (Song et al. 2021, NCSN++).
+    """Random Gaussian Fourier features ``[sin(2π W s·t), cos(2π W s·t)]``, W ~ N(0, scale²) (Song et al. 2021,
+    NCSN++), s = ``time_scale``.
 
     W is drawn once at construction and kept as a (persistent, non-trainable) buffer so that checkpoints
     restore it; following Tancik et al. 2020 / NCSN++, it suits inputs of order one (t ∈ [0, 1] or log σ).
@@ -55,21 +58,23 @@ class FourierEmbedding(nn.Module):
     Args:
         dim: output width (even); dim/2 random frequencies.
         scale: standard deviation of the frequencies W.
+        time_scale: factor s applied to ``t`` before embedding.
     """
 
     W: Tensor
 
-    def __init__(self, dim: int, scale: float = 16.0) -> None:
+    def __init__(self, dim: int, scale: float = 16.0, time_scale: float = 1.0) -> None:
         super().__init__()
         if dim % 2:
             raise ValueError(f"FourierEmbedding needs an even dim, got {dim}")
         self.dim = dim
         self.scale = scale
+        self.time_scale = time_scale
         self.register_buffer("W", torch.randn(dim // 2) * scale)
 
     def forward(self, t: Tensor) -> Tensor:
         """Embed times ``t`` of shape (B,) into (B, dim)."""
-        args = 2 * math.pi * torch.outer(t.to(self.W.dtype), self.W)
+        args = 2 * math.pi * torch.outer(t.to(self.W.dtype) * self.time_scale, self.W)
         return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
@@ -128,10 +133,16 @@ def label_features(embed: LabelEmbedding | None, y: Tensor | None, batch: int, d
 NULL_LABEL = -1
 
 
-def timestep_embedding(kind: Literal["positional", "fourier"], dim: int) -> nn.Module:
-    """Build the time embedding named by ``kind`` with each class's paper defaults."""
+def timestep_embedding(kind: Literal["positional", "fourier"], dim: int, time_scale: float = 1.0) -> nn.Module:
+    """Build the time embedding named by ``kind`` with each class's paper defaults, applied to ``time_scale``·t.
+
+    A network's ``time_scale`` (MLP, UNet) scales the conditioning value c_noise(t) it receives (default 1: as it
+    is). 1e-3 turns the interpolant's 1000·t into t itself, the time MeanFlow's reference embeds: MeanFlow's target
+    differentiates the network in t (a JVP), and frequencies a thousand times faster in t make that derivative, and
+    the target, noise (measured in lit_score/losses/meanflow.py)."""
+    check_number("time_scale", time_scale, gt=0.0)
     if kind == "positional":
-        return SinusoidalEmbedding(dim)
+        return SinusoidalEmbedding(dim, time_scale=time_scale)
     if kind == "fourier":
-        return FourierEmbedding(dim)
+        return FourierEmbedding(dim, time_scale=time_scale)
     raise ValueError(f"unknown time embedding {kind!r}; expected 'positional' or 'fourier'")

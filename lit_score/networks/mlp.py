@@ -57,6 +57,8 @@ class MLP(nn.Module):
             label", :class:`~lit_score.networks.embeddings.LabelEmbedding`) is added to the time embedding.
         two_time: also take a target time s (a flow map's second time), embedded like t through a branch whose last
             layer starts at zero (:mod:`lit_score.networks.two_time`); ``two_time`` is then True on the network.
+        time_scale: the factor on the time input before its embedding
+            (:func:`~lit_score.networks.embeddings.timestep_embedding`; 1e-3 on the interpolant for MeanFlow).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class MLP(nn.Module):
         out_dim: int | None = None,
         num_classes: int = 0,
         two_time: bool = False,
+        time_scale: float = 1.0,
     ) -> None:
         super().__init__()
         check_number("data_dim", data_dim, ge=1, integer=True)
@@ -81,7 +84,7 @@ class MLP(nn.Module):
         self.data_dim = data_dim
         self.out_dim = data_dim if out_dim is None else out_dim
         self.time_embed = nn.Sequential(
-            timestep_embedding(embedding, time_embed_dim),
+            timestep_embedding(embedding, time_embed_dim, time_scale),
             nn.Linear(time_embed_dim, hidden),
             make_activation(activation),
             nn.Linear(hidden, hidden),
@@ -93,7 +96,8 @@ class MLP(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(hidden), make_activation(activation), nn.Linear(hidden, self.out_dim))
         self.two_time = bool(two_time)  # the s-branch is built last: the layers above draw what a one-time MLP draws
         self.target_time_embed = target_time_embedding(
-            timestep_embedding(embedding, time_embed_dim), time_embed_dim, hidden, make_activation(activation)
+            timestep_embedding(embedding, time_embed_dim, time_scale), time_embed_dim, hidden,
+            make_activation(activation)
         ) if self.two_time else None
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, s: Tensor | None = None) -> Tensor:

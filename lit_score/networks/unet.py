@@ -151,6 +151,7 @@ class UNetTrunk(nn.Module):
         resample_with_conv: bool,
         skip_rescale: bool,
         num_classes: int = 0,
+        time_scale: float = 1.0,
     ) -> tuple[list[int], list[int]]:
         """Build the trunk; returns (the skip widths, the resolution of each level) for a decoder."""
         check_number("num_classes", num_classes, ge=0, integer=True)
@@ -165,7 +166,8 @@ class UNetTrunk(nn.Module):
         kw = {"dropout": dropout, "num_groups": num_groups, "skip_rescale": skip_rescale}
 
         self.time_embed = nn.Sequential(
-            timestep_embedding(embedding, ch), nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim)
+            timestep_embedding(embedding, ch, time_scale), nn.Linear(ch, temb_dim), nn.SiLU(),
+            nn.Linear(temb_dim, temb_dim)
         )
         self.num_classes = num_classes
         self.label_embed = LabelEmbedding(num_classes, temb_dim) if num_classes else None
@@ -234,6 +236,8 @@ class UNet(UNetTrunk):
             classifier-free guidance) is added to the time embedding, as guided-diffusion's ``label_emb``.
         two_time: also take a target time s (a flow map's second time), embedded like t through a branch whose last
             layer starts at zero (:mod:`lit_score.networks.two_time`); ``two_time`` is then True on the network.
+        time_scale: the factor on the time input before its embedding
+            (:func:`~lit_score.networks.embeddings.timestep_embedding`; 1e-3 on the interpolant for MeanFlow).
     """
 
     def __init__(
@@ -253,6 +257,7 @@ class UNet(UNetTrunk):
         zero_init_output: bool = True,
         num_classes: int = 0,
         two_time: bool = False,
+        time_scale: float = 1.0,
     ) -> None:
         super().__init__()
         check_number("out_channels", out_channels, ge=1, integer=True, allow_none=True)
@@ -260,7 +265,7 @@ class UNet(UNetTrunk):
         self.out_channels = in_channels if out_channels is None else out_channels
         skip_chs, level_res = self.build_trunk(in_channels, base_channels, channel_mult, num_res_blocks,
                                                attention_resolutions, dropout, resolution, embedding, num_groups,
-                                               resample_with_conv, skip_rescale, num_classes)
+                                               resample_with_conv, skip_rescale, num_classes, time_scale)
         ch, temb_dim, cur = base_channels, 4 * base_channels, skip_chs[-1]
         kw = {"dropout": dropout, "num_groups": num_groups, "skip_rescale": skip_rescale}
 
@@ -283,7 +288,8 @@ class UNet(UNetTrunk):
             nn.init.zeros_(self.conv_out.bias)
         if two_time:  # built last: the layers above draw what a one-time UNet draws
             self.two_time = True
-            self.target_time_embed = target_time_embedding(timestep_embedding(embedding, ch), ch, temb_dim, nn.SiLU())
+            self.target_time_embed = target_time_embedding(timestep_embedding(embedding, ch, time_scale), ch, temb_dim,
+                                                           nn.SiLU())
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, s: Tensor | None = None) -> Tensor:
         """x: (B, C, H, W), t: (B,) or a scalar, y: class labels (B,) or None, s: a two-time network's target time
