@@ -165,10 +165,8 @@ class UNetTrunk(nn.Module):
         ch, temb_dim = base_channels, 4 * base_channels
         kw = {"dropout": dropout, "num_groups": num_groups, "skip_rescale": skip_rescale}
 
-        self.time_embed = nn.Sequential(
-            timestep_embedding(embedding, ch, time_scale), nn.Linear(ch, temb_dim), nn.SiLU(),
-            nn.Linear(temb_dim, temb_dim)
-        )
+        embed = timestep_embedding(embedding, ch, time_scale)
+        self.time_embed = nn.Sequential(embed, nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         self.num_classes = num_classes
         self.label_embed = LabelEmbedding(num_classes, temb_dim) if num_classes else None
         self.two_time, self.target_time_embed = False, None  # a two-time UNet builds its s-branch after the decoder
@@ -236,8 +234,7 @@ class UNet(UNetTrunk):
             classifier-free guidance) is added to the time embedding, as guided-diffusion's ``label_emb``.
         two_time: also take a target time s (a flow map's second time), embedded like t through a branch whose last
             layer starts at zero (:mod:`lit_score.networks.two_time`); ``two_time`` is then True on the network.
-        time_scale: the factor on the time input before its embedding
-            (:func:`~lit_score.networks.embeddings.timestep_embedding`; 1e-3 on the interpolant for MeanFlow).
+        time_scale: the factor on c_noise(t) before the time embeddings (``timestep_embedding``; MeanFlow: 1e-3).
     """
 
     def __init__(
@@ -288,8 +285,8 @@ class UNet(UNetTrunk):
             nn.init.zeros_(self.conv_out.bias)
         if two_time:  # built last: the layers above draw what a one-time UNet draws
             self.two_time = True
-            self.target_time_embed = target_time_embedding(timestep_embedding(embedding, ch, time_scale), ch, temb_dim,
-                                                           nn.SiLU())
+            branch = timestep_embedding(embedding, ch, time_scale)
+            self.target_time_embed = target_time_embedding(branch, ch, temb_dim, nn.SiLU())
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, s: Tensor | None = None) -> Tensor:
         """x: (B, C, H, W), t: (B,) or a scalar, y: class labels (B,) or None, s: a two-time network's target time
