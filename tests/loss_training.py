@@ -11,6 +11,7 @@ benchmarks/fewstep_toy_recipes.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -31,6 +32,11 @@ def training_steps(loss, student, sample: Callable, steps: int, lr: float = 3e-3
         value.backward()
         optimizer.step()
         yield step + 1
+
+
+def cosine_decay(steps: int) -> Callable[[int], float]:
+    """The ``lr_factor`` of a half-cosine decay from 1 at step 0 to 0 at ``steps``."""
+    return lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
 def train(loss, student, sample: Callable, steps: int, **options) -> None:

@@ -9,7 +9,7 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
-from loss_training import train, training_steps
+from loss_training import cosine_decay, train, training_steps
 from test_distillation import FIXTURES, Mixture, trainer  # the EDM toy fixture, the resume test's data and trainer
 from torch import nn
 
@@ -307,8 +307,7 @@ def test_a_toy_model_samples_the_mixture_in_one_and_two_jumps(method):
     z = process.prior_sample((2000, 2), generator=torch.Generator().manual_seed(5))
     loss = (ConsistencyTraining(ICTCurriculum(10, 1280, total_steps=8000)) if method == "ict"
             else EasyConsistencyTuning(schedule=ECTSchedule(double_every=1000)))
-    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / 8000))  # noqa: E731
-    for _ in training_steps(loss, model, mixture.sample, 8000, lr=1e-3, lr_factor=cosine):
+    for _ in training_steps(loss, model, mixture.sample, 8000, lr=1e-3, lr_factor=cosine_decay(8000)):
         ema_update(average, model, 0.999)
     torch.manual_seed(123)  # the re-noising draw of the second jump
     with torch.no_grad():

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from loss_training import training_steps
+from loss_training import cosine_decay, training_steps
 from test_distillation import Mixture, trainer  # the resume tests' data and trainer
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -359,8 +359,7 @@ def test_a_toy_model_samples_the_mixture_in_one_and_two_jumps():
     data = mixture.sample(2000, torch.Generator().manual_seed(7))
     floor = float(energy_distance(mixture.sample(2000, torch.Generator().manual_seed(8)), data))
     z = process.prior_sample((2000, 2), generator=torch.Generator().manual_seed(5))
-    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / 6000))  # noqa: E731
-    for _ in training_steps(MeanFlow(p=0.0), model, mixture.sample, 6000, lr=3e-4, lr_factor=cosine):
+    for _ in training_steps(MeanFlow(p=0.0), model, mixture.sample, 6000, lr=3e-4, lr_factor=cosine_decay(6000)):
         ema_update(average, model, 0.999)
     with torch.no_grad():
         one, two = (float(energy_distance(FlowMapSampler(k)(average, z, process), data)) / floor for k in (1, 2))

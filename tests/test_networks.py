@@ -49,22 +49,31 @@ def test_fourier_weights_are_a_fixed_buffer():
 @pytest.mark.parametrize("embedding", ["positional", "fourier"])
 @pytest.mark.parametrize("network", ["mlp", "unet"])
 def test_time_scale_multiplies_both_times_before_the_embedding(network, embedding):
-    """A network built with ``time_scale`` k gives, at (t, s), what the same network (same seed) gives at (k·t, k·s):
-    MeanFlow's configs embed the interpolant's t itself (k = 1e-3 on c_noise = 1000·t). k ≤ 0 is refused."""
+    """A network built with ``time_scale`` κ gives, at (t, s), what the same network (same seed) gives at (κ·t, κ·s):
+    MeanFlow's configs embed the interpolant's t itself (κ = 1e-3 on c_noise = 1000·t). The s-branch's last layer
+    starts at zero (its output would ignore s), so both networks get the same random last layer first. κ ≤ 0 is
+    refused by either embedding."""
     def build(**kw):
         torch.manual_seed(0)
         if network == "mlp":
-            return MLP(2, hidden=16, depth=1, time_embed_dim=8, embedding=embedding, two_time=True, **kw), (5, 2)
-        return UNet(1, base_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(), resolution=8,
-                    num_groups=4, embedding=embedding, zero_init_output=False, two_time=True, dropout=0.0,
-                    **kw), (5, 1, 8, 8)
+            net = MLP(2, hidden=16, depth=1, time_embed_dim=8, embedding=embedding, two_time=True, **kw)
+            shape = (5, 2)
+        else:
+            net = UNet(1, base_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(),
+                       resolution=8, num_groups=4, embedding=embedding, zero_init_output=False, two_time=True,
+                       dropout=0.0, **kw)
+            shape = (5, 1, 8, 8)
+        torch.nn.init.normal_(net.target_time_embed[-1].weight, generator=torch.Generator().manual_seed(1))
+        return net, shape
 
     (scaled, shape), (plain, _) = build(time_scale=1e-3), build()
     x, t, s = torch.randn(shape), 1000 * torch.rand(5), 500 * torch.rand(5)
     torch.testing.assert_close(scaled(x, t, s=s), plain(x, 1e-3 * t, s=1e-3 * s))
-    assert not torch.allclose(scaled(x, t, s=s), plain(x, t, s=s))
-    with pytest.raises(ValueError, match="time_scale"):
-        build(time_scale=0.0)
+    assert not torch.allclose(scaled(x, t, s=s), plain(x, 1e-3 * t, s=s))  # s reaches the output, scaled
+    assert not torch.allclose(scaled(x, t, s=s), plain(x, t, s=1e-3 * s))  # t too
+    for kind in (SinusoidalEmbedding, FourierEmbedding):
+        with pytest.raises(ValueError, match="time_scale"):
+            kind(8, time_scale=0.0)
 
 
 def test_odd_dim_rejected():

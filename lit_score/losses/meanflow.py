@@ -42,23 +42,24 @@ p = 0 is the plain squared error, p = ½ a pseudo-Huber loss.
 **Two settings for low dimension (measured; the paper's defaults are kept).** On a 2-D ring of four Gaussians
 (radius 2, std 0.2), a two-time MLP 128×3, batch 256, Adam 3e-4 with a cosine decay over 6,000 steps, EMA 0.999, the
 energy distance of 2,000 samples ÷ the data floor (0.0011) at the end, as printed by
-``python benchmarks/fewstep_toy_recipes.py meanflow --p P --time_scale K --lr 3e-4 --cosine --steps 6000``:
+``python benchmarks/fewstep_toy_recipes.py meanflow --p P --time_scale κ --lr 3e-4 --cosine --steps 6000``:
 
 - *The time the network embeds.* The interpolant hands the network c_noise = 1000·t, and a sinusoidal embedding of
   1000·t oscillates a thousand times faster in t than the reference's, which embeds t ∈ [0, 1] itself
   (py-meanflow's SongUNet). The target holds ∂_t u (the JVP's tangent 1 in t), so those frequencies enter it: with
-  p = 0 (K = 1) the model never learned (1 / 2 jumps 175 / 214× at the end, 110–250× all along); with the network's
+  p = 0 (κ = 1) the model never learned (1 / 2 jumps 175 / 214× at the end, 110–250× all along); with the network's
   ``time_scale=1e-3`` (:func:`~lit_score.networks.embeddings.timestep_embedding`) it reached 1 / 2 / 4 jumps 5.5 /
   2.4 / 2.5× (tests/test_meanflow.py). MeanFlow's toy and digits configs set ``time_scale: 0.001``.
 - *The adaptive weight is mode-seeking where ‖Δ‖² does not concentrate.* With w = sg(1/(‖Δ‖² + c)^p) the stationary
   point of E[w·‖u − u_tgt‖²] given z is the weighted mean E[w·u_tgt]/E[w], which leans to the target's heavier mode
   when the conditional target is multimodal (a mixture's velocity given z_t is). In d dimensions the spread of ‖Δ‖²
   around its mean shrinks as 1/√d, so images are barely affected and 2-D data is: a constant model against a 70/30
-  mixture of velocities moves off their mean by 1.64 at p = 1 in 2-D, 0.070 in 256-D, 0.0052 in 3072-D (derived in
-  tests/test_meanflow.py). On the ring, MeanFlow at p = 1 (K = 1e-3) ends at 1 / 2 jumps 20 / 33× (two worse than
-  one), and its pure flow-matching part alone (``--ratio 0 --jumps 32``: r = t, target v) sampled with 32 jumps
-  drifted from 20× to 38× the floor along training at p = 1 while reaching 1.4× at p = 0. The toy and digits configs use
-  p = 0; the default stays the paper's p = 1 (images have thousands of dimensions).
+  mixture of velocities moves off their mean by 1.64 at p = 1 in 2-D, 0.070 in 256-D (derived in
+  tests/test_meanflow.py) and 0.0052 in 3072-D (the same iteration). On the ring, MeanFlow at p = 1 (κ = 1e-3) ends at
+  1 / 2 jumps 20 / 33× (two worse than one), and its pure flow-matching part alone (``--ratio 0 --jumps 32``: r = t,
+  target v) sampled with 32 jumps drifted from 20× to 38× the floor along training at p = 1 while reaching 1.4× at
+  p = 0. The toy and digits configs use p = 0 (on digits, 256-D, the bias is small but p = 0 has none); the default
+  stays the paper's p = 1.
 
 **How du/dt is computed.** ``torch.func.jvp`` of u along (v, 0, 1), under ``no_grad`` (its result is a stop-gradient
 target) and, inside a ``bf16-mixed`` / ``16-mixed`` run, with autocast off (:func:`~lit_score.utils.full_precision`):

@@ -18,21 +18,22 @@ from lit_score.checks import check_number
 class SinusoidalEmbedding(nn.Module):
     """Transformer positional embedding of a real time (Vaswani et al. 2017; as used by Ho et al. 2020).
 
-    ``[sin(s·t·ω_k), cos(s·t·ω_k)]`` with ω_k = max_period^(-k / (dim/2)), k = 0 … dim/2 − 1, and s = ``time_scale``.
+    ``[sin(κ·t·ω_k), cos(κ·t·ω_k)]`` with ω_k = max_period^(-k / (dim/2)), k = 0 … dim/2 − 1, and κ = ``time_scale``.
     The networks receive the process's noise conditioning ``c_noise(t)`` (999·t for VP, DDPM's integer
     step for the discrete chain, log σ for VE), which is already on the scale the frequencies were chosen
-    for, so the default s is 1.
+    for, so the default κ is 1.
 
     Args:
         dim: output width (even).
         max_period: longest period of the geometric frequency ladder.
-        time_scale: factor s applied to ``t`` before embedding.
+        time_scale: factor κ > 0 applied to ``t`` before embedding.
     """
 
     freqs: Tensor
 
     def __init__(self, dim: int, max_period: float = 10000.0, time_scale: float = 1.0) -> None:
         super().__init__()
+        check_number("time_scale", time_scale, gt=0.0)
         if dim % 2:
             raise ValueError(f"SinusoidalEmbedding needs an even dim, got {dim}")
         self.dim = dim
@@ -49,8 +50,8 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class FourierEmbedding(nn.Module):
-    """Random Gaussian Fourier features ``[sin(2π W s·t), cos(2π W s·t)]``, W ~ N(0, scale²) (Song et al. 2021,
-    NCSN++), s = ``time_scale``.
+    """Random Gaussian Fourier features ``[sin(2π W κ·t), cos(2π W κ·t)]``, W ~ N(0, scale²) (Song et al. 2021,
+    NCSN++), κ = ``time_scale``.
 
     W is drawn once at construction and kept as a (persistent, non-trainable) buffer so that checkpoints
     restore it; following Tancik et al. 2020 / NCSN++, it suits inputs of order one (t ∈ [0, 1] or log σ).
@@ -58,13 +59,14 @@ class FourierEmbedding(nn.Module):
     Args:
         dim: output width (even); dim/2 random frequencies.
         scale: standard deviation of the frequencies W.
-        time_scale: factor s applied to ``t`` before embedding.
+        time_scale: factor κ > 0 applied to ``t`` before embedding.
     """
 
     W: Tensor
 
     def __init__(self, dim: int, scale: float = 16.0, time_scale: float = 1.0) -> None:
         super().__init__()
+        check_number("time_scale", time_scale, gt=0.0)
         if dim % 2:
             raise ValueError(f"FourierEmbedding needs an even dim, got {dim}")
         self.dim = dim
@@ -134,13 +136,14 @@ NULL_LABEL = -1
 
 
 def timestep_embedding(kind: Literal["positional", "fourier"], dim: int, time_scale: float = 1.0) -> nn.Module:
-    """Build the time embedding named by ``kind`` with each class's paper defaults, applied to ``time_scale``·t.
+    """Build the time embedding named by ``kind`` with each class's paper defaults, applied to κ·t, κ = ``time_scale``.
 
-    A network's ``time_scale`` (MLP, UNet) scales the conditioning value c_noise(t) it receives (default 1: as it
-    is). 1e-3 turns the interpolant's 1000·t into t itself, the time MeanFlow's reference embeds: MeanFlow's target
-    differentiates the network in t (a JVP), and frequencies a thousand times faster in t make that derivative, and
-    the target, noise (measured in lit_score/losses/meanflow.py)."""
-    check_number("time_scale", time_scale, gt=0.0)
+    A network's ``time_scale`` κ (MLP, UNet) scales the conditioning value c_noise(t) it receives (default 1: as it
+    is; a one-time network's weights loaded into a two-time one, :func:`~lit_score.networks.load_one_time_weights`,
+    give its outputs only with the same κ, which the weights do not record). 1e-3 turns the interpolant's 1000·t into
+    t itself, the time MeanFlow's reference embeds: MeanFlow's target differentiates the network in t (a JVP), and
+    frequencies a thousand times faster in t make that derivative, and the target, noise (measured in
+    lit_score/losses/meanflow.py)."""
     if kind == "positional":
         return SinusoidalEmbedding(dim, time_scale=time_scale)
     if kind == "fourier":
