@@ -6,12 +6,14 @@ grid is ``lit-score sample`` of the model's checkpoint (64 samples, seed 0, EMA 
 The models are the runs of configs/compare/fewstep_digits.yaml (``cd``, ``ict``, ``ect``, ``meanflow``, ``shortcut``,
 its last finished key each) and the reflow student of configs/compare/reflow_digits.yaml; the 2-NFE samplers are the
 compare's (consistency models: re-noise with gamma 1 to CD's grid time 1.92334; flow maps: two deterministic jumps;
-the reflow student: two Euler steps). The per-grid PNGs go to --work (reused when present).
+the reflow student: two Euler steps). The per-grid PNGs go to --work, named by the checkpoint's path (reused while
+it is the same).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -53,7 +55,7 @@ def main() -> None:
     fig, axes = plt.subplots(2, len(methods), figsize=(2.6 * len(methods), 6.0))
     for j, (name, ckpt, one, two) in enumerate(methods):
         for i, sampler in enumerate((one, two)):
-            stem = args.work / f"{j}_{i}"
+            stem = args.work / f"{j}_{i}_{hashlib.sha1(ckpt.encode()).hexdigest()[:10]}"  # a new checkpoint: redrawn
             if not stem.with_suffix(".png").exists():
                 subprocess.run(["lit-score", "sample", "--ckpt_path", ckpt, "--num_samples", "64", "--output",
                                 str(stem), *sampler], check=True, capture_output=True)
