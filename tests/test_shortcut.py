@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from loss_training import training_steps
-from test_distillation import Mixture, trainer  # the resume test's data and trainer
+from test_distillation import Mixture, assert_resumed_exactly, trainer  # the resume test's data and trainer
 from torch import nn
 
 from lit_score.data.mixture import GaussianMixtureDistribution
@@ -293,14 +293,7 @@ def test_resume_is_bit_exact_mid_training(tmp_path, ema_rate):
     pl.seed_everything(123)
     resumed = shortcut_model(ema_rate)
     trainer(tmp_path / "resumed", 2).fit(resumed, datamodule=Mixture(), ckpt_path=ckpt)
-    for key, value in full.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
-    if not ema_rate:
-        return
-    a, b = full.loss.state_dict(), resumed.loss.state_dict()
-    assert a["target_step"] == b["target_step"] == 5
-    assert all(torch.equal(v, b["target"][k]) for k, v in a["target"].items())
-    assert not all(torch.equal(v, full.score_model.state_dict()[k]) for k, v in a["target"].items())  # θ⁻ ≠ θ
+    assert_resumed_exactly(full, resumed, ema_rate)
 
 
 def test_the_config_tree_passes_the_loading_checks():
